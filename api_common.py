@@ -1,0 +1,157 @@
+"""HTTP pieces both servers share: JSON errors, SSE framing, request ids,
+access logs and Prometheus metrics. Kept here so chat.py and qwen_server.py
+never copy code from each other."""
+import json
+import logging
+import os
+import time
+import uuid
+
+from flask import Response, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from werkzeug.exceptions import HTTPException
+
+MAX_BODY_BYTES = 1 << 20  # 1 MiB: far above any sane prompt, small enough to refuse abuse
+
+access_log = logging.getLogger("access")
+
+
+class ApiError(Exception):
+    """An error the client can act on; rendered as {"error": {...}}."""
+
+    def __init__(self, status, message, type="invalid_request_error", code=None, headers=None, param=None):
+        super().__init__(message)
+        self.status, self.message, self.type = status, message, type
+        self.code, self.headers, self.param = code, headers or {}, param
+
+    def body(self):
+        err = {"message": self.message, "type": self.type, "code": self.code}
+        if self.param:
+            err["param"] = self.param
+        return {"error": err}
+
+
+def error_response(err: ApiError):
+    resp = jsonify(err.body())
+    resp.status_code = err.status
+    for k, v in err.headers.items():
+        resp.headers[k] = v
+    return resp
+
+
+_HTTP_HINTS = {
+    404: ("not_found", "No such endpoint: {path}. GET / lists the endpoints."),
+    405: ("method_not_allowed", "Method {method} is not allowed on {path}."),
+    413: ("request_too_large", f"Request body is over {MAX_BODY_BYTES // 1024} KiB; send a shorter prompt."),
+}
+
+
+def sse(data) -> str:
+    """One Server-Sent Events frame; dicts become compact JSON with raw UTF-8."""
+    if not isinstance(data, str):
+        data = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {data}\n\n"
+
+
+def sse_response(frames):
+    return Response(frames, mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def json_body():
+    """The request's JSON object, or a 400 that says what is wrong with it."""
+    if request.content_length and request.content_length > MAX_BODY_BYTES:
+        raise ApiError(413, _HTTP_HINTS[413][1], code="request_too_large")
+    raw = request.get_data(cache=True)
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, _HTTP_HINTS[413][1], code="request_too_large")
+    try:
+        body = json.loads(raw.decode("utf-8")) if raw else None
+    except UnicodeDecodeError:
+        raise ApiError(400, "Request body is not valid UTF-8.", code="invalid_utf8")
+    except (ValueError, RecursionError) as e:
+        raise ApiError(400, f"Request body is not valid JSON ({str(e)[:80]}); send Content-Type: application/json.",
+                       code="invalid_json")
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+class Metrics:
+    """Per-app Prometheus registry (a fresh one per app so tests can build many apps)."""
+
+    def __init__(self, prefix):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(f"{prefix}_http_requests_total", "HTTP requests",
+                                ["endpoint", "method", "status"], registry=r)
+        self.latency = Histogram(f"{prefix}_http_request_seconds", "Time to the response headers",
+                                 ["endpoint"], registry=r,
+                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
+        self.tokens = Counter(f"{prefix}_tokens_generated_total", "Completion tokens", ["model"], registry=r)
+        self.tok_per_s = Gauge(f"{prefix}_last_tokens_per_second", "Decode speed of the last answer", ["model"],
+                               registry=r)
+        self.active_streams = Gauge(f"{prefix}_active_streams", "Streams being sent now", registry=r)
+        self.queue_length = Gauge(f"{prefix}_queue_length", "Requests waiting for the model", registry=r)
+
+    def response(self):
+        return Response(generate_latest(self.registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def install_common(app, metrics: Metrics, service: str):
+    """JSON errors, request ids, access log and /metrics for a Flask app."""
+    app.config.setdefault("MAX_CONTENT_LENGTH", MAX_BODY_BYTES)
+    app.json.ensure_ascii = False  # Cyrillic in, Cyrillic out: raw UTF-8, not \\u escapes
+    app.json.sort_keys = False
+
+    @app.errorhandler(ApiError)
+    def _api_error(err):
+        return error_response(err)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc):
+        code, msg = _HTTP_HINTS.get(exc.code, ("http_error", exc.description or exc.name))
+        return error_response(ApiError(exc.code, msg.format(path=request.path, method=request.method), code=code))
+
+    @app.errorhandler(Exception)
+    def _crash(exc):
+        app.logger.exception("unhandled error on %s", request.path)
+        return error_response(ApiError(500, f"Internal error in {service} ({type(exc).__name__}); "
+                                            f"see the server log for request {g.get('request_id')}.",
+                                       type="server_error", code="internal_error"))
+
+    @app.before_request
+    def _start():
+        rid = request.headers.get("X-Request-ID", "")
+        g.request_id = rid if 0 < len(rid) <= 64 and rid.isprintable() else uuid.uuid4().hex[:16]
+        g.t0 = time.perf_counter()
+
+    @app.after_request
+    def _finish(resp):
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        elapsed = time.perf_counter() - g.get("t0", time.perf_counter())
+        metrics.requests.labels(endpoint, request.method, str(resp.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(elapsed)
+        resp.headers["X-Request-ID"] = g.get("request_id", "")
+        if access_log.isEnabledFor(logging.INFO):
+            # Structured, one JSON line; never the body, query text or auth headers.
+            access_log.info(json.dumps({"service": service, "rid": g.get("request_id"), "method": request.method,
+                                        "path": request.path, "status": resp.status_code,
+                                        "ms": round(elapsed * 1000, 2)}))
+        return resp
+
+    app.add_url_rule("/metrics", "metrics", metrics.response)
+
+
+def load_env():
+    """.env from the current directory, then the project's own; real environment variables win."""
+    from dotenv import find_dotenv, load_dotenv
+    if os.environ.get("NO_DOTENV") == "1":  # tests: a developer's .env must not leak into them
+        return
+    load_dotenv(find_dotenv(usecwd=True))
+    load_dotenv(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".env"))
+
+
+def setup_logging():
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")

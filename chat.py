@@ -1,0 +1,332 @@
+"""Dual AI Chat API gateway: GigaChat (cloud) and the local Qwen server behind one HTTP API,
+every exchange saved to SQLite.
+
+    python chat.py [--host 127.0.0.1] [--port 5000]      # local
+    gunicorn chat:app                                      # deployment (see gunicorn.conf.py)
+"""
+import argparse
+import contextlib
+import hmac
+import json
+import os
+import sqlite3
+
+from flask import Flask, Response, g, jsonify, render_template, request
+
+import db
+import exchange
+from api_common import ApiError, Metrics, install_common, json_body, load_env, setup_logging, sse, sse_response
+from openai_format import (chunk, completion, new_id, parse_chat_request, parse_param, parse_params)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MAX_QUESTION_CHARS = 100_000
+PUBLIC_PATHS = ("/health", "/", "/config", "/favicon.ico")  # the page itself asks for the key; it holds no data
+PROVIDERS = ("gigachat", "qwen")
+
+
+def settings_from_env() -> dict:
+    env = os.environ.get
+    return {
+        "DATABASE": env("CHAT_DB", os.path.join(HERE, "chat_history.db")),
+        "DEFAULT_SYSTEM_PROMPT": env("DEFAULT_SYSTEM_PROMPT", ""),
+        "QWEN_URL": env("QWEN_URL", "http://127.0.0.1:5001"),
+        "QWEN_TIMEOUT": float(env("QWEN_TIMEOUT", "300")),
+        "QWEN_DEFAULTS": {"temperature": float(env("QWEN_TEMPERATURE", "0.4")),
+                          "top_p": float(env("QWEN_TOP_P", "0.9")),
+                          "top_k": int(env("QWEN_TOP_K", "60")),
+                          "repetition_penalty": float(env("QWEN_REPETITION_PENALTY", "1.1")),
+                          "max_tokens": int(env("QWEN_MAX_TOKENS")) if env("QWEN_MAX_TOKENS") else None},
+        "GIGACHAT_MODEL": env("GIGACHAT_MODEL", "GigaChat"),
+        "API_KEY": env("CHAT_API_KEY", ""),
+        "CORS_ORIGINS": [o.strip() for o in env("CHAT_CORS_ORIGINS", "").split(",") if o.strip()],
+    }
+
+
+def create_app(config=None, providers=None):
+    load_env()
+    app = Flask(__name__)
+    app.config.update(settings_from_env())
+    app.config.update(config or {})
+    metrics = Metrics("chat")
+    install_common(app, metrics, "chat")
+    db.init_app(app)
+    if providers is None:
+        from gigachat_client import GigaChatProvider
+        from qwen_client import QwenProvider
+        providers = {"gigachat": GigaChatProvider(),
+                     "qwen": QwenProvider(app.config["QWEN_URL"], app.config["QWEN_TIMEOUT"])}
+    app.extensions["providers"] = providers
+
+    @app.errorhandler(sqlite3.OperationalError)
+    def _db_error(e):
+        return jsonify(ApiError(503, f"The history database ({app.config['DATABASE']}) is unavailable: {e}. "
+                                     f"Another program may hold a write lock on it; retry shortly.",
+                                type="server_error", code="database_unavailable").body()), 503
+
+    @app.before_request
+    def _guard():
+        origin = request.headers.get("Origin")
+        if request.method == "OPTIONS" and origin:
+            return Response(status=204)  # CORS preflight: headers are added in _cors
+        key = app.config["API_KEY"]
+        if key and request.path not in PUBLIC_PATHS and not request.path.startswith("/static/"):
+            given = request.headers.get("X-API-Key") or ""
+            auth = request.headers.get("Authorization", "")
+            if auth.lower().startswith("bearer "):
+                given = auth[7:].strip()
+            if not hmac.compare_digest(given.encode(), key.encode()):
+                raise ApiError(401, "Missing or wrong API key: send 'Authorization: Bearer <CHAT_API_KEY>' or "
+                                    "'X-API-Key: <CHAT_API_KEY>'.", type="authentication_error",
+                               code="invalid_api_key")
+
+    @app.after_request
+    def _cors(resp):
+        origin = request.headers.get("Origin")
+        if origin and origin in app.config["CORS_ORIGINS"]:  # an explicit list only, never "*"
+            resp.headers["Access-Control-Allow-Origin"] = origin
+            resp.headers["Vary"] = "Origin"
+            resp.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, X-API-Key"
+            resp.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+        return resp
+
+    # -- the seed's endpoints: /gigachat and /qwen -------------------------------------------------
+    def ask(name):
+        src = request.args.to_dict() if request.method == "GET" else {**request.args.to_dict(), **json_body()}
+        from_query = request.method == "GET"
+        q = src.get("q")
+        if not isinstance(q, str) or not q.strip():
+            raise ApiError(400, "Ask something: add ?q=your+question (or {\"q\": ...} in a POST body).",
+                           code="missing_q", param="q")
+        if len(q) > MAX_QUESTION_CHARS:
+            raise ApiError(413, f"The question is over {MAX_QUESTION_CHARS} characters; shorten it.",
+                           code="question_too_long", param="q")
+        system = src.get("system")
+        if system is not None and not isinstance(system, str):
+            raise ApiError(400, "'system' must be a string.", code="invalid_parameter", param="system")
+        defaults = app.config["QWEN_DEFAULTS"] if name == "qwen" else {}
+        params = parse_params(src, defaults, from_query=from_query)
+        stream = str(src.get("stream", "")).lower() in ("1", "true", "yes")
+        conn = db.get_db()
+        sid = src.get("session") or None
+        if sid is not None:
+            conv = db.get_conversation(conn, str(sid)[:100])
+            if conv is None:
+                raise ApiError(404, f"Unknown session {str(sid)[:100]!r}: omit 'session' to start a new "
+                                    f"conversation (GET /history/sessions lists yours).", code="unknown_session",
+                               param="session")
+            system = system if system is not None else conv["system_prompt"]
+        else:
+            sid = db.new_session_id()
+            system = system if system is not None else app.config["DEFAULT_SYSTEM_PROMPT"]
+            db.ensure_conversation(conn, sid, name, None, system, q.strip())
+        provider = providers[name]
+        head = [{"role": "system", "content": system}] if system else []
+        messages = exchange.fit_context(provider, head, exchange.past_turns(conn, sid),
+                                        [{"role": "user", "content": q}], params.get("max_tokens"))
+        ctx = exchange.start(conn, provider, sid, q, messages, system, params)
+        if stream:
+            return sse_response(page_events(exchange.open_stream(ctx, app.config["DATABASE"]), ctx, sid))
+        r = exchange.answer(ctx)
+        return jsonify({"answer": r["answer"], "model": r.get("model"), "provider": name, "session": sid,
+                        "message_id": r["message_id"], "finish_reason": r.get("finish_reason"),
+                        "blocked": r["status"] == "blocked", "usage": r.get("usage"), "elapsed_ms": r["elapsed_ms"]})
+
+    def page_events(events, ctx, sid):
+        """SSE for browsers (EventSource) and curl -N: start, delta..., then done or error."""
+        yield sse({"type": "start", "session": sid, "provider": ctx["provider"].name})
+        with contextlib.closing(events):  # a client that hangs up closes this, and so the upstream
+            for kind, value in events:
+                if kind == "delta":
+                    yield sse({"type": "delta", "text": value})
+                elif kind == "done":
+                    yield sse({"type": "done", "session": sid, "message_id": value["message_id"],
+                               "model": value.get("model"), "finish_reason": value.get("finish_reason"),
+                               "blocked": value["status"] == "blocked", "usage": value.get("usage"),
+                               "elapsed_ms": value["elapsed_ms"]})
+                else:
+                    yield sse(dict(value.body(), type="error", status=value.status, session=sid,
+                                   message_id=getattr(value, "message_id", None)))
+
+    app.add_url_rule("/gigachat", "gigachat", lambda: ask("gigachat"), methods=["GET", "POST"])
+    app.add_url_rule("/qwen", "qwen", lambda: ask("qwen"), methods=["GET", "POST"])
+
+    @app.get("/qwen/status")
+    def qwen_status():
+        return jsonify(providers["qwen"].status())
+
+    # -- history --------------------------------------------------------------------------------
+    def int_arg(name, default, lo, hi):
+        raw = request.args.get(name)
+        if raw in (None, ""):
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ApiError(400, f"'{name}' must be an integer.", code="invalid_parameter", param=name)
+        if not lo <= value <= hi:
+            raise ApiError(400, f"'{name}' must be between {lo} and {hi}.", code="invalid_parameter", param=name)
+        return value
+
+    def provider_arg():
+        model = request.args.get("model") or None
+        if model is not None and model not in PROVIDERS:
+            raise ApiError(400, "'model' must be gigachat or qwen.", code="invalid_parameter", param="model")
+        return model
+
+    @app.get("/history")
+    def history():
+        limit = int_arg("limit", 50, 1, 500)
+        rows = db.list_messages(db.get_db(), limit, int_arg("before", None, 1, 2**63 - 1),
+                                request.args.get("session") or None, provider_arg(), request.args.get("q"))
+        msgs = [db.message_dict(r) for r in rows]
+        return jsonify({"messages": msgs, "next_before": msgs[-1]["id"] if len(msgs) == limit else None})
+
+    @app.get("/history/sessions")
+    def history_sessions():
+        limit = int_arg("limit", 50, 1, 500)
+        before = request.args.get("before")
+        try:
+            before = float(before) if before else None
+        except ValueError:
+            raise ApiError(400, "'before' must be a timestamp.", code="invalid_parameter", param="before")
+        rows = [dict(r) for r in db.list_conversations(db.get_db(), limit, before, provider_arg())]
+        return jsonify({"sessions": rows, "next_before": rows[-1]["updated_at"] if len(rows) == limit else None})
+
+    @app.get("/history/export")
+    def history_export():
+        if request.args.get("format", "jsonl") != "jsonl":
+            raise ApiError(400, "Only format=jsonl is supported.", code="invalid_parameter", param="format")
+        session = request.args.get("session") or None
+
+        def lines():
+            conn = db.connect(app.config["DATABASE"])  # own connection: the stream outlives the request
+            try:
+                for row in db.iter_messages(conn, session):
+                    yield json.dumps(db.message_dict(row), ensure_ascii=False) + "\n"
+            finally:
+                conn.close()
+        return Response(lines(), mimetype="application/x-ndjson",
+                        headers={"Content-Disposition": "attachment; filename=chat-history.jsonl"})
+
+    def conversation_or_404(sid):
+        conv = db.get_conversation(db.get_db(), sid)
+        if conv is None:
+            raise ApiError(404, f"Unknown session {sid[:100]!r}.", code="unknown_session", param="session")
+        return conv
+
+    @app.get("/history/<sid>")
+    def history_session(sid):
+        conv = dict(conversation_or_404(sid))
+        conv["messages"] = [db.message_dict(r) for r in db.conversation_messages(db.get_db(), sid)]
+        return jsonify(conv)
+
+    @app.delete("/history/<sid>")
+    def history_delete(sid):
+        conversation_or_404(sid)
+        db.delete_conversation(db.get_db(), sid)
+        return jsonify({"deleted": sid})
+
+    # -- OpenAI-compatible ------------------------------------------------------------------------
+    def route_model(model):
+        m = (model or "").lower()
+        if m.startswith("qwen"):
+            return "qwen", None
+        if m.startswith("gigachat"):
+            return "gigachat", None if m == "gigachat" else model
+        raise ApiError(404, f"Unknown model {str(model)[:60]!r}: use 'gigachat' (or a GigaChat-* name) or "
+                            f"'qwen'. GET /v1/models lists them.", code="model_not_found", param="model")
+
+    @app.post("/v1/chat/completions")
+    def v1_chat():
+        body = json_body()
+        name, gc_model = route_model(body.get("model"))
+        req = parse_chat_request(body, app.config["QWEN_DEFAULTS"] if name == "qwen" else {})
+        params = req["params"]
+        if gc_model:
+            params["model"] = gc_model
+        messages = req["messages"]
+        if not any(m["role"] == "system" for m in messages) and app.config["DEFAULT_SYSTEM_PROMPT"]:
+            messages = [{"role": "system", "content": app.config["DEFAULT_SYSTEM_PROMPT"]}] + messages
+        system = next((m["content"] for m in messages if m["role"] == "system"), None)
+        question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        conn = db.get_db()
+        sid = request.headers.get("X-Session-ID") or db.new_session_id()
+        db.ensure_conversation(conn, sid[:100], name, gc_model, system, question.strip() or "(no question)")
+        ctx = exchange.start(conn, providers[name], sid[:100], question, messages, system, params, gc_model)
+        model_out = body.get("model")
+        cid = new_id()
+        if not req["stream"]:
+            r = exchange.answer(ctx)
+            resp = jsonify(completion(cid, model_out, r["answer"], r.get("finish_reason"), r.get("usage")))
+            resp.headers["X-Session-ID"] = sid
+            return resp
+
+        def frames(events):
+            yield sse(chunk(cid, model_out, delta={"role": "assistant", "content": ""}))
+            with contextlib.closing(events):
+                for kind, value in events:
+                    if kind == "delta":
+                        yield sse(chunk(cid, model_out, delta={"content": value}))
+                    elif kind == "done":
+                        yield sse(chunk(cid, model_out, finish_reason=value.get("finish_reason") or "stop"))
+                        if req["include_usage"]:
+                            yield sse(chunk(cid, model_out, usage=value.get("usage") or {}))
+                    else:
+                        yield sse(value.body())
+            yield sse("[DONE]")
+        resp = sse_response(frames(exchange.open_stream(ctx, app.config["DATABASE"])))
+        resp.headers["X-Session-ID"] = sid
+        return resp
+
+    @app.get("/v1/models")
+    def v1_models():
+        ids = ["gigachat", app.config["GIGACHAT_MODEL"], "qwen"] + \
+              [m for m in providers["qwen"].models() if m.lower().startswith("qwen")]
+        return jsonify({"object": "list", "data": [{"id": i, "object": "model", "owned_by": "dual-ai-chat"}
+                                                   for i in dict.fromkeys(ids)]})
+
+    @app.get("/config")
+    def public_config():
+        """What the web page needs to fill its settings panel (no secrets)."""
+        return jsonify({"default_system_prompt": app.config["DEFAULT_SYSTEM_PROMPT"],
+                        "qwen_defaults": app.config["QWEN_DEFAULTS"], "gigachat_model": app.config["GIGACHAT_MODEL"],
+                        "auth_required": bool(app.config["API_KEY"])})
+
+    @app.get("/health")
+    def health():
+        return jsonify({"status": "ok"})
+
+    @app.get("/")
+    def index():
+        if request.accept_mimetypes.accept_html and os.path.exists(os.path.join(HERE, "templates", "index.html")):
+            return render_template("index.html")
+        return jsonify({"service": "Dual AI Chat API", "endpoints": [
+            "GET /gigachat?q=", "GET /qwen?q=", "GET /qwen/status", "GET /history", "GET /history/sessions",
+            "GET /history/<session>", "DELETE /history/<session>", "GET /history/export?format=jsonl",
+            "POST /v1/chat/completions", "GET /v1/models", "GET /health", "GET /metrics"]})
+
+    return app
+
+
+def main(argv=None):
+    load_env()
+    p = argparse.ArgumentParser(description="Dual AI Chat API gateway (GigaChat + local Qwen, SQLite history).")
+    p.add_argument("--host", default=os.environ.get("CHAT_HOST", "127.0.0.1"), help="bind address (env CHAT_HOST)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("CHAT_PORT", "5000")),
+                   help="port (env CHAT_PORT, default 5000)")
+    args = p.parse_args(argv)
+    setup_logging()
+    create_app().run(args.host, args.port, threaded=True)
+
+
+def __getattr__(name):
+    # The module-level `app` (for `gunicorn chat:app`) is built on first access, so importing
+    # chat.py for its factory does not open the database or read .env.
+    if name == "app":
+        globals()["app"] = create_app()
+        return globals()["app"]
+    raise AttributeError(name)
+
+
+if __name__ == "__main__":
+    main()

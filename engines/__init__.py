@@ -1,0 +1,196 @@
+"""The engine interface shared by the exllamav2 (GPU) and transformers (CPU/GPU) engines.
+
+An engine renders chat messages with the model's own chat template, then
+`generate(messages, params, cancel)` yields `Chunk`s: text deltas, then one
+final chunk with `finish_reason` and `usage`. Engines know nothing of HTTP."""
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+CACHE_MODES = ("fp16", "q8", "q6", "q4")
+MAX_DEFAULT_SEQ_LEN = 16384
+
+
+class EngineError(Exception):
+    """Start-up problem the user can fix (bad path, missing tokenizer, out of memory...)."""
+
+
+@dataclass
+class GenParams:
+    # Seed defaults from the original spec.
+    temperature: float = 0.4
+    top_p: float = 0.9
+    top_k: int = 60
+    repetition_penalty: float = 1.1
+    max_tokens: int = 512
+    stop: list = field(default_factory=list)
+    seed: Optional[int] = None
+
+
+@dataclass
+class Chunk:
+    text: str = ""
+    finish_reason: Optional[str] = None  # "stop" | "length" | "cancelled"
+    usage: Optional[dict] = None  # prompt_tokens, completion_tokens, prefill_ms, decode_ms
+
+
+def read_model_config(path) -> dict:
+    """config.json of a model dir, with clear errors for the usual mistakes."""
+    if not os.path.isdir(path):
+        raise EngineError(f"model path {path!r} is not a directory: pass -m with a Hugging Face or EXL2 model dir")
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise EngineError(f"{path!r} has no config.json: is it a Hugging Face-format model dir?")
+    if not any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer.model")):
+        raise EngineError(f"{path!r} has no tokenizer.json: copy the tokenizer files next to the weights")
+    with open(cfg_path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+class Engine:
+    """Base engine: chat template, token counting, stop ids and common status fields."""
+
+    name = "base"
+
+    def __init__(self, model_path, cache_mode="q4", max_seq_len=None):
+        if cache_mode not in CACHE_MODES:
+            raise EngineError(f"unknown cache mode {cache_mode!r}: use one of {', '.join(CACHE_MODES)}")
+        self.model_path = model_path
+        self.model_config = read_model_config(model_path)
+        self.model_name = os.path.basename(os.path.normpath(model_path))
+        self.architecture = (self.model_config.get("architectures") or ["?"])[0]
+        own_limit = self.model_config.get("max_position_embeddings") or MAX_DEFAULT_SEQ_LEN
+        self.max_seq_len = int(max_seq_len or min(own_limit, MAX_DEFAULT_SEQ_LEN))
+        self.cache_requested = cache_mode
+        self.cache_mode = cache_mode  # what is really used; an engine may downgrade and say why
+        self.cache_note = None
+        self.device = "cpu"
+        self.load_seconds = None
+        self.lock = threading.Lock()
+        self.waiting = 0  # requests queued behind the one being generated
+        self.hf_tokenizer = None
+
+    # -- to be provided by engines ------------------------------------------------------------
+    def load(self):
+        raise NotImplementedError
+
+    def generate(self, messages, params: GenParams, cancel: threading.Event) -> Iterator[Chunk]:
+        raise NotImplementedError
+
+    def memory(self) -> dict:
+        if self.device == "cuda":
+            import torch
+            free, total = torch.cuda.mem_get_info()
+            return {"kind": "vram", "used_bytes": total - free, "total_bytes": total,
+                    "allocated_by_torch_bytes": torch.cuda.memory_allocated()}
+        import resource
+        rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return {"kind": "ram", "used_bytes": rss_peak,
+                "total_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")}
+
+    def queue_length(self) -> int:
+        return self.waiting
+
+    # -- shared ---------------------------------------------------------------------------------
+    def load_tokenizer(self):
+        from transformers import AutoTokenizer
+        try:
+            self.hf_tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        except Exception as e:  # noqa: BLE001 - transformers raises many types here
+            raise EngineError(f"cannot load the tokenizer from {self.model_path!r}: {e}") from e
+        if not self.hf_tokenizer.chat_template:
+            raise EngineError(f"{self.model_path!r} has no chat template (tokenizer_config.json "
+                              f"'chat_template'): an instruct model is needed")
+
+    def stop_token_ids(self) -> list:
+        """EOS ids from generation_config.json, the tokenizer and ChatML (<|im_end|>, <|endoftext|>)."""
+        ids = set()
+        gen_cfg = os.path.join(self.model_path, "generation_config.json")
+        if os.path.isfile(gen_cfg):
+            with open(gen_cfg, encoding="utf-8") as f:
+                eos = json.load(f).get("eos_token_id")
+            ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        tok = self.hf_tokenizer
+        if tok.eos_token_id is not None:
+            ids.add(tok.eos_token_id)
+        vocab = tok.get_vocab()
+        ids.update(vocab[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab)
+        return sorted(ids)
+
+    def render(self, messages) -> str:
+        return self.hf_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, messages) -> list:
+        # The template already holds any BOS/special tokens as text.
+        return self.hf_tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
+
+    def count_tokens(self, messages) -> int:
+        return len(self.encode(messages))
+
+    def status(self) -> dict:
+        return {"engine": self.name, "model": self.model_name, "model_path": os.path.abspath(self.model_path),
+                "architecture": self.architecture, "cache_mode": self.cache_mode,
+                "cache_requested": self.cache_requested, "cache_note": self.cache_note,
+                "max_seq_len": self.max_seq_len, "device": self.device, "memory": self.memory(),
+                "load_seconds": self.load_seconds}
+
+
+class TextStream:
+    """Token ids -> text deltas. Waits while a token ends inside a UTF-8 character (Cyrillic,
+    emoji) and holds back text that may be the start of a stop string, so a stop string is
+    never sent in part."""
+
+    def __init__(self, tokenizer, stop_strings=()):
+        self.tok = tokenizer
+        self.stop = [s for s in stop_strings if s]
+        self.ids = []
+        self.prefix = self.read = 0  # vLLM-style offsets: decode a small window, not the whole answer
+        self.pending = ""  # decoded, not yet sent
+
+    def _decode(self, ids):
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+    def push(self, token_id):
+        """Returns (delta, hit_stop)."""
+        self.ids.append(token_id)
+        before = self._decode(self.ids[self.prefix:self.read])
+        after = self._decode(self.ids[self.prefix:])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return "", False
+        self.pending += after[len(before):]
+        self.prefix, self.read = self.read, len(self.ids)
+        for s in self.stop:
+            at = self.pending.find(s)
+            if at >= 0:
+                out, self.pending = self.pending[:at], ""
+                return out, True
+        keep = max((k for s in self.stop for k in range(len(s) - 1, 0, -1) if self.pending.endswith(s[:k])),
+                   default=0)
+        out = self.pending[:len(self.pending) - keep]
+        self.pending = self.pending[len(out):]
+        return out, False
+
+    def flush(self):
+        out, self.pending = self.pending, ""
+        return out
+
+
+def ms_since(t0):
+    return round((time.perf_counter() - t0) * 1000, 2)
+
+
+def create_engine(kind, model_path, cache_mode="q4", max_seq_len=None) -> Engine:
+    """`auto` picks exllamav2 when CUDA is present, else transformers."""
+    if kind == "auto":
+        import torch
+        kind = "exllamav2" if torch.cuda.is_available() else "transformers"
+    if kind == "exllamav2":
+        from engines.exllamav2_engine import ExLlamaV2Engine
+        return ExLlamaV2Engine(model_path, cache_mode, max_seq_len)
+    if kind == "transformers":
+        from engines.transformers_engine import TransformersEngine
+        return TransformersEngine(model_path, cache_mode, max_seq_len)
+    raise EngineError(f"unknown engine {kind!r}: use auto, exllamav2 or transformers")

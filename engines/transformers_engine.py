@@ -1,0 +1,105 @@
+"""transformers engine: any Hugging Face causal LM, on CPU (float32) or CUDA (float16).
+
+A plain token-by-token decode loop over the KV cache, so every token can be streamed,
+cancelled and timed. Requests run one at a time (engine lock)."""
+import threading
+import time
+
+import torch
+
+from engines import Chunk, Engine, EngineError, GenParams, TextStream, ms_since
+
+
+class TransformersEngine(Engine):
+    name = "transformers"
+
+    def load(self):
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+        t0 = time.perf_counter()
+        if self.cache_requested != "fp16":
+            # HF's quantized KV cache needs optimum-quanto/HQQ; we do not pretend to honour it.
+            self.cache_mode = "fp16"
+            self.cache_note = (f"cache {self.cache_requested} is not supported by the transformers engine; "
+                               f"using a full-precision cache (use --engine exllamav2 on a GPU for {self.cache_requested})")
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.float16 if self.device == "cuda" else torch.float32  # CPU matmuls are fast in fp32 only
+        self.load_tokenizer()
+        hf_logging.enable_progress_bar()
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype).to(self.device).eval()
+        except torch.cuda.OutOfMemoryError as e:
+            raise EngineError(f"the model does not fit in GPU memory: {e}") from e
+        except (OSError, ValueError) as e:
+            raise EngineError(f"cannot load weights from {self.model_path!r}: {e}") from e
+        self.dtype = dtype
+        self.eos_ids = set(self.stop_token_ids())
+        self.load_seconds = round(time.perf_counter() - t0, 2)
+
+    def _processors(self, p: GenParams):
+        from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                                  TopKLogitsWarper, TopPLogitsWarper)
+        procs = LogitsProcessorList()
+        if p.repetition_penalty and p.repetition_penalty != 1.0:
+            procs.append(RepetitionPenaltyLogitsProcessor(p.repetition_penalty))
+        if p.temperature > 0:  # same order as transformers' generate()
+            procs.append(TemperatureLogitsWarper(p.temperature))
+            if p.top_k:
+                procs.append(TopKLogitsWarper(p.top_k))
+            if p.top_p < 1.0:
+                procs.append(TopPLogitsWarper(p.top_p))
+        return procs
+
+    @torch.inference_mode()
+    def generate(self, messages, params: GenParams, cancel: threading.Event):
+        prompt_ids = self.encode(messages)
+        self.waiting += 1
+        try:
+            self.lock.acquire()  # one request at a time: the model and its cache are not shared
+        finally:
+            self.waiting -= 1
+        try:
+            yield from self._generate(prompt_ids, params, cancel)
+        finally:
+            self.lock.release()
+
+    def _generate(self, prompt_ids, params, cancel):
+        t0 = time.perf_counter()
+        rng = torch.Generator(device=self.device)
+        rng.manual_seed(params.seed if params.seed is not None else torch.seed())
+        procs = self._processors(params)
+        ids = torch.tensor([prompt_ids], device=self.device)
+        stream = TextStream(self.hf_tokenizer, params.stop)
+        out = self.model(input_ids=ids, use_cache=True)
+        past, logits = out.past_key_values, out.logits[:, -1, :]
+        prefill_ms, t1 = ms_since(t0), time.perf_counter()
+        n, finish, hit_stop = 0, "length", False
+        while n < params.max_tokens:
+            if cancel.is_set():
+                finish = "cancelled"
+                break
+            scores = procs(ids, logits.float())
+            if params.temperature > 0:
+                token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=rng)
+            else:
+                token = scores.argmax(dim=-1, keepdim=True)
+            n += 1
+            tid = int(token)
+            if tid in self.eos_ids:
+                finish = "stop"
+                break
+            delta, hit_stop = stream.push(tid)
+            if delta:
+                yield Chunk(text=delta)
+            if hit_stop:
+                finish = "stop"
+                break
+            ids = torch.cat([ids, token], dim=-1)
+            out = self.model(input_ids=token, past_key_values=past, use_cache=True)
+            past, logits = out.past_key_values, out.logits[:, -1, :]
+        if not hit_stop:  # text held back for a stop string that never came
+            tail = stream.flush()
+            if tail:
+                yield Chunk(text=tail)
+        yield Chunk(finish_reason=finish, usage={"prompt_tokens": len(prompt_ids), "completion_tokens": n,
+                                                 "prefill_ms": prefill_ms, "decode_ms": ms_since(t1)})

@@ -1,0 +1,349 @@
+"""GigaChat for the gateway: a thin layer over the official `gigachat` SDK (its v1 chat API).
+
+The SDK does OAuth, caches the token and refreshes it (ahead of expiry, and once more when
+GigaChat answers 401). This module adds what the gateway needs on top of it: GigaChat's
+message rules, a wait queue instead of 429s, X-Session-ID for prompt caching, and errors
+turned into ApiError whose message tells the operator or the user what to do.
+
+Configuration comes from the environment. The SDK reads GIGACHAT_CREDENTIALS, GIGACHAT_SCOPE,
+GIGACHAT_BASE_URL, GIGACHAT_AUTH_URL, GIGACHAT_VERIFY_SSL_CERTS, GIGACHAT_CA_BUNDLE_FILE,
+GIGACHAT_TIMEOUT (...) itself; this module reads GIGACHAT_MODEL, GIGACHAT_MAX_CONCURRENCY and
+GIGACHAT_QUEUE_TIMEOUT.
+"""
+import contextlib
+import json
+import logging
+import os
+import ssl
+import threading
+
+import httpx
+import pydantic
+from gigachat import GigaChat
+from gigachat.context import session_id_cvar
+from gigachat.exceptions import ResponseError
+
+from api_common import ApiError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "GigaChat"
+MIN_TEMPERATURE = 1e-3  # GigaChat answers 422 "temperature must be in range (0, +inf)" to 0
+RETRY_AFTER_S = 5  # when neither GigaChat nor our queue knows better
+UPSTREAM = "upstream_error"
+ROLES = ("system", "user", "assistant")
+_NOT_CONFIGURED = ("GigaChat is not configured: set GIGACHAT_CREDENTIALS in .env "
+                   "(Authorization key from developers.sber.ru)")
+_CHECK_KEY = ("check GIGACHAT_CREDENTIALS (the Authorization key from developers.sber.ru) and GIGACHAT_SCOPE "
+              "(GIGACHAT_API_PERS, GIGACHAT_API_B2B or GIGACHAT_API_CORP) in .env")
+
+
+def _env_number(name, default, cast):
+    raw = os.environ.get(name, "").strip()
+    try:
+        return cast(raw) if raw else default
+    except ValueError:
+        log.warning("%s=%r is not a number; using %s", name, raw, default)
+        return default
+
+
+@contextlib.contextmanager
+def _session(session_id):
+    """X-Session-ID through the SDK's own context variable, for exactly one SDK call.
+    Set even when None, so a value left in a reused thread never leaks into this request."""
+    token = session_id_cvar.set(str(session_id) if session_id else None)
+    try:
+        yield
+    finally:
+        session_id_cvar.reset(token)
+
+
+def normalize_messages(messages):
+    """GigaChat takes one system message and only as the first (else 422): merge all into one, first."""
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "messages must be a non-empty list of {role, content}.", code="invalid_messages")
+    system, rest = [], []
+    for i, m in enumerate(messages):
+        role = m.get("role") if isinstance(m, dict) else None
+        content = m.get("content") if isinstance(m, dict) else None
+        if role not in ROLES:
+            raise ApiError(400, f"messages[{i}].role must be system, user or assistant, got {role!r}.",
+                           code="invalid_messages", param=f"messages[{i}].role")
+        if not isinstance(content, (str, type(None))):
+            raise ApiError(400, f"messages[{i}].content must be a string.", code="invalid_messages",
+                           param=f"messages[{i}].content")
+        if role == "system":
+            if content and content.strip():
+                system.append(content)
+        else:
+            rest.append({"role": role, "content": content or ""})
+    return ([{"role": "system", "content": "\n\n".join(system)}] if system else []) + rest
+
+
+def _usage(u):
+    keys = ("prompt_tokens", "completion_tokens", "total_tokens", "precached_prompt_tokens")
+    return {k: getattr(u, k, None) for k in keys}  # None = GigaChat did not say
+
+
+def _upstream_message(e: ResponseError):
+    """GigaChat's own words from an error body: {"status", "message"} (API) or {"code", "message"} (OAuth)."""
+    raw = (e.content or b"").decode("utf-8", "replace").strip()
+    try:
+        msg = json.loads(raw).get("message")
+    except (ValueError, AttributeError):
+        msg = None
+    return str(msg or raw[:200] or "no details")
+
+
+def _chain(e):
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+class GigaChatProvider:
+    """One shared SDK client for all Flask threads.
+
+    Thread safety (gigachat 0.2.x sync client): token refresh runs under the client's RLock with a
+    re-check, so parallel threads fetch one token, not one each; the httpx.Client is thread-safe.
+    A 401 race at worst costs one extra token fetch, so no extra guard is needed here."""
+
+    name = "gigachat"
+
+    def __init__(self):
+        self.model = os.environ.get("GIGACHAT_MODEL", "").strip() or DEFAULT_MODEL
+        self.context_tokens = _env_number("GIGACHAT_CONTEXT_TOKENS", 32768, int)
+        self.max_concurrency = max(1, _env_number("GIGACHAT_MAX_CONCURRENCY", 1, int))
+        self.queue_timeout = max(0.0, _env_number("GIGACHAT_QUEUE_TIMEOUT", 60.0, float))
+        self._slots = threading.BoundedSemaphore(self.max_concurrency)
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._client = None  # made at the first request: a missing key must not break the import
+
+    @property
+    def queue_length(self):
+        """Requests waiting for a free slot now (for the queue-length metric)."""
+        return self._waiting
+
+    def max_seq_len(self):
+        """Context size for trimming long conversations (GIGACHAT_CONTEXT_TOKENS)."""
+        return self.context_tokens
+
+    # ---- public API -------------------------------------------------------------------------
+    def complete(self, messages, params=None, session_id=None):
+        client = self._sdk()
+        payload = self._payload(messages, params)
+        with self._slot(), _session(session_id):
+            try:
+                resp = client.chat(payload)  # v1: POST {base_url}/chat/completions
+            except Exception as e:
+                raise self._mapped(e) from e
+        choice = resp.choices[0] if resp.choices else None
+        finish = choice.finish_reason if choice else None
+        return {"answer": choice.message.content if choice else "", "finish_reason": finish,
+                "usage": _usage(resp.usage), "model": resp.model, "blocked": finish == "blacklist"}
+
+    def stream(self, messages, params=None, session_id=None):
+        """Yield {"delta": text}..., then {"finish_reason", "usage", "model", "blocked"}.
+
+        Lazy: nothing is sent before the first next(), and errors (ApiError) come from next();
+        pull the first item before sending response headers to answer them with a real status.
+        After text went out, a failure raises ApiError code "gigachat_stream_interrupted": the
+        stream is never restarted (that would repeat text). The queue slot is held until the
+        stream ends or the generator is closed."""
+        client = self._sdk()
+        payload = self._payload(messages, params)
+        chars, finish, usage, model = 0, None, None, None
+        with self._slot():
+            chunks = client.stream(payload)  # v1 SSE; SDK retries are off (see _sdk), so no replay
+            try:
+                while True:
+                    # The SDK builds headers inside next(): the session var must be set just then,
+                    # and reset before we yield, or it would leak into the caller between chunks.
+                    with _session(session_id):
+                        try:
+                            chunk = next(chunks)
+                        except StopIteration:
+                            break
+                        except Exception as e:
+                            err = self._mapped(e)
+                            raise (self._interrupted(err, chars) if chars else err) from e
+                    model = chunk.model or model
+                    usage = chunk.usage or usage
+                    choice = chunk.choices[0] if chunk.choices else None
+                    finish = (choice and choice.finish_reason) or finish
+                    if choice and choice.delta.content:
+                        chars += len(choice.delta.content)
+                        yield {"delta": choice.delta.content}
+            finally:
+                chunks.close()  # closes the HTTP response if we stop early
+            if finish is None:  # connection closed cleanly but before GigaChat finished the answer
+                err = ApiError(502, "GigaChat ended the stream before the answer was complete; try again.",
+                               type=UPSTREAM, code="gigachat_stream_interrupted")
+                raise self._interrupted(err, chars) if chars else err
+        # Slot released before the last yield: a caller that stops here must not block others.
+        yield {"finish_reason": finish, "usage": _usage(usage), "model": model, "blocked": finish == "blacklist"}
+
+    def models(self):
+        """Model names GigaChat offers to this key (for /v1/models)."""
+        client = self._sdk()
+        try:
+            return [m.id_ for m in client.get_models().data]
+        except Exception as e:
+            raise self._mapped(e) from e
+
+    # ---- plumbing ---------------------------------------------------------------------------
+    def _sdk(self):
+        with self._lock:
+            if self._client is None:
+                try:
+                    # model: SDK 0.2.x refuses a request without one. max_retries=0 whatever
+                    # GIGACHAT_MAX_RETRIES says: SDK retries would replay a broken stream from the
+                    # start (duplicate text) and sleep while holding our slot; 429 goes to the caller.
+                    client = GigaChat(model=self.model, max_retries=0)
+                except pydantic.ValidationError as e:
+                    bad = e.errors()[0]
+                    name = "GIGACHAT_" + str(bad["loc"][0]).upper() if bad.get("loc") else "a GIGACHAT_* variable"
+                    raise ApiError(503, f"GigaChat settings are invalid: {name}: {bad['msg']}; fix it in .env.",
+                                   type=UPSTREAM, code="gigachat_not_configured")
+                s = client._settings
+                if not (s.credentials or s.access_token or (s.user and s.password)):
+                    raise ApiError(503, _NOT_CONFIGURED, type=UPSTREAM, code="gigachat_not_configured")
+                self._client = client
+            return self._client
+
+    @property
+    def _settings(self):
+        return self._client._settings
+
+    def _payload(self, messages, params):
+        payload = {"model": self.model, "messages": normalize_messages(messages)}
+        # top_k is ignored on purpose: GigaChat has no top_k parameter.
+        for key, cast in (("temperature", float), ("top_p", float), ("max_tokens", int),
+                          ("repetition_penalty", float)):
+            value = (params or {}).get(key)
+            if value is None:
+                continue
+            try:
+                payload[key] = cast(value)
+            except (TypeError, ValueError):
+                raise ApiError(400, f"{key} must be a number, got {value!r}.", code="invalid_parameter", param=key)
+        if payload.get("temperature") is not None and payload["temperature"] <= 0:
+            payload["temperature"] = MIN_TEMPERATURE  # "as deterministic as possible", which 0 means elsewhere
+        return payload
+
+    @contextlib.contextmanager
+    def _slot(self):
+        """GigaChat allows few parallel requests per key (1 for personal keys): queue, don't 429."""
+        if not self._slots.acquire(blocking=False):
+            with self._lock:
+                self._waiting += 1
+            try:
+                got = self._slots.acquire(timeout=self.queue_timeout)
+            finally:
+                with self._lock:
+                    self._waiting -= 1
+            if not got:
+                raise ApiError(503, f"GigaChat is busy: {self.max_concurrency} request(s) are running and this one "
+                                    f"waited {self.queue_timeout:g} s (GIGACHAT_QUEUE_TIMEOUT); try again shortly.",
+                               type=UPSTREAM, code="gigachat_busy", headers={"Retry-After": str(RETRY_AFTER_S)})
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    @staticmethod
+    def _interrupted(err, chars):
+        return ApiError(err.status, f"GigaChat stream broke after {chars} characters: {err.message} The partial "
+                                    f"answer was kept; ask again to get the rest.",
+                        type=UPSTREAM, code="gigachat_stream_interrupted", headers=err.headers)
+
+    def _mapped(self, e):
+        """The ApiError for an SDK/httpx exception; anything else (a bug) is re-raised as is."""
+        err = self._map_error(e)
+        if err is None:
+            raise e
+        log.warning("GigaChat error %s: %s (%s)", err.status, err.message, type(e).__name__)
+        return err
+
+    def _where(self, url):
+        """Which setting names the URL that failed: the OAuth server or the API."""
+        auth = self._settings.auth_url.rstrip("/")
+        return ("GIGACHAT_AUTH_URL", auth) if url and str(url).startswith(auth) else \
+            ("GIGACHAT_BASE_URL", self._settings.base_url)
+
+    def _map_error(self, e):
+        if isinstance(e, ResponseError):
+            return self._map_status(e)
+        try:
+            var, url = self._where(e.request.url)
+        except (AttributeError, RuntimeError):  # httpx raises RuntimeError when no request is attached
+            var, url = self._where(None)
+        if isinstance(e, httpx.TimeoutException):
+            return ApiError(504, f"GigaChat did not answer within {self._settings.timeout:g} s (GIGACHAT_TIMEOUT) at "
+                                 f"{url}; try again, or raise GIGACHAT_TIMEOUT for long answers.",
+                            type=UPSTREAM, code="gigachat_timeout")
+        tls = [x for x in _chain(e) if isinstance(x, ssl.SSLError)]
+        if tls or "CERTIFICATE_VERIFY_FAILED" in str(e):
+            return ApiError(503, f"TLS check of GigaChat at {url} failed ({tls[0] if tls else e}). GigaChat's "
+                                 "certificate is issued by the \"Russian Trusted Root CA\" (Минцифры), which Python "
+                                 "does not trust by default: download it from gosuslugi.ru/crt and set "
+                                 "GIGACHAT_CA_BUNDLE_FILE to that file (the right fix), or set "
+                                 "GIGACHAT_VERIFY_SSL_CERTS=false (development only).",
+                            type=UPSTREAM, code="gigachat_tls_error")
+        if isinstance(e, httpx.ConnectError):
+            return ApiError(503, f"Cannot reach GigaChat at {url} ({e}): check the network / {var}.",
+                            type=UPSTREAM, code="gigachat_unreachable")
+        if isinstance(e, httpx.TransportError):  # reset, cut mid-answer, not SSE, ...
+            return ApiError(502, f"The connection to GigaChat failed ({e or type(e).__name__}); try again.",
+                            type=UPSTREAM, code="gigachat_connection_lost")
+        if isinstance(e, (pydantic.ValidationError, json.JSONDecodeError)):
+            return ApiError(502, f"GigaChat sent an answer this gateway cannot read ({type(e).__name__}); "
+                                 "try again, and update the gigachat package if it persists.",
+                            type=UPSTREAM, code="gigachat_bad_response")
+        return None
+
+    def _map_status(self, e: ResponseError):
+        status, msg = e.status_code, _upstream_message(e)
+        var, _ = self._where(e.url)
+        if status == 401 or (var == "GIGACHAT_AUTH_URL" and status in (400, 403)):
+            # An API 401 reaches us only after the SDK fetched a fresh token and retried: the key is bad.
+            extra = " (or renew GIGACHAT_ACCESS_TOKEN)" if self._settings.access_token else ""
+            return ApiError(502, f"GigaChat rejected the authorization ({status}: {msg}): {_CHECK_KEY}{extra}.",
+                            type=UPSTREAM, code="gigachat_auth_failed")
+        if status == 402:
+            return ApiError(402, f"The GigaChat token package for model '{self.model}' is used up ({msg}): buy or "
+                                 "activate a package at developers.sber.ru, or set GIGACHAT_MODEL to a model you "
+                                 "still have tokens for.", type=UPSTREAM, code="gigachat_quota_exceeded")
+        if status == 403:
+            return ApiError(502, f"GigaChat refused access ({msg}): check that GIGACHAT_SCOPE matches your key's plan.",
+                            type=UPSTREAM, code="gigachat_forbidden")
+        if status == 404:
+            return ApiError(502, self._not_found(e, msg), type=UPSTREAM, code="gigachat_model_not_found")
+        if status == 413:
+            return ApiError(413, f"The request is too large for GigaChat ({msg}); shorten the conversation.",
+                            code="request_too_large")
+        if status in (400, 422):
+            return ApiError(400, f"GigaChat rejected the request: {msg}", code="gigachat_invalid_request")
+        if status == 429:
+            retry = (e.headers or {}).get("retry-after") or str(RETRY_AFTER_S)
+            return ApiError(429, f"GigaChat's rate limit for this key is hit ({msg}); retry in {retry} s.",
+                            type="rate_limit_error", code="gigachat_rate_limited", headers={"Retry-After": retry})
+        if status >= 500:
+            return ApiError(502, f"GigaChat failed (status {status}): {msg}; try again.",
+                            type=UPSTREAM, code="gigachat_server_error")
+        return ApiError(502, f"GigaChat answered {status}: {msg}.", type=UPSTREAM, code="gigachat_error")
+
+    def _not_found(self, e, msg):
+        try:  # one cheap call tells a wrong model from a wrong base URL
+            names = [m.id_ for m in self._client.get_models().data]
+        except Exception:
+            names = None
+        if names is None:
+            return (f"GigaChat answered 404 ({msg}) at {e.url}: unknown model '{self.model}' or a wrong "
+                    "GIGACHAT_BASE_URL (it should end in /api/v1); see GET /v1/models.")
+        if self.model not in names:
+            return f"Unknown model '{self.model}': set GIGACHAT_MODEL to one of {', '.join(names)}."
+        return f"GigaChat answered 404 ({msg}) at {e.url}: check GIGACHAT_BASE_URL (it should end in /api/v1)."

@@ -1,0 +1,217 @@
+"""Local Qwen 2.5 Coder server: an OpenAI-compatible Flask API over an exllamav2 (GPU) or
+transformers (CPU) engine, streaming token by token.
+
+    python qwen_server.py -m /models/Qwen2.5-Coder-7B-Instruct -cache q4 -l 16384
+"""
+import argparse
+import logging
+import os
+import sys
+import threading
+import time
+
+from flask import Flask, jsonify, request
+
+from api_common import ApiError, Metrics, install_common, json_body, load_env, setup_logging, sse, sse_response
+from engines import CACHE_MODES, Chunk, EngineError, GenParams, create_engine
+from openai_format import (chunk, completion, new_id, parse_chat_request, parse_messages, usage_with_timings)
+
+log = logging.getLogger("qwen_server")
+SEED_DEFAULTS = {"temperature": 0.4, "top_p": 0.9, "top_k": 60, "repetition_penalty": 1.1}
+
+
+class Stats:
+    """What /status reports about traffic since start-up."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.started = time.time()
+        self.requests = self.tokens = self.active = 0
+        self.decode_ms = 0.0
+        self.last_tps = None
+
+    def busy(self, delta):
+        with self.lock:
+            self.active += delta
+
+    def record(self, usage):
+        with self.lock:
+            self.requests += 1
+            self.tokens += usage["completion_tokens"]
+            self.decode_ms += usage["timings"]["decode_ms"] or 0
+            self.last_tps = usage["timings"]["tokens_per_second"]
+
+    def snapshot(self):
+        with self.lock:
+            return {"requests_served": self.requests, "tokens_generated": self.tokens,
+                    "average_tokens_per_second": round(self.tokens / self.decode_ms * 1000, 2)
+                    if self.decode_ms else None,
+                    "last_tokens_per_second": self.last_tps, "active_requests": self.active,
+                    "uptime_seconds": round(time.time() - self.started, 1)}
+
+
+def create_app(engine):
+    app = Flask(__name__)
+    metrics = Metrics("qwen")
+    install_common(app, metrics, "qwen_server")
+    stats = Stats()
+
+    def budget(messages, max_tokens):
+        """Prompt tokens and the max_tokens that fits the context, or a 400 with the counts."""
+        prompt = engine.count_tokens(messages)
+        room = engine.max_seq_len - prompt
+        if max_tokens is None:
+            max_tokens = room
+        if room < 1 or max_tokens > room:
+            raise ApiError(400, f"This model's context is {engine.max_seq_len} tokens: the prompt has {prompt} "
+                                f"and max_tokens asks for {max_tokens}. Shorten the conversation or lower "
+                                f"max_tokens.", code="context_length_exceeded", param="messages")
+        return prompt, max_tokens
+
+    @app.post("/v1/chat/completions")
+    def chat_completions():
+        req = parse_chat_request(json_body(), SEED_DEFAULTS)
+        params = req["params"]
+        _, params["max_tokens"] = budget(req["messages"], params.get("max_tokens"))
+        model, cid = engine.model_name, new_id()
+        chunks = engine.generate(req["messages"], GenParams(**params), threading.Event())
+        if req["stream"]:
+            return sse_response(stream_frames(chunks, cid, model, req["include_usage"]))
+        stats.busy(+1)
+        try:
+            parts, last = [], Chunk()
+            for last in chunks:
+                parts.append(last.text)
+        finally:
+            stats.busy(-1)
+            chunks.close()
+        usage = usage_with_timings(last.usage or {})
+        finished(model, usage)
+        return jsonify(completion(cid, model, "".join(parts), last.finish_reason, usage))
+
+    def finished(model, usage):
+        stats.record(usage)
+        metrics.tokens.labels(model).inc(usage["completion_tokens"])
+        if usage["timings"]["tokens_per_second"]:
+            metrics.tok_per_s.labels(model).set(usage["timings"]["tokens_per_second"])
+
+    def stream_frames(chunks, cid, model, include_usage):
+        stats.busy(+1)
+        metrics.active_streams.inc()
+        try:
+            yield sse(chunk(cid, model, delta={"role": "assistant", "content": ""}))
+            for c in chunks:
+                if c.text:
+                    yield sse(chunk(cid, model, delta={"content": c.text}))
+                if c.finish_reason:
+                    usage = usage_with_timings(c.usage or {})
+                    finished(model, usage)
+                    yield sse(chunk(cid, model, finish_reason=c.finish_reason))
+                    if include_usage:
+                        yield sse(chunk(cid, model, usage=usage))
+            yield sse("[DONE]")
+        except Exception as e:  # noqa: BLE001 - headers are gone: report in-band, as OpenAI does
+            log.exception("generation failed")
+            yield sse(ApiError(500, f"Generation failed: {e}", type="server_error", code="engine_error").body())
+            yield sse("[DONE]")
+        finally:
+            stats.busy(-1)
+            metrics.active_streams.dec()
+            chunks.close()  # a client that hung up cancels its job here
+
+    def messages_from_body():
+        body = json_body()
+        if "text" in body and "messages" not in body:
+            if not isinstance(body["text"], str):
+                raise ApiError(400, "'text' must be a string.", code="invalid_parameter", param="text")
+            return None, body["text"]
+        return parse_messages(body.get("messages")), None
+
+    @app.post("/v1/token/count")
+    def token_count():
+        messages, text = messages_from_body()
+        n = len(engine.hf_tokenizer(text, add_special_tokens=False)["input_ids"]) if messages is None \
+            else engine.count_tokens(messages)
+        return jsonify({"count": n, "max_seq_len": engine.max_seq_len})
+
+    @app.post("/v1/token/encode")
+    def token_encode():  # TabbyAPI's shape: {"tokens": [...], "length": n}
+        messages, text = messages_from_body()
+        ids = engine.hf_tokenizer(text, add_special_tokens=False)["input_ids"] if messages is None \
+            else engine.encode(messages)
+        return jsonify({"tokens": ids, "length": len(ids)})
+
+    @app.get("/v1/models")
+    def models():
+        return jsonify({"object": "list", "data": [{"id": engine.model_name, "object": "model",
+                                                    "created": int(stats.started), "owned_by": "local",
+                                                    "max_seq_len": engine.max_seq_len}]})
+
+    @app.get("/status")
+    @app.get("/qwen/status")
+    def status():
+        st = engine.status()
+        st.update(stats.snapshot(), queue_length=engine.queue_length(), online=True)
+        metrics.queue_length.set(st["queue_length"])
+        return jsonify(st)
+
+    @app.get("/health")
+    def health():
+        return jsonify({"status": "ok"})
+
+    @app.get("/")
+    def index():
+        return jsonify({"service": "qwen_server", "model": engine.model_name, "endpoints": [
+            "POST /v1/chat/completions", "POST /v1/token/count", "POST /v1/token/encode", "GET /v1/models",
+            "GET /status", "GET /qwen/status", "GET /health", "GET /metrics"]})
+
+    return app
+
+
+def parse_args(argv=None):
+    load_env()  # .env fills in what flags leave out; flags win
+    env = os.environ.get
+    p = argparse.ArgumentParser(description="Local Qwen 2.5 Coder server (OpenAI-compatible, streaming).")
+    p.add_argument("-m", "--model", default=env("QWEN_MODEL_PATH"),
+                   help="Hugging Face-format or EXL2 model dir (env QWEN_MODEL_PATH)")
+    p.add_argument("-cache", "--cache", default=env("QWEN_CACHE", "q4"), choices=CACHE_MODES,
+                   help="KV cache precision (env QWEN_CACHE, default q4: about 1/4 the memory of fp16)")
+    p.add_argument("-l", "--max-seq-len", type=int, default=env("QWEN_MAX_SEQ_LEN") or None,
+                   help="context length in tokens (env QWEN_MAX_SEQ_LEN; default: the model's own, at most 16384)")
+    p.add_argument("--engine", default=env("QWEN_ENGINE", "auto"), choices=("auto", "exllamav2", "transformers"),
+                   help="auto = exllamav2 when CUDA is present, else transformers (env QWEN_ENGINE)")
+    p.add_argument("--host", default=env("QWEN_HOST", "127.0.0.1"), help="bind address (env QWEN_HOST)")
+    p.add_argument("--port", type=int, default=env("QWEN_PORT", "5001"), help="port (env QWEN_PORT, default 5001)")
+    args = p.parse_args(argv)
+    if not args.model:
+        p.error("no model: pass -m PATH or set QWEN_MODEL_PATH in .env")
+    if args.max_seq_len is not None and args.max_seq_len < 16:
+        p.error("-l must be at least 16 tokens")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    setup_logging()
+    log.info("loading %s with engine=%s cache=%s", args.model, args.engine, args.cache)
+    try:
+        engine = create_engine(args.engine, args.model, args.cache, args.max_seq_len)
+        engine.load()
+    except EngineError as e:
+        print(f"qwen_server: error: {e}", file=sys.stderr)
+        return 2
+    st = engine.status()
+    mem = st["memory"]
+    log.info("ready: model=%s arch=%s engine=%s cache=%s context=%d device=%s %s used=%.2f/%.2f GiB load=%.1fs",
+             st["model"], st["architecture"], st["engine"], st["cache_mode"], st["max_seq_len"], st["device"],
+             mem["kind"], mem["used_bytes"] / 2**30, mem["total_bytes"] / 2**30, st["load_seconds"])
+    if st["cache_note"]:
+        log.warning("%s", st["cache_note"])
+    from werkzeug.serving import run_simple
+    log.info("serving on http://%s:%d (OpenAI base_url http://%s:%d/v1)", args.host, args.port, args.host, args.port)
+    run_simple(args.host, args.port, create_app(engine), threaded=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

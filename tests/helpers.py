@@ -1,0 +1,130 @@
+"""Helpers for tests that run real servers as subprocesses (fake GigaChat, the gateway, ...)."""
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+HOST = "127.0.0.1"
+PYTHON = sys.executable  # the venv's interpreter, so subprocesses see the same packages
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(TESTS_DIR)
+
+_insecure_tls = ssl.create_default_context()
+_insecure_tls.check_hostname = False
+_insecure_tls.verify_mode = ssl.CERT_NONE
+
+
+def free_port(host=HOST) -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def http(method, url, body=None, headers=None, timeout=5.0):
+    """(status, headers, parsed JSON or text) without raising on HTTP errors; JSON bodies for dicts."""
+    data = None
+    headers = dict(headers or {})
+    if body is not None:
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8") if not isinstance(body, bytes) else body
+        headers.setdefault("Content-Type", "application/json")
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    handlers = [urllib.request.ProxyHandler({})]  # local servers only: never via a proxy from the env
+    if url.startswith("https:"):
+        handlers.append(urllib.request.HTTPSHandler(context=_insecure_tls))
+    try:
+        with urllib.request.build_opener(*handlers).open(req, timeout=timeout) as resp:
+            status, resp_headers, raw = resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as e:
+        status, resp_headers, raw = e.code, e.headers, e.read()
+    text = raw.decode("utf-8", "replace")
+    try:
+        return status, resp_headers, json.loads(text)
+    except ValueError:
+        return status, resp_headers, text
+
+
+def _log_tail(path, n=3000):
+    try:
+        with open(path, "rb") as f:
+            return f.read()[-n:].decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def start_process(args, env=None, port=None, ready_path="/_health", host=HOST, scheme="http",
+                  timeout=20.0, cwd=REPO_ROOT):
+    """Start `args` and wait until GET {scheme}://host:port{ready_path} answers 2xx.
+
+    env: variables laid over os.environ; a None value removes that variable.
+    Output goes to a temp log file (a pipe nobody reads could fill up and hang the server);
+    its path is `proc.log_path`, and `proc.base_url` is the server's address.
+    Raises RuntimeError with the log tail when the process exits or never gets ready.
+    Stop it with stop_process(proc)."""
+    full_env = dict(os.environ)
+    for k, v in (env or {}).items():
+        if v is None:
+            full_env.pop(k, None)
+        else:
+            full_env[k] = str(v)
+    log = tempfile.NamedTemporaryFile(prefix="proc-", suffix=".log", delete=False)
+    proc = subprocess.Popen([str(a) for a in args], env=full_env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    log.close()
+    proc.log_path = log.name
+    proc.base_url = f"{scheme}://{host}:{port}" if port else None
+    if port is None:
+        return proc
+    deadline, url = time.monotonic() + timeout, proc.base_url + ready_path
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{args[:3]} exited with {proc.returncode} before it was ready:\n"
+                               f"{_log_tail(proc.log_path)}")
+        try:
+            status, _, _ = http("GET", url, timeout=1.0)
+            if 200 <= status < 300:
+                return proc
+        except OSError:  # refused / reset while it starts
+            pass
+        if time.monotonic() > deadline:
+            stop_process(proc)
+            raise RuntimeError(f"{args[:3]} was not ready at {url} after {timeout:g} s:\n{_log_tail(proc.log_path)}")
+        time.sleep(0.05)
+
+
+def stop_process(proc, timeout=5.0):
+    """Terminate, then kill if it lingers; remove its log file."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+    log_path = getattr(proc, "log_path", None)
+    if log_path and os.path.exists(log_path):
+        os.unlink(log_path)
+
+
+def start_fake_gigachat(*extra_args, env=None):
+    """Run tests/fake_gigachat.py on a free port; returns the Popen (see start_process)."""
+    port = free_port()
+    scheme = "https" if "--tls-cert" in extra_args else "http"
+    return start_process([PYTHON, os.path.join(TESTS_DIR, "fake_gigachat.py"), "--port", port, *extra_args],
+                         env=env, port=port, scheme=scheme)
+
+
+def sse_events(resp):
+    """Parsed `data:` payloads of a streamed requests.Response; `[DONE]` stays a string."""
+    out = []
+    for line in resp.iter_lines():
+        if line.startswith(b"data: "):
+            data = line[6:].decode("utf-8")
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out

