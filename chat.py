@@ -56,6 +56,22 @@ def create_app(config=None, providers=None):
         providers = {"gigachat": GigaChatProvider(),
                      "qwen": QwenProvider(app.config["QWEN_URL"], app.config["QWEN_TIMEOUT"])}
     app.extensions["providers"] = providers
+    metrics.queue_length.set_function(lambda: getattr(providers["gigachat"], "queue_length", 0))
+
+    def record_usage(name, usage):
+        usage = usage or {}
+        metrics.tokens.labels(name).inc(usage.get("completion_tokens") or 0)
+        tps = (usage.get("timings") or {}).get("tokens_per_second")
+        if tps:
+            metrics.tok_per_s.labels(name).set(tps)
+
+    def tracked(frames):
+        """Counts an SSE stream as active while it is being sent."""
+        metrics.active_streams.inc()
+        try:
+            yield from frames
+        finally:
+            metrics.active_streams.dec()
 
     @app.errorhandler(sqlite3.OperationalError)
     def _db_error(e):
@@ -125,8 +141,10 @@ def create_app(config=None, providers=None):
                                         [{"role": "user", "content": q}], params.get("max_tokens"))
         ctx = exchange.start(conn, provider, sid, q, messages, system, params)
         if stream:
-            return sse_response(page_events(exchange.open_stream(ctx, app.config["DATABASE"]), ctx, sid))
+            events = exchange.open_stream(ctx, app.config["DATABASE"])
+            return sse_response(tracked(page_events(events, ctx, sid)))
         r = exchange.answer(ctx)
+        record_usage(name, r.get("usage"))
         return jsonify({"answer": r["answer"], "model": r.get("model"), "provider": name, "session": sid,
                         "message_id": r["message_id"], "finish_reason": r.get("finish_reason"),
                         "blocked": r["status"] == "blocked", "usage": r.get("usage"), "elapsed_ms": r["elapsed_ms"]})
@@ -139,6 +157,7 @@ def create_app(config=None, providers=None):
                 if kind == "delta":
                     yield sse({"type": "delta", "text": value})
                 elif kind == "done":
+                    record_usage(ctx["provider"].name, value.get("usage"))
                     yield sse({"type": "done", "session": sid, "message_id": value["message_id"],
                                "model": value.get("model"), "finish_reason": value.get("finish_reason"),
                                "blocked": value["status"] == "blocked", "usage": value.get("usage"),
@@ -257,6 +276,7 @@ def create_app(config=None, providers=None):
         cid = new_id()
         if not req["stream"]:
             r = exchange.answer(ctx)
+            record_usage(name, r.get("usage"))
             resp = jsonify(completion(cid, model_out, r["answer"], r.get("finish_reason"), r.get("usage")))
             resp.headers["X-Session-ID"] = sid
             return resp
@@ -268,13 +288,14 @@ def create_app(config=None, providers=None):
                     if kind == "delta":
                         yield sse(chunk(cid, model_out, delta={"content": value}))
                     elif kind == "done":
+                        record_usage(name, value.get("usage"))
                         yield sse(chunk(cid, model_out, finish_reason=value.get("finish_reason") or "stop"))
                         if req["include_usage"]:
                             yield sse(chunk(cid, model_out, usage=value.get("usage") or {}))
                     else:
                         yield sse(value.body())
             yield sse("[DONE]")
-        resp = sse_response(frames(exchange.open_stream(ctx, app.config["DATABASE"])))
+        resp = sse_response(tracked(frames(exchange.open_stream(ctx, app.config["DATABASE"]))))
         resp.headers["X-Session-ID"] = sid
         return resp
 

@@ -1,15 +1,8 @@
 """GigaChat for the gateway: a thin layer over the official `gigachat` SDK (its v1 chat API).
 
-The SDK does OAuth, caches the token and refreshes it (ahead of expiry, and once more when
-GigaChat answers 401). This module adds what the gateway needs on top of it: GigaChat's
-message rules, a wait queue instead of 429s, X-Session-ID for prompt caching, and errors
-turned into ApiError whose message tells the operator or the user what to do.
-
-Configuration comes from the environment. The SDK reads GIGACHAT_CREDENTIALS, GIGACHAT_SCOPE,
-GIGACHAT_BASE_URL, GIGACHAT_AUTH_URL, GIGACHAT_VERIFY_SSL_CERTS, GIGACHAT_CA_BUNDLE_FILE,
-GIGACHAT_TIMEOUT (...) itself; this module reads GIGACHAT_MODEL, GIGACHAT_MAX_CONCURRENCY and
-GIGACHAT_QUEUE_TIMEOUT.
-"""
+The SDK does OAuth and refreshes the token (before expiry, and once more on a 401); it reads the
+GIGACHAT_* connection settings from the environment itself. Added here: GigaChat's message rules,
+a wait queue instead of 429s, X-Session-ID for prompt caching, and ApiErrors that say what to fix."""
 import contextlib
 import json
 import logging
@@ -38,6 +31,16 @@ _CHECK_KEY = ("check GIGACHAT_CREDENTIALS (the Authorization key from developers
               "(GIGACHAT_API_PERS, GIGACHAT_API_B2B or GIGACHAT_API_CORP) in .env")
 
 
+def _upstream(status, message, code, headers=None):
+    return ApiError(status, message, type=UPSTREAM, code=code, headers=headers)
+
+
+def _interrupted(err, chars):
+    return _upstream(err.status, f"GigaChat stream broke after {chars} characters ({err.message.rstrip('.')}); the "
+                                 "partial answer was kept, ask again to get the rest.", "gigachat_stream_interrupted",
+                     err.headers)
+
+
 def _env_number(name, default, cast):
     raw = os.environ.get(name, "").strip()
     try:
@@ -64,8 +67,7 @@ def normalize_messages(messages):
         raise ApiError(400, "messages must be a non-empty list of {role, content}.", code="invalid_messages")
     system, rest = [], []
     for i, m in enumerate(messages):
-        role = m.get("role") if isinstance(m, dict) else None
-        content = m.get("content") if isinstance(m, dict) else None
+        role, content = (m.get("role"), m.get("content")) if isinstance(m, dict) else (None, None)
         if role not in ROLES:
             raise ApiError(400, f"messages[{i}].role must be system, user or assistant, got {role!r}.",
                            code="invalid_messages", param=f"messages[{i}].role")
@@ -73,8 +75,7 @@ def normalize_messages(messages):
             raise ApiError(400, f"messages[{i}].content must be a string.", code="invalid_messages",
                            param=f"messages[{i}].content")
         if role == "system":
-            if content and content.strip():
-                system.append(content)
+            system += [content] if content and content.strip() else []
         else:
             rest.append({"role": role, "content": content or ""})
     return ([{"role": "system", "content": "\n\n".join(system)}] if system else []) + rest
@@ -169,9 +170,8 @@ class GigaChatProvider:
                             break
                         except Exception as e:
                             err = self._mapped(e)
-                            raise (self._interrupted(err, chars) if chars else err) from e
-                    model = chunk.model or model
-                    usage = chunk.usage or usage
+                            raise (_interrupted(err, chars) if chars else err) from e
+                    model, usage = chunk.model or model, chunk.usage or usage
                     choice = chunk.choices[0] if chunk.choices else None
                     finish = (choice and choice.finish_reason) or finish
                     if choice and choice.delta.content:
@@ -179,10 +179,10 @@ class GigaChatProvider:
                         yield {"delta": choice.delta.content}
             finally:
                 chunks.close()  # closes the HTTP response if we stop early
-            if finish is None:  # connection closed cleanly but before GigaChat finished the answer
-                err = ApiError(502, "GigaChat ended the stream before the answer was complete; try again.",
-                               type=UPSTREAM, code="gigachat_stream_interrupted")
-                raise self._interrupted(err, chars) if chars else err
+            if finish is None:  # the connection closed cleanly, but before GigaChat finished
+                err = _upstream(502, "GigaChat ended the stream before the answer was complete; try again.",
+                                "gigachat_stream_interrupted")
+                raise _interrupted(err, chars) if chars else err
         # Slot released before the last yield: a caller that stops here must not block others.
         yield {"finish_reason": finish, "usage": _usage(usage), "model": model, "blocked": finish == "blacklist"}
 
@@ -206,17 +206,16 @@ class GigaChatProvider:
                 except pydantic.ValidationError as e:
                     bad = e.errors()[0]
                     name = "GIGACHAT_" + str(bad["loc"][0]).upper() if bad.get("loc") else "a GIGACHAT_* variable"
-                    raise ApiError(503, f"GigaChat settings are invalid: {name}: {bad['msg']}; fix it in .env.",
-                                   type=UPSTREAM, code="gigachat_not_configured")
+                    raise _upstream(503, f"GigaChat settings are invalid: {name}: {bad['msg']}; fix it in .env.",
+                                    "gigachat_not_configured")
                 s = client._settings
                 if not (s.credentials or s.access_token or (s.user and s.password)):
-                    raise ApiError(503, _NOT_CONFIGURED, type=UPSTREAM, code="gigachat_not_configured")
+                    raise _upstream(503, _NOT_CONFIGURED, "gigachat_not_configured")
+                if s.ca_bundle_file and not os.path.isfile(s.ca_bundle_file):
+                    raise _upstream(503, f"GIGACHAT_CA_BUNDLE_FILE={s.ca_bundle_file} does not exist: point it at the "
+                                         "Russian Trusted Root CA file (.crt/.pem).", "gigachat_not_configured")
                 self._client = client
             return self._client
-
-    @property
-    def _settings(self):
-        return self._client._settings
 
     def _payload(self, messages, params):
         payload = {"model": self.model, "messages": normalize_messages(messages)}
@@ -231,7 +230,7 @@ class GigaChatProvider:
             except (TypeError, ValueError):
                 raise ApiError(400, f"{key} must be a number, got {value!r}.", code="invalid_parameter", param=key)
         if payload.get("temperature") is not None and payload["temperature"] <= 0:
-            payload["temperature"] = MIN_TEMPERATURE  # "as deterministic as possible", which 0 means elsewhere
+            payload["temperature"] = MIN_TEMPERATURE  # "as deterministic as possible", what 0 means elsewhere
         return payload
 
     @contextlib.contextmanager
@@ -246,19 +245,13 @@ class GigaChatProvider:
                 with self._lock:
                     self._waiting -= 1
             if not got:
-                raise ApiError(503, f"GigaChat is busy: {self.max_concurrency} request(s) are running and this one "
-                                    f"waited {self.queue_timeout:g} s (GIGACHAT_QUEUE_TIMEOUT); try again shortly.",
-                               type=UPSTREAM, code="gigachat_busy", headers={"Retry-After": str(RETRY_AFTER_S)})
+                raise _upstream(503, f"GigaChat is busy: {self.max_concurrency} request(s) running and this one "
+                                     f"waited {self.queue_timeout:g} s (GIGACHAT_QUEUE_TIMEOUT); try again shortly.",
+                                "gigachat_busy", {"Retry-After": str(RETRY_AFTER_S)})
         try:
             yield
         finally:
             self._slots.release()
-
-    @staticmethod
-    def _interrupted(err, chars):
-        return ApiError(err.status, f"GigaChat stream broke after {chars} characters: {err.message} The partial "
-                                    f"answer was kept; ask again to get the rest.",
-                        type=UPSTREAM, code="gigachat_stream_interrupted", headers=err.headers)
 
     def _mapped(self, e):
         """The ApiError for an SDK/httpx exception; anything else (a bug) is re-raised as is."""
@@ -269,10 +262,10 @@ class GigaChatProvider:
         return err
 
     def _where(self, url):
-        """Which setting names the URL that failed: the OAuth server or the API."""
-        auth = self._settings.auth_url.rstrip("/")
-        return ("GIGACHAT_AUTH_URL", auth) if url and str(url).startswith(auth) else \
-            ("GIGACHAT_BASE_URL", self._settings.base_url)
+        """(setting, URL) of what failed: the OAuth server or the API."""
+        s = self._client._settings
+        auth = s.auth_url.rstrip("/")
+        return ("GIGACHAT_AUTH_URL", auth) if url and str(url).startswith(auth) else ("GIGACHAT_BASE_URL", s.base_url)
 
     def _map_error(self, e):
         if isinstance(e, ResponseError):
@@ -282,46 +275,43 @@ class GigaChatProvider:
         except (AttributeError, RuntimeError):  # httpx raises RuntimeError when no request is attached
             var, url = self._where(None)
         if isinstance(e, httpx.TimeoutException):
-            return ApiError(504, f"GigaChat did not answer within {self._settings.timeout:g} s (GIGACHAT_TIMEOUT) at "
-                                 f"{url}; try again, or raise GIGACHAT_TIMEOUT for long answers.",
-                            type=UPSTREAM, code="gigachat_timeout")
+            return _upstream(504, f"GigaChat did not answer within {self._client._settings.timeout:g} s "
+                                  f"(GIGACHAT_TIMEOUT) at {url}; try again, or raise GIGACHAT_TIMEOUT.",
+                             "gigachat_timeout")
         tls = [x for x in _chain(e) if isinstance(x, ssl.SSLError)]
         if tls or "CERTIFICATE_VERIFY_FAILED" in str(e):
-            return ApiError(503, f"TLS check of GigaChat at {url} failed ({tls[0] if tls else e}). GigaChat's "
-                                 "certificate is issued by the \"Russian Trusted Root CA\" (Минцифры), which Python "
-                                 "does not trust by default: download it from gosuslugi.ru/crt and set "
-                                 "GIGACHAT_CA_BUNDLE_FILE to that file (the right fix), or set "
-                                 "GIGACHAT_VERIFY_SSL_CERTS=false (development only).",
-                            type=UPSTREAM, code="gigachat_tls_error")
-        if isinstance(e, httpx.ConnectError):
-            return ApiError(503, f"Cannot reach GigaChat at {url} ({e}): check the network / {var}.",
-                            type=UPSTREAM, code="gigachat_unreachable")
+            return _upstream(503, f"TLS check of GigaChat at {url} failed ({tls[0] if tls else e}). GigaChat's "
+                                  "certificate is issued by the \"Russian Trusted Root CA\" (Минцифры), which Python "
+                                  "does not trust by default: download it from gosuslugi.ru/crt and set "
+                                  "GIGACHAT_CA_BUNDLE_FILE to that file (the right fix), or set "
+                                  "GIGACHAT_VERIFY_SSL_CERTS=false (development only).", "gigachat_tls_error")
+        if isinstance(e, httpx.ConnectError):  # refused, DNS, no route
+            return _upstream(503, f"Cannot reach GigaChat at {url} ({e}): check the network / {var}.",
+                             "gigachat_unreachable")
         if isinstance(e, httpx.TransportError):  # reset, cut mid-answer, not SSE, ...
-            return ApiError(502, f"The connection to GigaChat failed ({e or type(e).__name__}); try again.",
-                            type=UPSTREAM, code="gigachat_connection_lost")
+            return _upstream(502, f"The connection to GigaChat failed ({e or type(e).__name__}); try again.",
+                             "gigachat_connection_lost")
         if isinstance(e, (pydantic.ValidationError, json.JSONDecodeError)):
-            return ApiError(502, f"GigaChat sent an answer this gateway cannot read ({type(e).__name__}); "
-                                 "try again, and update the gigachat package if it persists.",
-                            type=UPSTREAM, code="gigachat_bad_response")
+            return _upstream(502, f"GigaChat sent an answer this gateway cannot read ({type(e).__name__}); try "
+                                  "again, and update the gigachat package if it persists.", "gigachat_bad_response")
         return None
 
     def _map_status(self, e: ResponseError):
         status, msg = e.status_code, _upstream_message(e)
-        var, _ = self._where(e.url)
-        if status == 401 or (var == "GIGACHAT_AUTH_URL" and status in (400, 403)):
+        if status == 401 or (self._where(e.url)[0] == "GIGACHAT_AUTH_URL" and status in (400, 403)):
             # An API 401 reaches us only after the SDK fetched a fresh token and retried: the key is bad.
-            extra = " (or renew GIGACHAT_ACCESS_TOKEN)" if self._settings.access_token else ""
-            return ApiError(502, f"GigaChat rejected the authorization ({status}: {msg}): {_CHECK_KEY}{extra}.",
-                            type=UPSTREAM, code="gigachat_auth_failed")
+            extra = " (or renew GIGACHAT_ACCESS_TOKEN)" if self._client._settings.access_token else ""
+            return _upstream(502, f"GigaChat rejected the authorization ({status}: {msg}): {_CHECK_KEY}{extra}.",
+                             "gigachat_auth_failed")
         if status == 402:
-            return ApiError(402, f"The GigaChat token package for model '{self.model}' is used up ({msg}): buy or "
-                                 "activate a package at developers.sber.ru, or set GIGACHAT_MODEL to a model you "
-                                 "still have tokens for.", type=UPSTREAM, code="gigachat_quota_exceeded")
+            return _upstream(402, f"The GigaChat token package for model '{self.model}' is used up ({msg}): buy or "
+                                  "activate a package at developers.sber.ru, or set GIGACHAT_MODEL to a model you "
+                                  "still have tokens for.", "gigachat_quota_exceeded")
         if status == 403:
-            return ApiError(502, f"GigaChat refused access ({msg}): check that GIGACHAT_SCOPE matches your key's plan.",
-                            type=UPSTREAM, code="gigachat_forbidden")
+            return _upstream(502, f"GigaChat refused access ({msg}): check that GIGACHAT_SCOPE matches your key.",
+                             "gigachat_forbidden")
         if status == 404:
-            return ApiError(502, self._not_found(e, msg), type=UPSTREAM, code="gigachat_model_not_found")
+            return _upstream(502, self._not_found(e, msg), "gigachat_model_not_found")
         if status == 413:
             return ApiError(413, f"The request is too large for GigaChat ({msg}); shorten the conversation.",
                             code="request_too_large")
@@ -332,18 +322,15 @@ class GigaChatProvider:
             return ApiError(429, f"GigaChat's rate limit for this key is hit ({msg}); retry in {retry} s.",
                             type="rate_limit_error", code="gigachat_rate_limited", headers={"Retry-After": retry})
         if status >= 500:
-            return ApiError(502, f"GigaChat failed (status {status}): {msg}; try again.",
-                            type=UPSTREAM, code="gigachat_server_error")
-        return ApiError(502, f"GigaChat answered {status}: {msg}.", type=UPSTREAM, code="gigachat_error")
+            return _upstream(502, f"GigaChat failed (status {status}): {msg}; try again.", "gigachat_server_error")
+        return _upstream(502, f"GigaChat answered {status}: {msg}.", "gigachat_error")
 
     def _not_found(self, e, msg):
         try:  # one cheap call tells a wrong model from a wrong base URL
             names = [m.id_ for m in self._client.get_models().data]
         except Exception:
             names = None
-        if names is None:
-            return (f"GigaChat answered 404 ({msg}) at {e.url}: unknown model '{self.model}' or a wrong "
-                    "GIGACHAT_BASE_URL (it should end in /api/v1); see GET /v1/models.")
-        if self.model not in names:
+        if names and self.model not in names:
             return f"Unknown model '{self.model}': set GIGACHAT_MODEL to one of {', '.join(names)}."
-        return f"GigaChat answered 404 ({msg}) at {e.url}: check GIGACHAT_BASE_URL (it should end in /api/v1)."
+        return (f"GigaChat answered 404 ({msg}) at {e.url}: check GIGACHAT_MODEL ('{self.model}', see "
+                "GET /v1/models) and GIGACHAT_BASE_URL (it should end in /api/v1).")

@@ -71,6 +71,7 @@ class Engine:
         self.load_seconds = None
         self.lock = threading.Lock()
         self.waiting = 0  # requests queued behind the one being generated
+        self.count_lock = threading.Lock()
         self.hf_tokenizer = None
 
     # -- to be provided by engines ------------------------------------------------------------

@@ -96,7 +96,8 @@ class ExLlamaV2Engine(Engine):
         p = req.params
         s = ExLlamaV2Sampler.Settings()
         s.temperature = p.temperature
-        s.top_k = p.top_k if p.temperature > 0 else 1  # temperature 0 means greedy
+        greedy = p.temperature == 0 or p.top_p == 0  # as in OpenAI; exllamav2 reads top_p 0 as "off"
+        s.top_k = 1 if greedy else p.top_k
         s.top_p = p.top_p
         s.token_repetition_penalty = p.repetition_penalty
         req.job = ExLlamaV2DynamicJob(input_ids=torch.tensor([req.ids]), max_new_tokens=p.max_tokens,

@@ -53,11 +53,13 @@ class TransformersEngine(Engine):
     @torch.inference_mode()
     def generate(self, messages, params: GenParams, cancel: threading.Event):
         prompt_ids = self.encode(messages)
-        self.waiting += 1
+        with self.count_lock:
+            self.waiting += 1
         try:
             self.lock.acquire()  # one request at a time: the model and its cache are not shared
         finally:
-            self.waiting -= 1
+            with self.count_lock:
+                self.waiting -= 1
         try:
             yield from self._generate(prompt_ids, params, cancel)
         finally:

@@ -351,3 +351,15 @@ def test_gunicorn_16_clients_x_50_requests(qwen_smol, fake_gigachat, tmp_path):
         n = rows[0][1].split()[1]
         assert [c for r, c in rows if r == "user"] == [f"клиент {n} сообщение {i}" for i in range(50)]
         assert [c for r, c in rows if r == "assistant"] == [f"Эхо: клиент {n} сообщение {i}" for i in range(50)]
+
+
+def test_metrics_count_requests_tokens_and_streams(gw):
+    get(gw, "/qwen", q="hi", max_tokens=3)
+    sse_events(requests.get(gw.base_url + "/gigachat", params={"q": "a b", "stream": 1}, stream=True))
+    text = get(gw, "/metrics").text
+    assert 'chat_http_requests_total{endpoint="/qwen",method="GET",status="200"}' in text
+    assert 'chat_http_request_seconds_bucket{endpoint="/gigachat"' in text
+    qwen_tokens = [l for l in text.splitlines() if l.startswith('chat_tokens_generated_total{model="qwen"}')]
+    assert qwen_tokens and float(qwen_tokens[0].split()[-1]) >= 3
+    assert "chat_active_streams 0.0" in text and "chat_queue_length 0.0" in text
+    assert 'chat_last_tokens_per_second{model="qwen"}' in text

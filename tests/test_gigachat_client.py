@@ -217,9 +217,11 @@ def test_bad_credentials_and_scope(provider, fake):
     assert fake.stats()["auth_failures"] == 2
 
 
-def test_invalid_setting_is_named(provider):
+def test_invalid_setting_is_named(provider, tmp_path):
     err = raises(provider(GIGACHAT_TIMEOUT="soon").complete, USER, {})
     assert err.status == 503 and "GIGACHAT_TIMEOUT" in err.message
+    err = raises(provider(GIGACHAT_CA_BUNDLE_FILE=str(tmp_path / "missing.crt")).complete, USER, {})
+    assert err.status == 503 and "GIGACHAT_CA_BUNDLE_FILE" in err.message
 
 
 def test_expired_token_is_refreshed_transparently(provider, fake):
@@ -268,7 +270,8 @@ def test_persistent_401_means_bad_key(provider):
 ])
 def test_http_errors_mapped(provider, fault, status, needle, retry_after):
     p = provider()
-    for call in (lambda: p.complete(say(f"x [[fault:{fault}]]"), {}), lambda: list(p.stream(say(f"x [[fault:{fault}]]"), {}))):
+    messages = say(f"x [[fault:{fault}]]")
+    for call in (lambda: p.complete(messages, {}), lambda: list(p.stream(messages, {}))):
         err = raises(call)
         assert err.status == status and needle in err.message
         assert err.code != "gigachat_stream_interrupted"
@@ -363,12 +366,12 @@ def test_requests_queue_instead_of_429(provider, fake):
 
 def test_concurrency_limit_above_one(provider, fake):
     p = provider(GIGACHAT_MAX_CONCURRENCY="3")
-    p.models()
-    results, threads = _parallel(p, 3, "x [[fault:slow=0.5]]")
+    results, threads = _parallel(p, 3, "x [[fault:slow=0.5]]")  # no token yet: all three need one at once
     for t in threads:
         t.join()
     # >= 2, not == 3: under load a thread may start late; overlap at all shows the limit is not 1
     assert all(isinstance(r, dict) for r in results) and fake.stats()["max_active"] >= 2
+    assert fake.stats()["auth_calls"] == 1  # the SDK's token lock: one OAuth call, not one per thread
 
 
 def test_queue_timeout_is_503_busy(provider, fake):
