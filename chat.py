@@ -15,6 +15,7 @@ from flask import Flask, Response, g, jsonify, render_template, request
 
 import db
 import exchange
+import openapi
 from api_common import ApiError, Metrics, install_common, json_body, load_env, setup_logging, sse, sse_response
 from openai_format import (chunk, completion, new_id, parse_chat_request, parse_param, parse_params)
 
@@ -49,6 +50,7 @@ def create_app(config=None, providers=None):
     app.config.update(config or {})
     metrics = Metrics("chat")
     install_common(app, metrics, "chat")
+    openapi.register(app, "gateway")  # GET /openapi.json
     db.init_app(app)
     if providers is None:
         from gigachat_client import GigaChatProvider

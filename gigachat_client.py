@@ -218,7 +218,7 @@ class GigaChatProvider:
             return self._client
 
     def _payload(self, messages, params):
-        payload = {"model": self.model, "messages": normalize_messages(messages)}
+        payload = {"model": (params or {}).get("model") or self.model, "messages": normalize_messages(messages)}
         # top_k is ignored on purpose: GigaChat has no top_k parameter.
         for key, cast in (("temperature", float), ("top_p", float), ("max_tokens", int),
                           ("repetition_penalty", float)):

@@ -12,6 +12,7 @@ import time
 
 from flask import Flask, jsonify, request
 
+import openapi
 from api_common import ApiError, Metrics, install_common, json_body, load_env, setup_logging, sse, sse_response
 from engines import CACHE_MODES, Chunk, EngineError, GenParams, create_engine
 from openai_format import (chunk, completion, new_id, parse_chat_request, parse_messages, usage_with_timings)
@@ -54,6 +55,7 @@ def create_app(engine):
     app = Flask(__name__)
     metrics = Metrics("qwen")
     install_common(app, metrics, "qwen_server")
+    openapi.register(app, "qwen_server")  # GET /openapi.json
     stats = Stats()
 
     def budget(messages, max_tokens):

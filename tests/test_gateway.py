@@ -363,3 +363,10 @@ def test_metrics_count_requests_tokens_and_streams(gw):
     assert qwen_tokens and float(qwen_tokens[0].split()[-1]) >= 3
     assert "chat_active_streams 0.0" in text and "chat_queue_length 0.0" in text
     assert 'chat_last_tokens_per_second{model="qwen"}' in text
+
+
+def test_v1_model_name_selects_the_gigachat_model(gw, fake_gigachat):
+    client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="unused")
+    r = client.chat.completions.create(model="GigaChat-Pro", messages=[{"role": "user", "content": "модель"}])
+    assert r.choices[0].message.content == "Эхо: модель"
+    assert requests.get(fake_gigachat.base_url + "/_debug/last_request").json()["body"]["model"] == "GigaChat-Pro"

@@ -1,0 +1,130 @@
+"""Property-based fuzzing of both HTTP APIs from their own OpenAPI documents (GET /openapi.json),
+with schemathesis, against real subprocess servers: qwen_server.py on the tiny Qwen2 model and the
+gateway in front of it and the fake GigaChat.
+
+Per operation: the coverage phase (boundary and invalid values of every field) and a capped
+hypothesis fuzzing phase, valid and invalid data both. Checks on every answer:
+  - no 5xx, ever;
+  - every 4xx is the JSON error shape {"error": {"message": str, "type": str, "code": str|null}};
+  - status code, content type, headers and body are the ones the document declares (so the
+    document stays true to the code);
+  - data valid per the document is not refused with a 4xx other than the ones it can legitimately
+    get (404 for a random session id, ...), and invalid data is refused with a 4xx.
+Generation cost is bounded: the gateway's default max_tokens is small (QWEN_MAX_TOKENS) and the
+test caps any max_tokens it sends, so no example waits for a long generation."""
+import os
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.config import SchemathesisConfig
+
+from conftest import start_gateway
+from helpers import stop_process
+
+# schemathesis's pytest loader (4.x) renames the running item through `item._nodeid`, an attribute
+# pytest 9.1+ no longer has (it keeps a NodeId in `_id`): read the id, ignore the rename. Each
+# operation still reports as its own subtest, labelled "METHOD /path".
+if not hasattr(pytest.Function, "_nodeid"):
+    pytest.Function._nodeid = property(lambda self: self.nodeid, lambda self, value: None)
+
+MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "30"))
+TOKEN_CAP = 8  # the most tokens any fuzzed request may ask the tiny model for
+
+
+def fuzz_config():
+    return SchemathesisConfig.from_dict({
+        "seed": int(os.environ.get("FUZZ_SEED", "20240501")),  # reproducible in CI; change it to explore
+        "generation": {"mode": "all", "max-examples": MAX_EXAMPLES, "database": "none"},
+        "phases": {"examples": {"enabled": False}, "stateful": {"enabled": False},
+                   "coverage": {"enabled": True}, "fuzzing": {"enabled": True}},
+        "request-timeout": 60,
+        "checks": {
+            "not_a_server_error": {"enabled": True},
+            "status_code_conformance": {"enabled": True},
+            "content_type_conformance": {"enabled": True},
+            "response_headers_conformance": {"enabled": True},
+            "response_schema_conformance": {"enabled": True},
+            "positive_data_acceptance": {"enabled": True},
+            "negative_data_rejection": {"enabled": True},
+            "unsupported_method": {"enabled": True},
+            # The API key is optional (CHAT_API_KEY unset here): nothing to ignore.
+            "ignored_auth": {"enabled": False},
+        },
+    })
+
+
+@schemathesis.check
+def json_error_shape(ctx, response, case):
+    """Every 4xx/5xx answer is {"error": {"message": str, "type": str, "code": str|null}}."""
+    if response.status_code < 400:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        raise AssertionError(f"{response.status_code} without a JSON body: {response.text[:200]!r}")
+    err = body.get("error") if isinstance(body, dict) else None
+    assert isinstance(err, dict), f"{response.status_code} body is not {{'error': {{...}}}}: {body!r:.200}"
+    assert isinstance(err.get("message"), str) and err["message"], f"no error.message: {body!r:.200}"
+    assert isinstance(err.get("type"), str) and err["type"], f"no error.type: {body!r:.200}"
+    assert "code" in err and (err["code"] is None or isinstance(err["code"], str)), f"bad error.code: {body!r:.200}"
+    return True
+
+
+def cap_generation(case):
+    """Keep each example cheap: at most TOKEN_CAP tokens of generation. Only valid values are lowered,
+    and to valid values, so a valid example stays valid and an invalid one stays invalid."""
+    for container in (case.query, case.body):
+        if not isinstance(container, dict):
+            continue
+        for key in ("max_tokens", "max_completion_tokens"):
+            value = container.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > TOKEN_CAP:
+                container[key] = TOKEN_CAP
+        if container is case.body and "max_tokens" not in container and "max_completion_tokens" not in container:
+            container["max_tokens"] = TOKEN_CAP
+
+
+def fuzz(case):
+    cap_generation(case)
+    response = case.call(timeout=60)
+    case.validate_response(response, additional_checks=[json_error_shape])
+
+
+FUZZ_SETTINGS = settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
+                         suppress_health_check=list(HealthCheck))
+
+
+@pytest.fixture(scope="module")
+def fuzzed_gateway(qwen_tiny, fake_gigachat, tmp_path_factory):
+    # QWEN_MAX_TOKENS: the default for /qwen without max_tokens; GIGACHAT_MAX_CONCURRENCY: nothing queues.
+    proc = start_gateway(qwen_tiny.base_url, fake_gigachat, tmp_path_factory.mktemp("fuzz"),
+                         QWEN_MAX_TOKENS=str(TOKEN_CAP), GIGACHAT_MAX_CONCURRENCY="4")
+    yield proc
+    stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def gateway_schema(fuzzed_gateway):
+    return schemathesis.openapi.from_url(fuzzed_gateway.base_url + "/openapi.json", config=fuzz_config())
+
+
+@pytest.fixture(scope="module")
+def qwen_schema(qwen_tiny):
+    return schemathesis.openapi.from_url(qwen_tiny.base_url + "/openapi.json", config=fuzz_config())
+
+
+gateway_api = schemathesis.pytest.from_fixture("gateway_schema")
+qwen_api = schemathesis.pytest.from_fixture("qwen_schema")
+
+
+@gateway_api.parametrize()
+@FUZZ_SETTINGS
+def test_gateway_api(case):
+    fuzz(case)
+
+
+@qwen_api.parametrize()
+@FUZZ_SETTINGS
+def test_qwen_server_api(case):
+    fuzz(case)
