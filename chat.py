@@ -125,11 +125,11 @@ def create_app(config=None, providers=None):
         params = parse_params(src, defaults, from_query=from_query)
         stream = str(src.get("stream", "")).lower() in ("1", "true", "yes")
         conn = db.get_db()
-        sid = src.get("session") or None
+        sid = str(src["session"])[:100] if src.get("session") else None
         if sid is not None:
-            conv = db.get_conversation(conn, str(sid)[:100])
+            conv = db.get_conversation(conn, sid)
             if conv is None:
-                raise ApiError(404, f"Unknown session {str(sid)[:100]!r}: omit 'session' to start a new "
+                raise ApiError(404, f"Unknown session {sid!r}: omit 'session' to start a new "
                                     f"conversation (GET /history/sessions lists yours).", code="unknown_session",
                                param="session")
             system = system if system is not None else conv["system_prompt"]

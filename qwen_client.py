@@ -111,6 +111,9 @@ class QwenProvider:
         try:
             st = self._request("GET", "/status", timeout=(2.0, 5.0)).json()
         except ApiError as e:
+            models = self.models() if e.status == 404 else []  # another OpenAI-compatible server (vLLM...)
+            if models:
+                return {"online": True, "url": self.base_url, "model": models[0], "max_seq_len": None}
             return {"online": False, "url": self.base_url, "reason": e.message}
         except ValueError:
             return {"online": False, "url": self.base_url, "reason": "the server at QWEN_URL did not answer JSON"}
