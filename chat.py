@@ -11,18 +11,20 @@ import json
 import os
 import sqlite3
 
-from flask import Flask, Response, g, jsonify, render_template, request
+from flask import Flask, Response, jsonify, make_response, render_template, request
 
 import db
 import exchange
 import openapi
 from api_common import ApiError, Metrics, install_common, json_body, load_env, setup_logging, sse, sse_response
-from openai_format import (chunk, completion, new_id, parse_chat_request, parse_param, parse_params)
+from openai_format import (chunk, completion, new_id, parse_chat_request, parse_params)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MAX_QUESTION_CHARS = 100_000
 PUBLIC_PATHS = ("/health", "/", "/config", "/favicon.ico")  # the page itself asks for the key; it holds no data
 PROVIDERS = ("gigachat", "qwen")
+PAGE_CSP = ("default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+            "frame-ancestors 'none'; form-action 'self'")
 
 
 def settings_from_env() -> dict:
@@ -142,10 +144,14 @@ def create_app(config=None, providers=None):
         messages = exchange.fit_context(provider, head, exchange.past_turns(conn, sid),
                                         [{"role": "user", "content": q}], params.get("max_tokens"))
         ctx = exchange.start(conn, provider, sid, q, messages, system, params)
-        if stream:
-            events = exchange.open_stream(ctx, app.config["DATABASE"])
-            return sse_response(tracked(page_events(events, ctx, sid)))
-        r = exchange.answer(ctx)
+        try:  # the session exists now even if the upstream fails: tell the client which it is
+            if stream:
+                events = exchange.open_stream(ctx, app.config["DATABASE"])
+                return sse_response(tracked(page_events(events, ctx, sid)))
+            r = exchange.answer(ctx)
+        except ApiError as e:
+            e.headers["X-Session-ID"] = sid
+            raise
         record_usage(name, r.get("usage"))
         return jsonify({"answer": r["answer"], "model": r.get("model"), "provider": name, "session": sid,
                         "message_id": r["message_id"], "finish_reason": r.get("finish_reason"),
@@ -249,7 +255,7 @@ def create_app(config=None, providers=None):
 
     # -- OpenAI-compatible ------------------------------------------------------------------------
     def route_model(model):
-        m = (model or "").lower()
+        m = model.lower() if isinstance(model, str) else ""  # a non-string model is a 404 too, not a crash
         if m.startswith("qwen"):
             return "qwen", None
         if m.startswith("gigachat"):
@@ -321,8 +327,12 @@ def create_app(config=None, providers=None):
 
     @app.get("/")
     def index():
-        if request.accept_mimetypes.accept_html and os.path.exists(os.path.join(HERE, "templates", "index.html")):
-            return render_template("index.html")
+        if request.accept_mimetypes.accept_html:
+            resp = make_response(render_template("index.html"))
+            resp.headers["Content-Security-Policy"] = PAGE_CSP  # the page never runs injected script
+            resp.headers["X-Content-Type-Options"] = "nosniff"
+            resp.headers["Referrer-Policy"] = "no-referrer"
+            return resp
         return jsonify({"service": "Dual AI Chat API", "endpoints": [
             "GET /gigachat?q=", "GET /qwen?q=", "GET /qwen/status", "GET /history", "GET /history/sessions",
             "GET /history/<session>", "DELETE /history/<session>", "GET /history/export?format=jsonl",
@@ -346,6 +356,7 @@ def __getattr__(name):
     # The module-level `app` (for `gunicorn chat:app`) is built on first access, so importing
     # chat.py for its factory does not open the database or read .env.
     if name == "app":
+        setup_logging()  # gunicorn configures only its own loggers: without this the access log is dropped
         globals()["app"] = create_app()
         return globals()["app"]
     raise AttributeError(name)

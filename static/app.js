@@ -28,6 +28,7 @@
     searchSeq: 0,
     keyPrompt: null,      // the pending API-key dialog, shared by concurrent 401s
     statusTimer: null,
+    statusBusy: false,
   };
 
   // -- small helpers ------------------------------------------------------------------------------
@@ -65,8 +66,9 @@
     return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
   }
 
-  function showBanner(message) {
+  function showBanner(message, kind = "error") {
     $("banner-text").textContent = message;
+    $("banner").dataset.kind = kind;
     $("banner").hidden = false;
   }
 
@@ -99,7 +101,9 @@
         code = body.error.code || null;
       }
     } catch (e) { /* not JSON: keep the status line */ }
-    return new ApiError(message, resp.status, code);
+    const err = new ApiError(message, resp.status, code);
+    err.session = resp.headers.get("X-Session-ID");  // a question refused after its conversation was made
+    return err;
   }
 
   // fetch() with the API key; a 401 asks for the key (once for all callers) and retries.
@@ -145,7 +149,10 @@
         $("key-form").removeEventListener("submit", onSubmit);
         $("key-cancel").removeEventListener("click", onCancel);
         state.keyPrompt = null;
-        if (saved) resolve();
+        if (saved) {
+          resolve();
+          setTimeout(pollStatus, 0);  // the status shown may be the 401 of the old key
+        }
         else reject(new ApiError("This server needs an API key; nothing was sent without one.", 401,
           "invalid_api_key"));
       };
@@ -212,7 +219,11 @@
     for (const line of text.split("\n")) {
       if (fence === null) {
         const m = FENCE_OPEN.exec(line);
-        if (m) { flushText(); fence = m[1]; lang = m[2]; continue; }
+        // a backtick fence's info string has no backticks: "```x```" on one line is inline code
+        if (m && !(m[1][0] === "`" && line.slice(line.indexOf(m[1]) + m[1].length).includes("`"))) {
+          flushText(); fence = m[1]; lang = m[2];
+          continue;
+        }
         buf.push(line);
       } else {
         const t = line.trim();
@@ -493,6 +504,7 @@
         finishView(view, "cancelled", {});
       } else {
         finishView(view, "error", { error: e.message || String(e) });
+        if (e.session && !state.session) setSession(e.session, text.trim().slice(0, 200));
         if (!view.text && e.status && e.status !== 0) {
           // The question was refused before it reached the model: give it back for editing.
           if (!$("input").value) { $("input").value = text; autosize(); }
@@ -541,6 +553,7 @@
       conv = await getJSON(`/history/${encodeURIComponent(id)}`);
     } catch (e) {
       showBanner(`Could not open the conversation: ${e.message}`);
+      if (!state.session && location.hash) history.replaceState(null, "", location.pathname + location.search);
       return;
     }
     $("messages").replaceChildren();
@@ -666,14 +679,13 @@
     const detail = $("qwen-status-detail");
     if (st.online) {
       box.dataset.state = "online";
-      text.textContent = `Qwen online · ${st.model || "model"}`;
-      const bits = [];
+      text.textContent = "Qwen online";
+      const bits = [st.model || "unknown model"];
       if (st.cache_mode) bits.push(`${st.cache_mode} cache`);
       if (st.max_seq_len) bits.push(`${st.max_seq_len} ctx`);
       if (st.last_tokens_per_second) bits.push(`${Number(st.last_tokens_per_second).toFixed(1)} tok/s`);
       detail.textContent = bits.join(" · ");
-      box.title = [`Qwen server online: ${st.model || ""}`, ...bits, st.url ? `at ${st.url}` : ""]
-        .filter(Boolean).join("\n");
+      box.title = ["Qwen server online", ...bits, st.url ? `at ${st.url}` : ""].filter(Boolean).join("\n");
     } else {
       box.dataset.state = "offline";
       text.textContent = "Qwen offline";
@@ -684,14 +696,17 @@
 
   async function pollStatus() {
     clearTimeout(state.statusTimer);
-    if (!document.hidden) {
-      try {
-        renderStatus(await getJSON("/qwen/status", false));
-      } catch (e) {
-        renderStatus({ online: false, reason: e.status === 401 ? "API key needed to see the status" : e.message });
-      }
+    if (state.statusBusy) return;  // the poll in flight schedules the next one
+    state.statusBusy = true;
+    try {
+      if (!document.hidden) renderStatus(await getJSON("/qwen/status", false));
+    } catch (e) {
+      renderStatus({ online: false, reason: e.status === 401 ? "API key needed to see the status" : e.message });
+    } finally {
+      state.statusBusy = false;
+      clearTimeout(state.statusTimer);
+      state.statusTimer = setTimeout(pollStatus, STATUS_POLL_MS);
     }
-    state.statusTimer = setTimeout(pollStatus, STATUS_POLL_MS);
   }
 
   // -- settings ---------------------------------------------------------------------------------------
@@ -758,6 +773,7 @@
     $("export-all").addEventListener("click", () => exportJsonl(null));
     $("export-chat").addEventListener("click", () => state.session && exportJsonl(state.session));
     $("banner-close").addEventListener("click", hideBanner);
+    $("qwen-status").addEventListener("click", () => showBanner($("qwen-status").title.replace(/\n/g, " · "), "info"));
     for (const radio of document.querySelectorAll('input[name="model"]')) radio.addEventListener("change", updatePlaceholder);
     let searchTimer = null;
     $("search").addEventListener("input", () => {

@@ -1,0 +1,374 @@
+"""The web chat page at / in a real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright),
+against the real gateway, qwen_server on SmolLM2-135M and the fake GigaChat: nothing is mocked.
+
+Screenshots go to test-artifacts/web-page.png and test-artifacts/web-page-phone.png."""
+import json
+import os
+import time
+import uuid
+
+import pytest
+
+from conftest import start_gateway
+from helpers import REPO_ROOT, free_port, http, stop_process
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+ARTIFACTS = os.path.join(REPO_ROOT, "test-artifacts")
+XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2">'
+LAST_ASSISTANT = "() => [...document.querySelectorAll('.msg-assistant')].pop()"
+
+
+# -- browser fixtures ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing, so the web page cannot be tested: install Debian's Chromium "
+                    f"(`make chromium`, i.e. `apt-get install -y chromium`).", pytrace=False)
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+class Web:
+    """One browser context + page on one gateway, failing the test on any uncaught script error."""
+
+    def __init__(self, browser, base_url, **context_args):
+        context_args.setdefault("viewport", {"width": 1280, "height": 800})
+        # The tests' own wait_for_function() needs eval, which the page's CSP forbids;
+        # test_page_runs_under_its_csp checks the page itself with the CSP enforced.
+        context_args.setdefault("bypass_csp", True)
+        self.base_url = base_url
+        self.context = browser.new_context(**context_args)
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(15_000)
+        self.errors = []
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("console", lambda m: m.type == "error" and "Failed to load resource" not in m.text
+                     and self.errors.append(m.text))
+
+    def open(self, ready=True):
+        self.page.goto(self.base_url + "/")
+        if ready:
+            self.page.wait_for_selector("body[data-ready='1']", state="attached")
+        return self.page
+
+    def model(self, name):
+        self.page.click(f".model-switch label:has(input[value='{name}'])")
+        assert self.page.is_checked(f"input[name=model][value='{name}']")
+
+    def set_param(self, name, value):
+        p = self.page
+        if p.is_hidden("#settings"):
+            p.click("#settings-btn")
+        p.fill(f"#p-{name}", str(value))
+        p.click("#settings-close")
+
+    def ask(self, text):
+        self.page.fill("#input", text)
+        self.page.press("#input", "Enter")
+
+    def wait_answer(self, timeout=30_000):
+        """Waits for the last answer to finish streaming; returns (status, text, error, meta)."""
+        self.page.wait_for_function(f"() => {{ const m = ({LAST_ASSISTANT})(); "
+                                    f"return m && m.dataset.status !== 'streaming'; }}", timeout=timeout)
+        return self.page.evaluate(f"""() => {{ const m = ({LAST_ASSISTANT})();
+            return [m.dataset.status, m.querySelector('.msg-body').textContent,
+                    m.querySelector('.msg-error').textContent, m.querySelector('.msg-meta').textContent]; }}""")
+
+    def session(self):
+        h = self.page.evaluate("location.hash")
+        assert h.startswith("#c/"), h
+        return h[3:]
+
+    def close(self):
+        self.context.close()
+        assert not self.errors, f"script errors on the page: {self.errors}"
+
+
+@pytest.fixture
+def web(browser, gateway):
+    w = Web(browser, gateway.base_url)
+    yield w
+    w.close()
+
+
+def history(base_url, sid, key=None):
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    status, _, body = http("GET", f"{base_url}/history/{sid}", headers=headers)
+    return status, body
+
+
+def no_horizontal_scroll(page):
+    return page.evaluate("""() => {
+        const d = document.documentElement, c = document.getElementById('chat');
+        return d.scrollWidth <= d.clientWidth && document.body.scrollWidth <= document.body.clientWidth
+               && c.scrollWidth <= c.clientWidth; }""")
+
+
+# -- tests --------------------------------------------------------------------------------------------
+
+def test_qwen_answer_streams_token_by_token(web):
+    page = web.open()
+    page.wait_for_selector("#qwen-status[data-state='online']")
+    assert "smollm2" in page.text_content("#qwen-status")
+    web.model("qwen")
+    web.set_param("max_tokens", 16)
+    web.ask("Name three colors.")
+    lengths, deadline = [], time.monotonic() + 60
+    while time.monotonic() < deadline:  # sample the answer as it grows
+        status, n = page.evaluate(f"() => {{ const m = ({LAST_ASSISTANT})(); "
+                                  f"return [m.dataset.status, m.querySelector('.msg-body').textContent.length]; }}")
+        if status != "streaming":
+            break
+        lengths.append(n)
+        time.sleep(0.015)
+    status, text, error, meta = web.wait_answer()
+    assert status == "ok", (status, error)
+    partial = sorted({n for n in lengths if 0 < n < len(text)})
+    assert len(partial) >= 3, f"the answer did not grow token by token: saw lengths {sorted(set(lengths))}"
+    assert text.strip() and "tok/s" in meta and "16 tokens" in meta, meta
+    sid = web.session()
+    status, conv = history(web.base_url, sid)
+    assert status == 200 and conv["provider"] == "qwen" and conv["messages"][1]["content"].split() == text.split()
+    # the sidebar lists it, newest first
+    page.wait_for_selector(f".conv[data-session='{sid}'].active")
+    assert page.get_attribute(".conv-list .conv >> nth=0", "data-session") == sid
+
+
+def test_gigachat_answer_shift_enter_and_blocked(web):
+    page = web.open()
+    web.model("gigachat")
+    page.click("#input")
+    page.keyboard.type("line one")
+    page.keyboard.press("Shift+Enter")  # a new line, not a send
+    page.keyboard.type("line two")
+    assert page.locator(".msg").count() == 0 and page.input_value("#input") == "line one\nline two"
+    page.keyboard.press("Enter")
+    status, text, error, meta = web.wait_answer()
+    assert status == "ok" and text == "Эхо: line one\nline two", (status, text, error)
+    assert page.text_content(".msg-user .msg-body") == "line one\nline two"
+    assert "GigaChat:" in page.text_content(".msg-assistant .msg-who")
+    assert page.input_value("#input") == ""
+    # GigaChat's filter: the answer is shown marked as blocked
+    web.ask("[[fault:blacklist]] something forbidden")
+    status, text, error, meta = web.wait_answer()
+    assert status == "blocked" and text
+    assert "Blocked" in page.locator(".msg-assistant .badge").last.text_content()
+
+
+def test_reload_conversation_from_sidebar_and_continue(web):
+    page = web.open()
+    word = "quokka" + uuid.uuid4().hex[:8]  # a unique word to search for
+    web.model("gigachat")
+    web.ask(f"first question about the {word}")
+    assert web.wait_answer()[0] == "ok"
+    sid = web.session()
+    page.click("#new-chat")
+    assert page.locator(".msg").count() == 0 and page.evaluate("location.hash") == ""
+    # search finds it; clicking reloads the conversation
+    page.fill("#search", word)
+    page.wait_for_function("document.querySelectorAll('.conv').length === 1")
+    item = page.locator(f".conv[data-session='{sid}'] .conv-open")
+    web.model("qwen")  # opening the conversation switches back to its model
+    item.click()
+    page.wait_for_function("document.querySelectorAll('.msg').length === 2")
+    assert page.is_checked("input[name=model][value='gigachat']")
+    assert page.text_content(".msg-assistant .msg-body") == f"Эхо: first question about the {word}"
+    assert web.session() == sid
+    web.ask("second question")
+    status, text, _, _ = web.wait_answer()
+    assert status == "ok" and text == "Эхо: second question"
+    assert web.session() == sid
+    status, conv = history(web.base_url, sid)
+    assert status == 200 and [m["role"] for m in conv["messages"]] == ["user", "assistant"] * 2
+    assert conv["messages"][2]["content"] == "second question"
+    # export this conversation as JSONL
+    with page.expect_download() as dl:
+        page.click("#export-chat")
+    with open(dl.value.path(), encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    assert len(rows) == 4 and {r["session"] for r in rows} == {sid}
+    # delete it from the sidebar (after the browser's confirm)
+    page.once("dialog", lambda d: d.accept())
+    page.click(f".conv[data-session='{sid}'] .conv-del")
+    page.wait_for_selector(f".conv[data-session='{sid}']", state="detached")
+    assert history(web.base_url, sid)[0] == 404
+    assert page.locator(".msg").count() == 0  # it was the open conversation: the page starts a new one
+
+
+def test_stop_cancels_the_stream(web, qwen_smol):
+    page = web.open()
+    web.model("qwen")
+    web.set_param("max_tokens", 400)
+    web.ask("Write a long story about a brave cat who sails around the world.")
+    page.wait_for_function(f"() => ({LAST_ASSISTANT})().querySelector('.msg-body').textContent.length > 20",
+                           timeout=30_000)
+    assert page.is_visible("#stop") and page.is_hidden("#send")
+    page.click("#stop")
+    status, text, _, _ = web.wait_answer(timeout=5_000)
+    assert status == "cancelled" and len(text) > 20
+    assert page.locator(".msg-assistant .badge").last.text_content() == "Stopped"
+    assert page.is_visible("#send") and page.is_hidden("#stop")
+    sid = web.session()
+    deadline = time.monotonic() + 10
+    while True:  # the gateway notices the hang-up at its next write, stops Qwen and saves what was said
+        conv = history(web.base_url, sid)[1]
+        answers = [m for m in conv["messages"] if m["role"] == "assistant"]
+        if answers and answers[0]["status"] == "cancelled":
+            break
+        assert time.monotonic() < deadline, f"the answer was not saved as cancelled: {answers}"
+        time.sleep(0.1)
+    assert answers[0]["content"] and text.startswith(answers[0]["content"][:20])
+    while http("GET", qwen_smol.base_url + "/status")[2]["active_requests"]:  # Qwen stops generating
+        assert time.monotonic() < deadline + 5, "qwen_server kept generating after Stop"
+        time.sleep(0.1)
+    # reloaded from the history, it still shows as stopped
+    page.click("#new-chat")
+    page.click(f".conv[data-session='{sid}'] .conv-open")
+    page.wait_for_selector(".msg-assistant[data-status='cancelled'] .badge-cancelled")
+
+
+def test_html_in_messages_is_shown_as_text(web):
+    page = web.open()
+    web.model("gigachat")
+    web.ask(XSS)
+    status, text, _, _ = web.wait_answer()
+    assert status == "ok" and text == "Эхо: " + XSS
+
+    def check():
+        page.wait_for_timeout(300)  # an injected <img onerror> would have fired by now
+        assert page.text_content(".msg-user .msg-body") == XSS
+        assert page.locator("#messages img, #messages script, .conv-list img, .conv-list script").count() == 0
+        assert page.evaluate("window.__xss") is None
+    check()
+    sid = web.session()
+    assert page.text_content(f".conv[data-session='{sid}'] .conv-title") == XSS
+    page.click("#new-chat")
+    page.click(f".conv[data-session='{sid}'] .conv-open")  # from the history, it stays text
+    page.wait_for_function("document.querySelectorAll('.msg').length === 2")
+    check()
+    assert page.text_content(".msg-assistant .msg-body") == "Эхо: " + XSS
+    page.reload()  # a fresh page that opens it from the URL
+    page.wait_for_selector("body[data-ready='1']", state="attached")
+    assert page.locator(".msg").count() == 2
+    check()
+
+
+def test_code_block_has_copy_button(web):
+    web.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page = web.open()
+    web.model("gigachat")
+    code = "def greet(name):\n    return f\"Hello, {name}!\"\n\nprint(greet(\"world\"))"
+    web.ask(f"Please review this function:\n```python\n{code}\n```\nIs `greet` fine?")
+    status, _, _, _ = web.wait_answer()
+    assert status == "ok"
+    block = page.locator(".msg-assistant .code-block").last
+    assert block.locator(".code-lang").text_content() == "python"
+    assert block.locator("pre code").text_content() == code
+    assert page.locator(".msg-assistant .inline-code").last.text_content() == "greet"
+    block.locator(".copy-btn").click()
+    page.wait_for_function("[...document.querySelectorAll('.msg-assistant .copy-btn')].pop().textContent === 'Copied'")
+    assert page.evaluate("navigator.clipboard.readText()") == code
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    page.screenshot(path=os.path.join(ARTIFACTS, "web-page.png"))
+
+
+def test_api_key_is_asked_once_and_kept(browser, qwen_smol, fake_gigachat, tmp_path):
+    gw = start_gateway(qwen_smol.base_url, fake_gigachat, tmp_path, CHAT_API_KEY="s3cret-key")
+    web = Web(browser, gw.base_url)
+    try:
+        page = web.open(ready=False)
+        page.wait_for_selector("#key-dialog[open]")
+        page.fill("#key-input", "wrong-key")
+        page.click("#key-save")
+        # the wrong key is refused by the server: the page asks again, with the server's message
+        page.wait_for_function("document.getElementById('key-dialog').open && "
+                               "document.getElementById('key-msg').textContent.includes('wrong API key')")
+        page.fill("#key-input", "s3cret-key")
+        page.click("#key-save")
+        page.wait_for_selector("body[data-ready='1']", state="attached")
+        assert page.evaluate("localStorage.getItem('dualchat.apiKey')") == "s3cret-key"
+        sent = []
+        page.on("request", lambda r: r.url.endswith("/gigachat") and sent.append(r.headers.get("authorization")))
+        web.model("gigachat")
+        web.ask("hello with a key")
+        status, text, error, _ = web.wait_answer()
+        assert status == "ok" and text == "Эхо: hello with a key", error
+        assert sent == ["Bearer s3cret-key"]
+        page.wait_for_selector("#qwen-status[data-state='online']")
+        page.reload()  # the key is kept: no second prompt
+        page.wait_for_selector("body[data-ready='1']", state="attached")
+        assert not page.evaluate("document.getElementById('key-dialog').open")
+        page.wait_for_selector(".conv-list .conv")
+    finally:
+        web.close()
+        stop_process(gw)
+
+
+def test_errors_are_shown_readably(browser, fake_gigachat, tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}"
+    gw = start_gateway(dead, fake_gigachat, tmp_path, GIGACHAT_CREDENTIALS=None)
+    web = Web(browser, gw.base_url)
+    try:
+        page = web.open()
+        page.wait_for_selector("#qwen-status[data-state='offline']")
+        assert "Qwen offline" in page.text_content("#qwen-status")
+        assert dead in page.get_attribute("#qwen-status", "title")
+        web.model("qwen")
+        web.ask("hi qwen")
+        status, _, error, _ = web.wait_answer()
+        assert status == "error" and "QWEN_URL" in error and "[object" not in error, error
+        assert page.input_value("#input") == "hi qwen"  # refused before the model: given back to edit
+        page.click("#new-chat")
+        page.fill("#input", "")
+        web.model("gigachat")
+        web.ask("hi gigachat")
+        status, _, error, _ = web.wait_answer()
+        assert status == "error" and "GIGACHAT_CREDENTIALS" in error, error
+        assert page.locator(".msg-assistant .badge-error").count() == 1
+    finally:
+        web.close()
+        stop_process(gw)
+
+
+def test_phone_width_layout(browser, gateway):
+    web = Web(browser, gateway.base_url, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
+              device_scale_factor=2)
+    try:
+        page = web.open()
+        assert page.is_visible("#menu-btn") and not page.is_visible("#sidebar")
+        web.model("gigachat")
+        web.ask("A long line on a small screen: " + "x" * 120 + "\n```python\nvalues = ["
+                + ", ".join(str(i) for i in range(60)) + "]\n```")
+        assert web.wait_answer()[0] == "ok"
+        assert no_horizontal_scroll(page), "the page scrolls sideways at 390 px"
+        os.makedirs(ARTIFACTS, exist_ok=True)
+        page.screenshot(path=os.path.join(ARTIFACTS, "web-page-phone.png"))
+        sid = web.session()
+        page.click("#menu-btn")  # the sidebar slides in, and picking a conversation closes it
+        page.wait_for_selector("#sidebar", state="visible")
+        page.click("#new-chat")
+        page.wait_for_selector("#sidebar", state="hidden")
+        page.click("#menu-btn")
+        page.click(f".conv[data-session='{sid}'] .conv-open")
+        page.wait_for_selector("#sidebar", state="hidden")
+        page.wait_for_function("document.querySelectorAll('.msg').length === 2")
+        page.click("#settings-btn")
+        assert page.is_visible("#settings") and no_horizontal_scroll(page)
+    finally:
+        web.close()
+
+
+def test_page_runs_under_its_csp(browser, gateway):
+    status, headers, _ = http("GET", gateway.base_url + "/", headers={"Accept": "text/html"})
+    assert status == 200 and "script-src" not in headers["Content-Security-Policy"]  # default-src 'self' only
+    w = Web(browser, gateway.base_url, bypass_csp=False)
+    page = w.open()
+    page.fill("#input", "hello")
+    assert page.locator("#send").is_enabled()
+    w.close()  # fails on any CSP violation reported on the console
