@@ -67,6 +67,7 @@ def json_body():
         raise ApiError(413, _HTTP_HINTS[413][1], code="request_too_large")
     try:
         body = json.loads(raw.decode("utf-8")) if raw else None
+        json.dumps(body, ensure_ascii=False).encode("utf-8")  # a lone surrogate "\ud800": unstorable
     except UnicodeDecodeError:
         raise ApiError(400, "Request body is not valid UTF-8.", code="invalid_utf8")
     except (ValueError, RecursionError) as e:
@@ -111,7 +112,8 @@ def install_common(app, metrics: Metrics, service: str):
     @app.errorhandler(HTTPException)
     def _http_error(exc):
         code, msg = _HTTP_HINTS.get(exc.code, ("http_error", exc.description or exc.name))
-        return error_response(ApiError(exc.code, msg.format(path=request.path, method=request.method), code=code))
+        return error_response(ApiError(exc.code, msg.format(path=request.path, method=request.method), code=code,
+                                       headers={k: v for k, v in exc.get_headers() if k.lower() != "content-type"}))
 
     @app.errorhandler(Exception)
     def _crash(exc):
@@ -155,3 +157,4 @@ def load_env():
 def setup_logging():
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("werkzeug").addFilter(lambda r: '] "' not in str(r.msg))  # request lines: the query (questions)

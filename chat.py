@@ -9,6 +9,7 @@ import contextlib
 import hmac
 import json
 import os
+import re
 import sqlite3
 
 from flask import Flask, Response, jsonify, make_response, render_template, request
@@ -23,6 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MAX_QUESTION_CHARS = 100_000
 PUBLIC_PATHS = ("/health", "/", "/config", "/favicon.ico")  # the page itself asks for the key; it holds no data
 PROVIDERS = ("gigachat", "qwen")
+SESSION_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")
 PAGE_CSP = ("default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
             "frame-ancestors 'none'; form-action 'self'")
 
@@ -79,6 +81,8 @@ def create_app(config=None, providers=None):
 
     @app.errorhandler(sqlite3.OperationalError)
     def _db_error(e):
+        if "locked" not in str(e) and "busy" not in str(e):
+            raise e  # a real fault: the generic handler answers 500 and logs it
         return jsonify(ApiError(503, f"The history database ({app.config['DATABASE']}) is unavailable: {e}. "
                                      f"Another program may hold a write lock on it; retry shortly.",
                                 type="server_error", code="database_unavailable").body()), 503
@@ -278,12 +282,25 @@ def create_app(config=None, providers=None):
         question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         conn = db.get_db()
         sid = request.headers.get("X-Session-ID") or db.new_session_id()
-        db.ensure_conversation(conn, sid[:100], name, gc_model, system, question.strip() or "(no question)")
-        ctx = exchange.start(conn, providers[name], sid[:100], question, messages, system, params, gc_model)
+        if not SESSION_ID.fullmatch(sid):
+            raise ApiError(400, "X-Session-ID must be 1-100 letters, digits, '.', '_' or '-'.",
+                           code="invalid_session_id", param="X-Session-ID")
+        db.ensure_conversation(conn, sid, name, gc_model, system, question.strip() or "(no question)")
+        ctx = exchange.start(conn, providers[name], sid, question, messages, system, params, gc_model)
         model_out = body.get("model")
         cid = new_id()
+        try:
+            if req["stream"]:
+                events = exchange.open_stream(ctx, app.config["DATABASE"])
+            else:
+                r = exchange.answer(ctx)
+        except ApiError as e:
+            if gc_model and e.code == "gigachat_model_not_found":  # the client's choice, not the config's
+                e = ApiError(404, f"GigaChat has no model {gc_model!r}: GET /v1/models lists the models.",
+                             code="model_not_found", param="model")
+            e.headers["X-Session-ID"] = sid
+            raise e
         if not req["stream"]:
-            r = exchange.answer(ctx)
             record_usage(name, r.get("usage"))
             resp = jsonify(completion(cid, model_out, r["answer"], r.get("finish_reason"), r.get("usage")))
             resp.headers["X-Session-ID"] = sid
@@ -303,7 +320,7 @@ def create_app(config=None, providers=None):
                     else:
                         yield sse(value.body())
             yield sse("[DONE]")
-        resp = sse_response(tracked(frames(exchange.open_stream(ctx, app.config["DATABASE"]))))
+        resp = sse_response(tracked(frames(events)))
         resp.headers["X-Session-ID"] = sid
         return resp
 

@@ -112,7 +112,7 @@ def delete_conversation(db, conv_id) -> bool:
 
 def fts_query(text):
     """User text -> an FTS5 query of quoted terms (all must match), so no FTS syntax leaks through."""
-    terms = [t for t in text.split() if t]
+    terms = [t for t in text.replace("\x00", " ").split() if t]  # FTS5 reads NUL as the end of the query
     return " ".join('"' + t.replace('"', '""') + '"' for t in terms)
 
 

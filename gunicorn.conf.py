@@ -11,3 +11,4 @@ timeout = 120           # a worker is restarted only if its main loop hangs, not
 graceful_timeout = 30   # let streams finish on reload/stop
 keepalive = 5
 accesslog = None        # chat.py writes its own structured access log (no query text, no secrets)
+limit_request_line = 8190  # long GET ?q= questions; longer ones belong in a POST body

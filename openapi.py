@@ -14,6 +14,10 @@ from openai_format import MAX_STOP, PARAM_RANGES
 VERSION = "1.0.0"
 MAX_QUESTION_CHARS = 100_000  # chat.MAX_QUESTION_CHARS (not imported: chat.py imports this module)
 INT64_MAX = (1 << 63) - 1
+# Not blank for Python's str.strip(): one character that is neither regex whitespace nor the
+# separators \x1c-\x1f and \x85 (whitespace to Python, not to ECMAScript regexes).
+NOT_BLANK = r"[^\s\x1c-\x1f\x85]"
+MAX_GET_QUESTION_CHARS = 1000  # what surely fits a URL, even %-encoded Cyrillic, under gunicorn
 
 
 # -- schema helpers ----------------------------------------------------------------------------
@@ -227,8 +231,10 @@ def common_paths(service):
 
 def gateway_spec():
     ask_params = [
-        param("q", string(minLength=1, maxLength=MAX_QUESTION_CHARS, pattern=r"\S"), required=True,
-              description="The question (not blank)."),
+        param("q", string(minLength=1, maxLength=MAX_GET_QUESTION_CHARS, pattern=NOT_BLANK), required=True,
+              description="The question (not blank). URLs are limited by the HTTP server (the request line: "
+                          "4 KiB under gunicorn's default, 64 KiB under `python chat.py`), so longer questions "
+                          "go in a POST body (up to 100,000 characters)."),
         param("system", STR, description="System prompt; default: the session's, else DEFAULT_SYSTEM_PROMPT."),
         param("session", STR, description="Continue this conversation (the `session` of an earlier answer); "
                                           "unknown ids are a 404."),
@@ -237,7 +243,7 @@ def gateway_spec():
         *(param(name, schema) for name, schema in SAMPLING.items()),
     ]
     ask_body = obj(["q"], "The same fields as the GET query, as JSON; sampling parameters must be numbers.",
-                   q=string(minLength=1, maxLength=MAX_QUESTION_CHARS, pattern=r"\S"), system=STR, session=STR,
+                   q=string(minLength=1, maxLength=MAX_QUESTION_CHARS, pattern=NOT_BLANK), system=STR, session=STR,
                    stream={"description": "true, 1, \"1\", \"true\" or \"yes\" streams."}, **SAMPLING)
     answer = obj(["answer", "provider", "session", "message_id", "blocked", "elapsed_ms"],
                  answer=STR, model=nullable(STR), provider=string(enum=["gigachat", "qwen"]), session=STR,
@@ -246,10 +252,11 @@ def gateway_spec():
 
     def ask(provider):
         answered = ok("The answer, saved to history (or, with stream, its events).", answer, stream=True)
-        return {"get": op(f"Ask {provider} (the seed's endpoint).", {"200": answered}, ask_params,
+        notes = "Errors after the session was created carry its id in an X-Session-ID header."
+        return {"get": op(f"Ask {provider} (the seed's endpoint).", {"200": answered}, ask_params, description=notes,
                           errors=ask_errors, tag="chat"),
                 "post": op(f"Ask {provider} with a JSON body (query fields also read).", {"200": answered},
-                           body=ask_body, errors=ask_errors, tag="chat")}
+                           body=ask_body, description=notes, errors=ask_errors, tag="chat")}
 
     provider_filter = param("model", string(enum=["", "gigachat", "qwen"]), description="Only this provider.")
     limit = param("limit", integer(1, 500), description="Page size (default 50).")
@@ -270,8 +277,11 @@ def gateway_spec():
         "/qwen": ask("the local Qwen server"),
         "/qwen/status": {"get": op("The Qwen server's /status as the gateway sees it; never fails.",
                                    {"200": ok("`online` false with a `reason` when it is unreachable.",
-                                              obj(["online"], url=STR, reason=STR, gateway_rtt_ms=NUM,
-                                                  **QWEN_STATUS_PROPS))}, errors=(401,), tag="chat")},
+                                              obj(["online"], **{**QWEN_STATUS_PROPS, "max_seq_len": nullable(INT)},
+                                                  url=STR, reason=STR, gateway_rtt_ms=NUM))},
+                                   errors=(401,), tag="chat",
+                                   description="Another OpenAI-compatible server (no /status) shows as online "
+                                               "with its first model and max_seq_len null.")},
         "/history": {"get": op("Messages, newest first, with filters and full-text search.", {
             "200": ok("A page; pass next_before as `before` for the next one.",
                       obj(["messages", "next_before"], messages=array(ref("Message")), next_before=nullable(INT)))},

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-from flask import Flask, jsonify, request
+from flask import Flask, jsonify
 
 import openapi
 from api_common import ApiError, Metrics, install_common, json_body, load_env, setup_logging, sse, sse_response
@@ -74,6 +74,7 @@ def create_app(engine):
     def chat_completions():
         req = parse_chat_request(json_body(), SEED_DEFAULTS)
         params = req["params"]
+        params["temperature"] = params["temperature"] if params["temperature"] >= 1e-3 else 0.0  # less: NaN logits
         _, params["max_tokens"] = budget(req["messages"], params.get("max_tokens"))
         model, cid = engine.model_name, new_id()
         chunks = engine.generate(req["messages"], GenParams(**params), threading.Event())

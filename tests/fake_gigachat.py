@@ -339,6 +339,7 @@ def validate(req):
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # load tests open many connections at once
     tls = None
 
     def finish_request(self, request, client_address):

@@ -370,3 +370,13 @@ def test_v1_model_name_selects_the_gigachat_model(gw, fake_gigachat):
     r = client.chat.completions.create(model="GigaChat-Pro", messages=[{"role": "user", "content": "модель"}])
     assert r.choices[0].message.content == "Эхо: модель"
     assert requests.get(fake_gigachat.base_url + "/_debug/last_request").json()["body"]["model"] == "GigaChat-Pro"
+
+
+def test_v1_unknown_gigachat_model_and_bad_session_header(gw):
+    client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="unused")
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="GigaChat-Nope", messages=[{"role": "user", "content": "x"}])
+    assert e.value.body["code"] == "model_not_found"
+    r = requests.post(gw.base_url + "/v1/chat/completions", headers={"X-Session-ID": "a/b"},
+                      json={"model": "gigachat", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_session_id"

@@ -1,5 +1,4 @@
 """qwen_server.py end to end: a real server subprocess, real models, real HTTP."""
-import json
 import os
 import subprocess
 import threading
@@ -9,7 +8,7 @@ import openai
 import pytest
 import requests
 
-from conftest import CLEAN_ENV, start_qwen
+from conftest import CLEAN_ENV
 from helpers import PYTHON, REPO_ROOT, sse_events, stop_process
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
