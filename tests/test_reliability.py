@@ -349,15 +349,17 @@ def test_sql_and_html_payloads_in_every_field_execute_nothing(hgw):
         assert_json_error(requests.delete(f"{hgw.base_url}/history/{quote(p, safe='')}", timeout=10), 404)
         r = requests.get(hgw.base_url + "/history/sessions", params={"before": p}, timeout=10)
         assert_json_error(r, 400, "invalid_parameter")
-        # the OpenAI endpoint takes a client-chosen session id: the payload becomes an id, verbatim
+        # a client-chosen session id must be a plain token: payloads are refused, not stored
         r = requests.post(hgw.base_url + "/v1/chat/completions", headers={"X-Session-ID": p},
                           json={"model": "gigachat", "messages": [{"role": "system", "content": p},
                                                                   {"role": "user", "content": p}]}, timeout=30)
-        assert r.status_code == 200 and r.headers["X-Session-ID"] == p
-        saved = requests.get(hgw.base_url + "/history", params={"session": p}, timeout=10).json()["messages"]
-        assert saved[1]["session"] == p and saved[1]["content"] == p and saved[1]["system_prompt"] == p
-        if "/" not in p:  # /history/<sid> cannot address an id with a slash (reported)
-            assert history(hgw, p)["id"] == p
+        assert_json_error(r, 400, "invalid_session_id")
+        r = requests.post(hgw.base_url + "/v1/chat/completions", headers={"X-Session-ID": "payload-session"},
+                          json={"model": "gigachat", "messages": [{"role": "system", "content": p},
+                                                                  {"role": "user", "content": p}]}, timeout=30)
+        assert r.status_code == 200 and r.headers["X-Session-ID"] == "payload-session"
+        saved = history(hgw, "payload-session")["messages"]
+        assert saved[-2]["content"] == p and saved[-2]["system_prompt"] == p
     assert tables(hgw.db_path) == before
     conn = sqlite3.connect(hgw.db_path)
     assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] >= 4 * len(SQL + HTML)
