@@ -353,7 +353,8 @@ def create_app(config=None, providers=None):
         return jsonify({"service": "Dual AI Chat API", "endpoints": [
             "GET /gigachat?q=", "GET /qwen?q=", "GET /qwen/status", "GET /history", "GET /history/sessions",
             "GET /history/<session>", "DELETE /history/<session>", "GET /history/export?format=jsonl",
-            "POST /v1/chat/completions", "GET /v1/models", "GET /health", "GET /metrics"]})
+            "POST /v1/chat/completions", "GET /v1/models", "GET /config", "GET /health", "GET /metrics",
+            "GET /openapi.json"]})
 
     return app
 

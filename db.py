@@ -116,40 +116,31 @@ def fts_query(text):
     return " ".join('"' + t.replace('"', '""') + '"' for t in terms)
 
 
+def _where(*conditions):
+    """(sql, value) pairs -> (" AND "-joined SQL, values), skipping the pairs whose value is None."""
+    used = [(sql, value) for sql, value in conditions if value is not None]
+    return " AND ".join(sql for sql, _ in used), [value for _, value in used]
+
+
 def list_messages(db, limit=50, before=None, session=None, provider=None, q=None):
     """Newest first; `before` is a message id (keyset paging, fast at any depth)."""
-    where, args = [], []
-    if before is not None:
-        where.append("m.id < ?")
-        args.append(before)
-    if session:
-        where.append("m.conversation_id = ?")
-        args.append(session)
-    if provider:
-        where.append("m.provider = ?")
-        args.append(provider)
+    where, args = _where(("m.id < ?", before), ("m.conversation_id = ?", session or None),
+                         ("m.provider = ?", provider or None))
     cols = ", ".join("m." + c.strip() for c in MESSAGE_COLUMNS.split(","))
-    if q and fts_query(q):
+    match = fts_query(q) if q else ""
+    if match:
         sql = (f"SELECT {cols} FROM messages_fts f JOIN messages m ON m.id = f.rowid "
-               f"WHERE messages_fts MATCH ? {''.join(' AND ' + w for w in where)} ORDER BY f.rowid DESC LIMIT ?")
-        args = [fts_query(q)] + args
+               f"WHERE messages_fts MATCH ? {'AND ' + where if where else ''} ORDER BY f.rowid DESC LIMIT ?")
+        args = [match] + args
     else:
-        sql = (f"SELECT {cols} FROM messages m {'WHERE ' + ' AND '.join(where) if where else ''} "
-               f"ORDER BY m.id DESC LIMIT ?")
+        sql = f"SELECT {cols} FROM messages m {'WHERE ' + where if where else ''} ORDER BY m.id DESC LIMIT ?"
     return db.execute(sql, args + [limit]).fetchall()
 
 
 def list_conversations(db, limit=50, before=None, provider=None):
-    """Conversations, most recently active first, with their first user message as the title."""
-    where, args = [], []
-    if before is not None:
-        where.append("updated_at < ?")
-        args.append(before)
-    if provider:
-        where.append("provider = ?")
-        args.append(provider)
-    sql = (f"SELECT * FROM conversations {'WHERE ' + ' AND '.join(where) if where else ''} "
-           f"ORDER BY updated_at DESC LIMIT ?")
+    """Conversations, most recently active first (title: the first question)."""
+    where, args = _where(("updated_at < ?", before), ("provider = ?", provider or None))
+    sql = f"SELECT * FROM conversations {'WHERE ' + where if where else ''} ORDER BY updated_at DESC LIMIT ?"
     return db.execute(sql, args + [limit]).fetchall()
 
 

@@ -166,7 +166,7 @@ def create_app(engine):
     def index():
         return jsonify({"service": "qwen_server", "model": engine.model_name, "endpoints": [
             "POST /v1/chat/completions", "POST /v1/token/count", "POST /v1/token/encode", "GET /v1/models",
-            "GET /status", "GET /qwen/status", "GET /health", "GET /metrics"]})
+            "GET /status", "GET /qwen/status", "GET /health", "GET /metrics", "GET /openapi.json"]})
 
     return app
 
