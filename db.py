@@ -3,6 +3,7 @@ get_db/close_db per request, init_db creates and migrates the schema in schema.s
 import json
 import os
 import sqlite3
+import threading
 import time
 import uuid
 
@@ -44,20 +45,48 @@ def init_db(path):
         conn.close()
 
 
+POOL_SIZE = 32  # idle connections kept per app: at least the server's threads per process
+
+
+class _Pool:
+    """Idle connections, reused across requests. Opening one costs a file open and three PRAGMAs,
+    and closing the last one to a WAL database checkpoints it and deletes the -wal file (two
+    fsyncs): together ~2 ms a request, seven times the SQL itself."""
+
+    def __init__(self, path):
+        self.path, self.idle, self.lock = path, [], threading.Lock()
+
+    def get(self):
+        with self.lock:
+            if self.idle:
+                return self.idle.pop()
+        return connect(self.path)
+
+    def put(self, conn):
+        if conn.in_transaction:  # a request that failed inside BEGIN ... COMMIT
+            conn.rollback()
+        with self.lock:
+            if len(self.idle) < POOL_SIZE:
+                self.idle.append(conn)
+                return
+        conn.close()
+
+
 def get_db() -> sqlite3.Connection:
     if "db" not in g:
-        g.db = connect(current_app.config["DATABASE"])
+        g.db = current_app.extensions["db_pool"].get()
     return g.db
 
 
 def close_db(e=None):
     conn = g.pop("db", None)
     if conn is not None:
-        conn.close()
+        current_app.extensions["db_pool"].put(conn)
 
 
 def init_app(app):
     init_db(app.config["DATABASE"])
+    app.extensions["db_pool"] = _Pool(app.config["DATABASE"])
     app.teardown_appcontext(close_db)
 
 
@@ -124,15 +153,28 @@ def _where(*conditions):
 
 def list_messages(db, limit=50, before=None, session=None, provider=None, q=None):
     """Newest first; `before` is a message id (keyset paging, fast at any depth)."""
-    where, args = _where(("m.id < ?", before), ("m.conversation_id = ?", session or None),
-                         ("m.provider = ?", provider or None))
     cols = ", ".join("m." + c.strip() for c in MESSAGE_COLUMNS.split(","))
     match = fts_query(q) if q else ""
     if match:
+        # Id bounds go on f.rowid, not m.id: FTS5 then seeks to them instead of walking every newer
+        # match of a common word first (114 ms for `before` half-way down 1M messages, 250 ms for a
+        # session). A session's messages lie between its first and last id.
+        lo = hi = None
+        if session:
+            lo, hi = db.execute("SELECT min(id), max(id) FROM messages WHERE conversation_id = ?",
+                                (session,)).fetchone()
+            if lo is None:
+                return []
+        if before is not None:
+            hi = before - 1 if hi is None else min(hi, before - 1)
+        where, args = _where(("f.rowid >= ?", lo), ("f.rowid <= ?", hi),
+                             ("m.conversation_id = ?", session or None), ("m.provider = ?", provider or None))
         sql = (f"SELECT {cols} FROM messages_fts f JOIN messages m ON m.id = f.rowid "
                f"WHERE messages_fts MATCH ? {'AND ' + where if where else ''} ORDER BY f.rowid DESC LIMIT ?")
         args = [match] + args
     else:
+        where, args = _where(("m.id < ?", before), ("m.conversation_id = ?", session or None),
+                             ("m.provider = ?", provider or None))
         sql = f"SELECT {cols} FROM messages m {'WHERE ' + where if where else ''} ORDER BY m.id DESC LIMIT ?"
     return db.execute(sql, args + [limit]).fetchall()
 

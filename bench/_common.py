@@ -195,12 +195,19 @@ class Client:
         hdrs = dict(headers or {})
         if data is not None:
             hdrs.setdefault("Content-Type", "application/json")
-        if self.conn is None:
-            self._connect()
-        t0 = time.perf_counter()
+        for attempt in (0, 1):  # a kept-alive connection the server closed meanwhile: reconnect once
+            if self.conn is None:
+                self._connect()
+            t0 = time.perf_counter()
+            try:
+                self.conn.request(method, path, body=data, headers=hdrs)
+                resp = self.conn.getresponse()
+                break
+            except (httpclient.HTTPException, ConnectionError, OSError):
+                self.close()
+                if attempt:
+                    raise
         try:
-            self.conn.request(method, path, body=data, headers=hdrs)
-            resp = self.conn.getresponse()
             t_first, events, buf = None, [], b""
             while True:
                 piece = resp.read1(65536)
@@ -259,7 +266,7 @@ def load_wrk(url, seconds, conns, method="GET", body=None, auth=None, threads=1)
     env = dict(os.environ, WRK_METHOD=method, WRK_BODY=json.dumps(body, ensure_ascii=False) if body else "",
                WRK_AUTH=auth or "")
     try:
-        out = subprocess.run(["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{seconds}s", "--timeout", "30s",
+        out = subprocess.run(["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{max(1, round(seconds))}s", "--timeout", "30s",
                               "-s", script, url], env=env, capture_output=True, text=True, timeout=seconds + 60)
     finally:
         os.unlink(script)
@@ -313,3 +320,41 @@ def load(url, seconds, conns, **kw):
 
 def load_tool():
     return "wrk (1 thread)" if have_wrk() else "Python threads + http.client (wrk not installed)"
+
+
+def start_fake(nodelay=True):
+    """The fake GigaChat on a free port; nodelay=True runs it through bench/_fake_gigachat_nodelay.py."""
+    if not nodelay:
+        return start_fake_gigachat(env=clean_env())
+    port = free_port()
+    return start_process([PYTHON, os.path.join(BENCH_DIR, "_fake_gigachat_nodelay.py"), "--port", port],
+                         env=clean_env(), port=port)
+
+
+def _children_map():
+    kids = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat", "rb") as f:
+                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            kids.setdefault(ppid, []).append(int(d))
+    return kids
+
+
+def cpu_seconds(pid) -> float:
+    """user+system CPU of a process and all its descendants (e.g. gunicorn and its workers), seconds."""
+    kids, total, todo = _children_map(), 0.0, [pid]
+    tick = os.sysconf("SC_CLK_TCK")
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        except (OSError, ValueError, IndexError):
+            pass
+        todo += kids.get(p, [])
+    return total

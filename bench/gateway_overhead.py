@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What the gateway (chat.py) adds on top of its upstreams, for non-streamed requests.
 
-    .venv/bin/python bench/gateway_overhead.py [--quick] [--ab OTHER_CHECKOUT]
+    .venv/bin/python bench/gateway_overhead.py [--quick] [--ab OTHER_CHECKOUT ...]
 
 (a) Latency, one sequential client, keep-alive: the same question straight to the upstream and
     through the gateway, interleaved request by request:
@@ -10,17 +10,21 @@
       Qwen:     POST qwen_server /v1/chat/completions (tiny-qwen2, max_tokens=1, temperature 0)
                 vs GET /qwen?q=...&max_tokens=1&temperature=0
     "added" = the gateway's percentile minus the direct one. Goal: added p95 <= 3 ms.
-(b) Throughput with C concurrent keep-alive clients (wrk when installed): the upstream alone vs
-    through the gateway under gunicorn (project gunicorn.conf.py, 4 gthread workers) and under
-    `python chat.py` (werkzeug, reference). Runs are interleaved and repeated; medians reported.
-    Goal: gateway req/s >= 0.6 x upstream req/s.
+(b) Throughput with C concurrent keep-alive clients (wrk when installed, else Python threads):
+    the upstream alone vs through the gateway under gunicorn (the project's gunicorn.conf.py,
+    4 gthread workers) and under `python chat.py` (werkzeug, for reference), plus the CPU each
+    process tree spent per request. Runs are interleaved and repeated; medians reported.
+    Goal: gateway req/s >= 0.6 x upstream req/s. Against an upstream that answers in ~0.1 ms
+    (the fake) that ratio only measures the gateway's own CPU cost, so a row with the fake
+    answering in 50 ms (still faster than any real LLM API) is added.
 
+The fake GigaChat runs with TCP_NODELAY (bench/_fake_gigachat_nodelay.py; --fake-as-is to drop
+that): unpatched it stalls 40 ms per SDK call on Nagle + delayed ACK, which no real server does.
 --ab PATH also starts a gunicorn gateway from another checkout (e.g. a patched copy) against the
 same upstreams, so an optimisation is measured side by side with the original in one run.
 Everything runs on 127.0.0.1; servers are subprocesses on free ports, stopped at the end.
 """
 import argparse
-import base64
 import os
 import sys
 import time
@@ -28,9 +32,11 @@ import urllib.parse
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (REPO_ROOT, Client, Servers, clean_env, fmt, header, http, load, load_tool,  # noqa: E402
-                     md_table, median, pct, rmtree, start_fake_gigachat, start_gateway, start_qwen, tmpdir)
+from _common import (CACHE_DIR, Client, Servers, cpu_seconds, fmt, header, http, load, load_tool,  # noqa: E402
+                     md_table, median, pct, rmtree, start_fake, start_gateway, start_qwen)
 from tools.make_models import ensure_tiny_qwen  # noqa: E402
+
+SLOW_S = 0.05
 
 
 def oauth_token(fake):
@@ -41,43 +47,67 @@ def oauth_token(fake):
     return body["access_token"]
 
 
+def target(label, base, method, path_fn, body_fn=lambda i: None, auth=None, gateway=None, upstream=None):
+    return {"label": label, "base": base, "method": method, "path": path_fn, "body": body_fn, "auth": auth,
+            "gateway": gateway, "upstream": upstream}
+
+
 def targets_for(fake, qwen, gateways, token):
-    """upstream -> [(label, base_url, method, path_fn, body_fn, headers)]"""
-    q = lambda i: f"Hello, how are you? Question {i}"  # noqa: E731
-    gc_direct = ("direct (fake GigaChat)", fake.base_url, "POST", lambda i: "/api/v1/chat/completions",
-                 lambda i: {"model": "GigaChat", "messages": [{"role": "user", "content": q(i)}]},
-                 {"Authorization": f"Bearer {token}"})
-    qw_direct = ("direct (qwen_server)", qwen.base_url, "POST", lambda i: "/v1/chat/completions",
-                 lambda i: {"model": "qwen", "messages": [{"role": "user", "content": q(i)}], "max_tokens": 1,
-                            "temperature": 0}, {})
-    out = {"gigachat": [gc_direct], "qwen": [qw_direct]}
+    """upstream name -> targets; the first of each list is the direct one."""
+    def q(i, slow=False):
+        return f"Hello, how are you?{f' [[fault:slow={SLOW_S:g}]]' if slow else ''} Question {i}"
+
+    def gc_body(slow):
+        return lambda i: {"model": "GigaChat", "messages": [{"role": "user", "content": q(i, slow)}]}
+
+    out = {}
+    for name, slow in (("gigachat", False), (f"gigachat, {SLOW_S * 1000:g} ms answers", True)):
+        out[name] = [target("direct (fake GigaChat)", fake.base_url, "POST", lambda i: "/api/v1/chat/completions",
+                            gc_body(slow), auth=f"Bearer {token}", upstream=fake)]
+        for label, gw in gateways:
+            out[name].append(target(f"via {label}", gw.base_url, "GET",
+                                    lambda i, s=slow: "/gigachat?" + urllib.parse.urlencode({"q": q(i, s)}),
+                                    gateway=gw, upstream=fake))
+    out["qwen"] = [target("direct (qwen_server)", qwen.base_url, "POST", lambda i: "/v1/chat/completions",
+                          lambda i: {"model": "qwen", "messages": [{"role": "user", "content": q(i)}],
+                                     "max_tokens": 1, "temperature": 0}, upstream=qwen)]
     for label, gw in gateways:
-        out["gigachat"].append((f"via {label}", gw.base_url, "GET",
-                                lambda i: "/gigachat?" + urllib.parse.urlencode({"q": q(i)}), lambda i: None, {}))
-        out["qwen"].append((f"via {label}", gw.base_url, "GET",
-                            lambda i: "/qwen?" + urllib.parse.urlencode({"q": q(i), "max_tokens": 1,
-                                                                           "temperature": 0}),
-                            lambda i: None, {}))
+        out["qwen"].append(target(f"via {label}", gw.base_url, "GET",
+                                  lambda i: "/qwen?" + urllib.parse.urlencode({"q": q(i), "max_tokens": 1,
+                                                                               "temperature": 0}),
+                                  gateway=gw, upstream=qwen))
     return out
 
 
 def sequential(targets, n, warmup):
     """Interleaved: request i goes to every target in turn (rotating who goes first)."""
-    clients = [Client(t[1]) for t in targets]
+    clients = [Client(t["base"]) for t in targets]
     lat = [[] for _ in targets]
+    k = len(targets)
     for i in range(-warmup, n):
-        k = len(targets)
         for j in range(k):
             idx = (j + i) % k
-            label, _, method, path_fn, body_fn, hdrs = targets[idx]
-            st, raw, dt = clients[idx].request(method, path_fn(i), body_fn(i), hdrs)
+            t = targets[idx]
+            st, raw, dt = clients[idx].request(t["method"], t["path"](i), t["body"](i),
+                                               {"Authorization": t["auth"]} if t["auth"] else None)
             if st != 200:
-                raise RuntimeError(f"{label}: HTTP {st}: {raw[:300]!r}")
+                raise RuntimeError(f"{t['label']}: HTTP {st}: {raw[:300]!r}")
             if i >= 0:
                 lat[idx].append(dt * 1000)
     for c in clients:
         c.close()
     return lat
+
+
+def one_load(t, seconds, conns):
+    procs = [p for p in (t["gateway"], t["upstream"]) if p is not None]
+    before = [cpu_seconds(p.pid) for p in procs]
+    r = load(t["base"] + t["path"](0), seconds, conns, method=t["method"], body=t["body"](0), auth=t["auth"])
+    used = [cpu_seconds(p.pid) - b for p, b in zip(procs, before)]
+    n = max(r["requests"], 1)
+    r["gw_cpu_ms"] = used[0] * 1000 / n if t["gateway"] is not None else None
+    r["up_cpu_ms"] = used[-1] * 1000 / n
+    return r
 
 
 def throughput(targets, seconds, conns, repeats):
@@ -86,9 +116,7 @@ def throughput(targets, seconds, conns, repeats):
         order = list(range(len(targets)))
         order = order[r % len(order):] + order[:r % len(order)]
         for idx in order:
-            label, base, method, path_fn, body_fn, hdrs = targets[idx]
-            res[idx].append(load(base + path_fn(0), seconds, conns, method=method, body=body_fn(0),
-                                 auth=hdrs.get("Authorization")))
+            res[idx].append(one_load(targets[idx], seconds, conns))
     return res
 
 
@@ -96,23 +124,28 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer requests, shorter load runs (< 1 min)")
     ap.add_argument("--n", type=int, help="sequential requests per target (default 400, quick 100)")
-    ap.add_argument("--seconds", type=float, help="length of one load run (default 5, quick 2)")
+    ap.add_argument("--seconds", type=float, help="length of one load run, whole seconds (default 4, quick 1)")
     ap.add_argument("--repeats", type=int, help="load runs per target, interleaved (default 3, quick 1)")
     ap.add_argument("--conns", type=int, default=8, help="concurrent clients for throughput (default 8)")
     ap.add_argument("--workers", type=int, default=4, help="gunicorn workers (default 4)")
     ap.add_argument("--no-werkzeug", action="store_true", help="skip the `python chat.py` reference gateway")
-    ap.add_argument("--ab", metavar="PATH", help="also run a gunicorn gateway from this other checkout")
+    ap.add_argument("--ab", metavar="PATH", action="append", default=[],
+                    help="also run a gunicorn gateway from this other checkout (repeatable)")
+    ap.add_argument("--fake-as-is", action="store_true",
+                    help="run tests/fake_gigachat.py unpatched (Nagle on: +40 ms stalls)")
     a = ap.parse_args()
     n = a.n or (100 if a.quick else 400)
-    seconds = a.seconds or (2 if a.quick else 5)
+    seconds = a.seconds or (1 if a.quick else 4)
     repeats = a.repeats or (1 if a.quick else 3)
 
     tiny = str(ensure_tiny_qwen())
-    dbdir = tmpdir("bench-gw-")
+    # History files on the repo's disk (not a tmpfs): SQLite's fsyncs cost what they cost there.
+    dbdir = os.path.join(CACHE_DIR, f"gateway-{os.getpid()}")
+    os.makedirs(dbdir, exist_ok=True)
     t_start = time.time()
     try:
         with Servers() as S:
-            fake = S.add(start_fake_gigachat(env=clean_env()))
+            fake = S.add(start_fake(nodelay=not a.fake_as_is))
             # One OpenMP thread: the tiny model gains nothing from two, and idle-spinning OpenMP
             # threads would steal CPU from the gateway on a 2-core machine.
             qwen = S.add(start_qwen(tiny, "-l", "512", env={"OMP_NUM_THREADS": "1", "LOG_LEVEL": "WARNING"}))
@@ -126,50 +159,54 @@ def main():
                 gateways.append(("`python chat.py` (werkzeug)",
                                  S.add(start_gateway(qwen.base_url, fake, os.path.join(dbdir, "werkzeug.db"),
                                                      **common))))
-            if a.ab:
-                gateways.append((f"gunicorn, {os.path.basename(os.path.abspath(a.ab))}",
-                                 S.add(start_gateway(qwen.base_url, fake, os.path.join(dbdir, "ab.db"),
-                                                     gunicorn_workers=a.workers, repo=os.path.abspath(a.ab),
+            for k, other in enumerate(a.ab):
+                gateways.append((f"gunicorn, {other}",
+                                 S.add(start_gateway(qwen.base_url, fake, os.path.join(dbdir, f"ab{k}.db"),
+                                                     gunicorn_workers=a.workers, repo=os.path.abspath(other),
                                                      **common))))
             token = oauth_token(fake)
             targets = targets_for(fake, qwen, gateways, token)
 
             lat_rows, tp_rows = [], []
-            for up, tlist in targets.items():
+            for up in ("gigachat", "qwen"):
+                tlist = targets[up]
                 lat = sequential(tlist, n, warmup=max(10, n // 10))
                 d50, d95 = pct(lat[0], 50), pct(lat[0], 95)
-                for (label, *_), v in zip(tlist, lat):
+                for t, v in zip(tlist, lat):
                     p50, p95 = pct(v, 50), pct(v, 95)
-                    direct = label.startswith("direct")
-                    lat_rows.append([up, label, fmt(p50), fmt(p95), "–" if direct else fmt(p50 - d50),
+                    direct = t["gateway"] is None
+                    lat_rows.append([up, t["label"], fmt(p50), fmt(p95), "–" if direct else fmt(p50 - d50),
                                      "–" if direct else fmt(p95 - d95)])
             for up, tlist in targets.items():
-                # warm every gunicorn worker (SDK client, token, status cache) before the load runs
-                load(tlist[0][1] + tlist[0][3](0), 1, a.conns, method=tlist[0][2], body=tlist[0][4](0),
-                     auth=tlist[0][5].get("Authorization"))
-                for t in tlist[1:]:
-                    load(t[1] + t[3](0), 1, a.conns, method=t[2], body=t[4](0))
+                for t in tlist:  # warm every gunicorn worker (SDK client, token, status cache)
+                    load(t["base"] + t["path"](0), 1, a.conns, method=t["method"], body=t["body"](0),
+                         auth=t["auth"])
                 res = throughput(tlist, seconds, a.conns, repeats)
                 base = [r["rps"] for r in res[0]]
-                for (label, *_), runs in zip(tlist, res):
+                for t, runs in zip(tlist, res):
                     rps = [r["rps"] for r in runs]
                     ratio = median([x / b for x, b in zip(rps, base)])
-                    tp_rows.append([up, label, fmt(median(rps), 0), fmt(ratio),
+                    gw_cpu = [r["gw_cpu_ms"] for r in runs if r["gw_cpu_ms"] is not None]
+                    tp_rows.append([up, t["label"], fmt(median(rps), 0), fmt(ratio),
                                     fmt(median([r["p50_ms"] for r in runs])), fmt(median([r["p99_ms"] for r in runs])),
-                                    sum(r["errors"] for r in runs)])
+                                    fmt(median(gw_cpu)) if gw_cpu else "–",
+                                    fmt(median([r["up_cpu_ms"] for r in runs])), sum(r["errors"] for r in runs)])
     finally:
         rmtree(dbdir)
 
     header("Gateway overhead (non-streamed)", [
-        f"Upstreams: tests/fake_gigachat.py (through the gigachat SDK in the gateway) and qwen_server.py on "
-        f"tiny-qwen2 (CPU, OMP_NUM_THREADS=1, max_tokens=1, greedy). Each gateway request also writes the "
-        f"conversation, the question and the answer to SQLite (WAL)."])
+        f"Upstreams: tests/fake_gigachat.py{'' if a.fake_as_is else ' with TCP_NODELAY'} (reached through the "
+        f"gigachat SDK by the gateway) and qwen_server.py on tiny-qwen2 (CPU, OMP_NUM_THREADS=1, max_tokens=1, "
+        f"greedy). Each gateway request also writes the conversation, the question and the answer to SQLite "
+        f"(WAL, history file on the repo's disk)."])
     print(f"(a) Latency, 1 sequential keep-alive client, {n} requests per row, interleaved request by request "
           f"(ms; added = via − direct; goal: added p95 ≤ 3 ms)\n")
     print(md_table(["upstream", "path", "p50", "p95", "added p50", "added p95"], lat_rows))
     print(f"\n(b) Throughput, {a.conns} concurrent keep-alive clients, {load_tool()}, {repeats} interleaved "
-          f"run(s) of {seconds:g} s per row, medians (goal: ratio ≥ 0.6; GIGACHAT_MAX_CONCURRENCY={a.conns})\n")
-    print(md_table(["upstream", "path", "req/s", "× direct", "p50 ms", "p99 ms", "errors"], tp_rows))
+          f"run(s) of {seconds:g} s per row, medians; CPU = user+system time of the process tree per request "
+          f"(goal: × direct ≥ 0.6; GIGACHAT_MAX_CONCURRENCY={a.conns})\n")
+    print(md_table(["upstream", "path", "req/s", "× direct", "p50 ms", "p99 ms", "gateway CPU ms/req",
+                    "upstream CPU ms/req", "errors"], tp_rows))
     print(f"\n(total {time.time() - t_start:.0f} s)")
 
 

@@ -92,6 +92,7 @@ class State:
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive and chunked streams, as the SDK's httpx expects
     server_version = "FakeGigaChat/1.0"
+    disable_nagle_algorithm = True  # headers and body go in two writes: no 40 ms delayed-ACK stall
 
     @property
     def state(self) -> State:
