@@ -322,13 +322,9 @@ def load_tool():
     return "wrk (1 thread)" if have_wrk() else "Python threads + http.client (wrk not installed)"
 
 
-def start_fake(nodelay=True):
-    """The fake GigaChat on a free port; nodelay=True runs it through bench/_fake_gigachat_nodelay.py."""
-    if not nodelay:
-        return start_fake_gigachat(env=clean_env())
-    port = free_port()
-    return start_process([PYTHON, os.path.join(BENCH_DIR, "_fake_gigachat_nodelay.py"), "--port", port],
-                         env=clean_env(), port=port)
+def start_fake():
+    """The fake GigaChat (tests/fake_gigachat.py, TCP_NODELAY on) on a free port."""
+    return start_fake_gigachat(env=clean_env())
 
 
 def _children_map():

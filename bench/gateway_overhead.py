@@ -18,8 +18,6 @@
     (the fake) that ratio only measures the gateway's own CPU cost, so a row with the fake
     answering in 50 ms (still faster than any real LLM API) is added.
 
-The fake GigaChat runs with TCP_NODELAY (bench/_fake_gigachat_nodelay.py; --fake-as-is to drop
-that): unpatched it stalls 40 ms per SDK call on Nagle + delayed ACK, which no real server does.
 --ab PATH also starts a gunicorn gateway from another checkout (e.g. a patched copy) against the
 same upstreams, so an optimisation is measured side by side with the original in one run.
 Everything runs on 127.0.0.1; servers are subprocesses on free ports, stopped at the end.
@@ -131,8 +129,6 @@ def main():
     ap.add_argument("--no-werkzeug", action="store_true", help="skip the `python chat.py` reference gateway")
     ap.add_argument("--ab", metavar="PATH", action="append", default=[],
                     help="also run a gunicorn gateway from this other checkout (repeatable)")
-    ap.add_argument("--fake-as-is", action="store_true",
-                    help="run tests/fake_gigachat.py unpatched (Nagle on: +40 ms stalls)")
     a = ap.parse_args()
     n = a.n or (100 if a.quick else 400)
     seconds = a.seconds or (1 if a.quick else 4)
@@ -145,7 +141,7 @@ def main():
     t_start = time.time()
     try:
         with Servers() as S:
-            fake = S.add(start_fake(nodelay=not a.fake_as_is))
+            fake = S.add(start_fake())
             # One OpenMP thread: the tiny model gains nothing from two, and idle-spinning OpenMP
             # threads would steal CPU from the gateway on a 2-core machine.
             qwen = S.add(start_qwen(tiny, "-l", "512", env={"OMP_NUM_THREADS": "1", "LOG_LEVEL": "WARNING"}))
@@ -195,10 +191,10 @@ def main():
         rmtree(dbdir)
 
     header("Gateway overhead (non-streamed)", [
-        f"Upstreams: tests/fake_gigachat.py{'' if a.fake_as_is else ' with TCP_NODELAY'} (reached through the "
-        f"gigachat SDK by the gateway) and qwen_server.py on tiny-qwen2 (CPU, OMP_NUM_THREADS=1, max_tokens=1, "
-        f"greedy). Each gateway request also writes the conversation, the question and the answer to SQLite "
-        f"(WAL, history file on the repo's disk)."])
+        "Upstreams: tests/fake_gigachat.py (reached through the "
+        "gigachat SDK by the gateway) and qwen_server.py on tiny-qwen2 (CPU, OMP_NUM_THREADS=1, max_tokens=1, "
+        "greedy). Each gateway request also writes the conversation, the question and the answer to SQLite "
+        "(WAL, history file on the repo's disk)."])
     print(f"(a) Latency, 1 sequential keep-alive client, {n} requests per row, interleaved request by request "
           f"(ms; added = via − direct; goal: added p95 ≤ 3 ms)\n")
     print(md_table(["upstream", "path", "p50", "p95", "added p50", "added p95"], lat_rows))
