@@ -34,22 +34,21 @@ def string(**kw):
     return {"type": "string", **kw}
 
 
-def integer(lo=None, hi=None, **kw):
-    s = {"type": "integer", **kw}
+def _bounded(kind, lo, hi, kw):
+    s = {"type": kind, **kw}
     if lo is not None:
         s["minimum"] = lo
     if hi is not None:
         s["maximum"] = hi
     return s
+
+
+def integer(lo=None, hi=None, **kw):
+    return _bounded("integer", lo, hi, kw)
 
 
 def number(lo=None, hi=None, **kw):
-    s = {"type": "number", **kw}
-    if lo is not None:
-        s["minimum"] = lo
-    if hi is not None:
-        s["maximum"] = hi
-    return s
+    return _bounded("number", lo, hi, kw)
 
 
 def array(items, **kw):

@@ -24,7 +24,8 @@ for _p in (REPO_ROOT, TESTS_DIR):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from helpers import PYTHON, free_port, http, start_fake_gigachat, start_process, stop_process  # noqa: E402,F401
+from helpers import (PYTHON, clean_env, free_port, gigachat_env, http, start_fake_gigachat, start_gateway,  # noqa: E402,F401
+                     start_process, start_qwen, stop_process)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models are local; never try a hub
 
@@ -46,43 +47,6 @@ def machine_line() -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (f"{cores} cores, {cpu_model()}, Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
             f"{platform.system()} {platform.release()}; {datetime.date.today().isoformat()}")
-
-
-def clean_env(**over) -> dict:
-    """Env overlay for start_process: no developer .env, no GIGACHAT_/QWEN_/CHAT_ settings, no proxies."""
-    env = {k: None for k in os.environ if k.startswith(("GIGACHAT_", "QWEN_", "CHAT_", "DEFAULT_SYSTEM"))}
-    env.update({"HTTP_PROXY": None, "HTTPS_PROXY": None, "http_proxy": None, "https_proxy": None,
-                "ALL_PROXY": None, "all_proxy": None, "NO_PROXY": "127.0.0.1,localhost",
-                "no_proxy": "127.0.0.1,localhost", "NO_DOTENV": "1", "PYTHONUNBUFFERED": "1",
-                "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-    env.update(over)
-    return env
-
-
-def gigachat_env(fake) -> dict:
-    return {"GIGACHAT_BASE_URL": fake.base_url + "/api/v1", "GIGACHAT_AUTH_URL": fake.base_url + "/api/v2/oauth",
-            "GIGACHAT_CREDENTIALS": "good-key", "GIGACHAT_VERIFY_SSL_CERTS": "false",
-            "GIGACHAT_SCOPE": "GIGACHAT_API_PERS"}
-
-
-def start_qwen(model_dir, *extra, env=None, repo=REPO_ROOT):
-    port = free_port()
-    args = [PYTHON, os.path.join(repo, "qwen_server.py"), "-m", model_dir, "--engine", "transformers",
-            "--port", port, *extra]
-    return start_process(args, env=clean_env(**(env or {})), port=port, ready_path="/health", timeout=180, cwd=repo)
-
-
-def start_gateway(qwen_url, fake, db_path, gunicorn_workers=None, repo=REPO_ROOT, **env_over):
-    """chat.py (werkzeug, threaded) or gunicorn with the project's gunicorn.conf.py, from `repo`."""
-    port = free_port()
-    env = clean_env(**gigachat_env(fake), QWEN_URL=qwen_url, CHAT_DB=db_path)
-    env.update(env_over)
-    if gunicorn_workers:
-        args = [PYTHON, "-m", "gunicorn", "-c", os.path.join(repo, "gunicorn.conf.py"), "--workers",
-                gunicorn_workers, "--bind", f"127.0.0.1:{port}", "chat:app"]
-    else:
-        args = [PYTHON, os.path.join(repo, "chat.py"), "--port", port]
-    return start_process(args, env=env, port=port, ready_path="/health", timeout=90, cwd=repo)
 
 
 class Servers:
