@@ -129,8 +129,9 @@ class Client:
         import socket
         self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def request(self, method, path, body=None, headers=None):
-        """(status, body bytes, seconds) for one request on the kept-alive connection."""
+    def _send(self, method, path, body, headers):
+        """Sends one request on the kept-alive connection, reconnecting once if the server closed
+        it meanwhile; returns (response, send time)."""
         data = json.dumps(body, ensure_ascii=False).encode() if isinstance(body, (dict, list)) else body
         hdrs = dict(headers or {})
         if data is not None:
@@ -141,36 +142,28 @@ class Client:
             t0 = time.perf_counter()
             try:
                 self.conn.request(method, path, body=data, headers=hdrs)
-                resp = self.conn.getresponse()
-                raw = resp.read()
+                return self.conn.getresponse(), t0
             except (httpclient.HTTPException, ConnectionError, OSError):
                 self.close()
                 if attempt:
                     raise
-                continue
-            dt = time.perf_counter() - t0
-            if resp.will_close:
-                self.close()
-            return resp.status, raw, dt
+
+    def request(self, method, path, body=None, headers=None):
+        """(status, body bytes, seconds) for one request on the kept-alive connection."""
+        resp, t0 = self._send(method, path, body, headers)
+        try:
+            raw = resp.read()
+        except (httpclient.HTTPException, ConnectionError, OSError):
+            self.close()
+            raise
+        dt = time.perf_counter() - t0
+        if resp.will_close:
+            self.close()
+        return resp.status, raw, dt
 
     def stream(self, method, path, body=None, headers=None):
         """Streams an SSE answer: (status, t_first_byte, [(t, data)...], t_end), times from the send."""
-        data = json.dumps(body, ensure_ascii=False).encode() if isinstance(body, (dict, list)) else body
-        hdrs = dict(headers or {})
-        if data is not None:
-            hdrs.setdefault("Content-Type", "application/json")
-        for attempt in (0, 1):  # a kept-alive connection the server closed meanwhile: reconnect once
-            if self.conn is None:
-                self._connect()
-            t0 = time.perf_counter()
-            try:
-                self.conn.request(method, path, body=data, headers=hdrs)
-                resp = self.conn.getresponse()
-                break
-            except (httpclient.HTTPException, ConnectionError, OSError):
-                self.close()
-                if attempt:
-                    raise
+        resp, t0 = self._send(method, path, body, headers)
         try:
             t_first, events, buf = None, [], b""
             while True:
