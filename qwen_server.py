@@ -74,7 +74,6 @@ def create_app(engine):
     def chat_completions():
         req = parse_chat_request(json_body(), SEED_DEFAULTS)
         params = req["params"]
-        params["temperature"] = params["temperature"] if params["temperature"] >= 1e-3 else 0.0  # less: NaN logits
         _, params["max_tokens"] = budget(req["messages"], params.get("max_tokens"))
         model, cid = engine.model_name, new_id()
         chunks = engine.generate(req["messages"], GenParams(**params), threading.Event())

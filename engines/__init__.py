@@ -18,6 +18,9 @@ class EngineError(Exception):
     """Start-up problem the user can fix (bad path, missing tokenizer, out of memory...)."""
 
 
+MIN_TEMPERATURE = 1e-3  # below this, logits / temperature overflow to NaN: sample greedily instead
+
+
 @dataclass
 class GenParams:
     # Seed defaults from the original spec.
@@ -28,6 +31,10 @@ class GenParams:
     max_tokens: int = 512
     stop: list = field(default_factory=list)
     seed: Optional[int] = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < MIN_TEMPERATURE or self.top_p == 0
 
 
 @dataclass

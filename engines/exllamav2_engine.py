@@ -96,8 +96,7 @@ class ExLlamaV2Engine(Engine):
         p = req.params
         s = ExLlamaV2Sampler.Settings()
         s.temperature = p.temperature
-        greedy = p.temperature == 0 or p.top_p == 0  # as in OpenAI; exllamav2 reads top_p 0 as "off"
-        s.top_k = 1 if greedy else p.top_k
+        s.top_k = 1 if p.greedy else p.top_k  # exllamav2 would read top_p 0 as "off", not greedy
         s.top_p = p.top_p
         s.token_repetition_penalty = p.repetition_penalty
         req.job = ExLlamaV2DynamicJob(input_ids=torch.tensor([req.ids]), max_new_tokens=p.max_tokens,

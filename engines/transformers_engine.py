@@ -42,7 +42,7 @@ class TransformersEngine(Engine):
         procs = LogitsProcessorList()
         if p.repetition_penalty and p.repetition_penalty != 1.0:
             procs.append(RepetitionPenaltyLogitsProcessor(p.repetition_penalty))
-        if p.temperature > 0:  # same order as transformers' generate()
+        if not p.greedy:  # same order as transformers' generate()
             procs.append(TemperatureLogitsWarper(p.temperature))
             if p.top_k:
                 procs.append(TopKLogitsWarper(p.top_k))
@@ -83,7 +83,7 @@ class TransformersEngine(Engine):
                 finish = "cancelled"
                 break
             scores = procs(ids, logits.float())
-            if params.temperature > 0:
+            if not params.greedy:
                 token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=rng)
             else:
                 token = scores.argmax(dim=-1, keepdim=True)

@@ -257,3 +257,10 @@ def test_env_file_supplies_defaults_and_flags_win(tmp_path, tiny_qwen_dir):
         assert st["cache_mode"] == "fp16" and st["cache_note"] is None
     finally:
         stop_process(proc)
+
+
+def test_tiny_temperature_is_greedy_not_nan(qwen_smol):
+    greedy = post(qwen_smol, {"messages": FRANCE, "temperature": 0, "max_tokens": 12}).json()
+    tiny = post(qwen_smol, {"messages": FRANCE, "temperature": 1e-300, "max_tokens": 12})
+    assert tiny.status_code == 200, tiny.text
+    assert tiny.json()["choices"][0]["message"]["content"] == greedy["choices"][0]["message"]["content"]
