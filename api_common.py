@@ -145,6 +145,12 @@ def install_common(app, metrics: Metrics, service: str):
     app.add_url_rule("/metrics", "metrics", metrics.response)
 
 
+def endpoint_list(app):
+    """'METHOD /rule' for every route, for the services' index (read from the app, so never stale)."""
+    return sorted(f"{method} {rule.rule}" for rule in app.url_map.iter_rules() if rule.endpoint != "static"
+                  for method in rule.methods - {"HEAD", "OPTIONS"})
+
+
 def load_env():
     """.env from the current directory, then the project's own; real environment variables win."""
     from dotenv import find_dotenv, load_dotenv

@@ -17,7 +17,8 @@ from flask import Flask, Response, jsonify, make_response, render_template, requ
 import db
 import exchange
 import openapi
-from api_common import ApiError, Metrics, install_common, json_body, load_env, setup_logging, sse, sse_response
+from api_common import (ApiError, Metrics, endpoint_list, install_common, json_body, load_env, setup_logging, sse,
+                        sse_response)
 from openai_format import (chunk, completion, new_id, parse_chat_request, parse_params)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -70,6 +71,15 @@ def create_app(config=None, providers=None):
         tps = (usage.get("timings") or {}).get("tokens_per_second")
         if tps:
             metrics.tok_per_s.labels(name).set(tps)
+
+    def begin(ctx, stream):
+        """The answer's event stream, or the whole answer. The session exists from here on, so an
+        upstream failure tells the client its id."""
+        try:
+            return exchange.open_stream(ctx, app.config["DATABASE"]) if stream else exchange.answer(ctx)
+        except ApiError as e:
+            e.headers["X-Session-ID"] = ctx["sid"]
+            raise
 
     def tracked(frames):
         """Counts an SSE stream as active while it is being sent."""
@@ -148,14 +158,9 @@ def create_app(config=None, providers=None):
         messages = exchange.fit_context(provider, head, exchange.past_turns(conn, sid),
                                         [{"role": "user", "content": q}], params.get("max_tokens"))
         ctx = exchange.start(conn, provider, sid, q, messages, system, params)
-        try:  # the session exists now even if the upstream fails: tell the client which it is
-            if stream:
-                events = exchange.open_stream(ctx, app.config["DATABASE"])
-                return sse_response(tracked(page_events(events, ctx, sid)))
-            r = exchange.answer(ctx)
-        except ApiError as e:
-            e.headers["X-Session-ID"] = sid
-            raise
+        r = begin(ctx, stream)
+        if stream:
+            return sse_response(tracked(page_events(r, ctx, sid)))
         record_usage(name, r.get("usage"))
         return jsonify({"answer": r["answer"], "model": r.get("model"), "provider": name, "session": sid,
                         "message_id": r["message_id"], "finish_reason": r.get("finish_reason"),
@@ -290,16 +295,12 @@ def create_app(config=None, providers=None):
         model_out = body.get("model")
         cid = new_id()
         try:
-            if req["stream"]:
-                events = exchange.open_stream(ctx, app.config["DATABASE"])
-            else:
-                r = exchange.answer(ctx)
+            r = begin(ctx, req["stream"])
         except ApiError as e:
             if gc_model and e.code == "gigachat_model_not_found":  # the client's choice, not the config's
-                e = ApiError(404, f"GigaChat has no model {gc_model!r}: GET /v1/models lists the models.",
-                             code="model_not_found", param="model")
-            e.headers["X-Session-ID"] = sid
-            raise e
+                raise ApiError(404, f"GigaChat has no model {gc_model!r}: GET /v1/models lists the models.",
+                               code="model_not_found", param="model", headers=e.headers)
+            raise
         if not req["stream"]:
             record_usage(name, r.get("usage"))
             resp = jsonify(completion(cid, model_out, r["answer"], r.get("finish_reason"), r.get("usage")))
@@ -320,7 +321,7 @@ def create_app(config=None, providers=None):
                     else:
                         yield sse(value.body())
             yield sse("[DONE]")
-        resp = sse_response(tracked(frames(events)))
+        resp = sse_response(tracked(frames(r)))
         resp.headers["X-Session-ID"] = sid
         return resp
 
@@ -350,11 +351,7 @@ def create_app(config=None, providers=None):
             resp.headers["X-Content-Type-Options"] = "nosniff"
             resp.headers["Referrer-Policy"] = "no-referrer"
             return resp
-        return jsonify({"service": "Dual AI Chat API", "endpoints": [
-            "GET /gigachat?q=", "GET /qwen?q=", "GET /qwen/status", "GET /history", "GET /history/sessions",
-            "GET /history/<session>", "DELETE /history/<session>", "GET /history/export?format=jsonl",
-            "POST /v1/chat/completions", "GET /v1/models", "GET /config", "GET /health", "GET /metrics",
-            "GET /openapi.json"]})
+        return jsonify({"service": "Dual AI Chat API", "endpoints": endpoint_list(app)})
 
     return app
 

@@ -43,10 +43,15 @@ def fit_context(provider, head, turns, tail, max_tokens):
     return head + tail  # the upstream says so if even the question alone is too long
 
 
-def _save_answer(conn, sid, provider, model, system, params, text, info, t0, status, error=None):
-    return db.add_message(conn, sid, "assistant", text, provider.name, model or info.get("model"), system, params,
-                          usage=info.get("usage"), latency_ms=round((time.perf_counter() - t0) * 1000, 2),
-                          finish_reason=info.get("finish_reason"), status=status, error=error)
+def _elapsed_ms(ctx):
+    return round((time.perf_counter() - ctx["t0"]) * 1000, 2)
+
+
+def _save_answer(ctx, text, info, status, error=None):
+    return db.add_message(ctx["conn"], ctx["sid"], "assistant", text, ctx["provider"].name,
+                          ctx["model"] or info.get("model"), ctx["system"], ctx["params"], usage=info.get("usage"),
+                          latency_ms=_elapsed_ms(ctx), finish_reason=info.get("finish_reason"), status=status,
+                          error=error)
 
 
 def start(conn, provider, sid, question, messages, system, params, model=None):
@@ -57,16 +62,14 @@ def start(conn, provider, sid, question, messages, system, params, model=None):
 
 
 def answer(ctx) -> dict:
-    p, t0 = ctx["provider"], ctx["t0"]
-    save = (ctx["conn"], ctx["sid"], p, ctx["model"], ctx["system"], ctx["params"])
     try:
-        result = p.complete(ctx["messages"], ctx["params"], ctx["sid"])
+        result = ctx["provider"].complete(ctx["messages"], ctx["params"], ctx["sid"])
     except ApiError as e:
-        _save_answer(*save, "", {}, t0, "error", e.message)
+        _save_answer(ctx, "", {}, "error", e.message)
         raise
     status = "blocked" if result.get("blocked") else "ok"
-    mid = _save_answer(*save, result["answer"], result, t0, status)
-    return dict(result, message_id=mid, status=status, elapsed_ms=round((time.perf_counter() - t0) * 1000, 2))
+    mid = _save_answer(ctx, result["answer"], result, status)
+    return dict(result, message_id=mid, status=status, elapsed_ms=_elapsed_ms(ctx))
 
 
 def open_stream(ctx, db_path):
@@ -74,15 +77,13 @@ def open_stream(ctx, db_path):
     text (bad key, server down) gets a real HTTP status instead of an error inside a 200 stream.
     Returns the event iterator for answer_stream(), which saves through a connection of its own
     (the stream outlives the request and its connection)."""
-    p = ctx["provider"]
-    upstream = p.stream(ctx["messages"], ctx["params"], ctx["sid"])
+    upstream = ctx["provider"].stream(ctx["messages"], ctx["params"], ctx["sid"])
     try:
         first = next(upstream)
     except StopIteration:
         first = None
     except ApiError as e:
-        _save_answer(ctx["conn"], ctx["sid"], p, ctx["model"], ctx["system"], ctx["params"], "", {}, ctx["t0"],
-                     "error", e.message)
+        _save_answer(ctx, "", {}, "error", e.message)
         raise
     return answer_stream(dict(ctx, conn=db.connect(db_path)), upstream, first)
 
@@ -90,8 +91,6 @@ def open_stream(ctx, db_path):
 def answer_stream(ctx, upstream, first):
     """Yields ("delta", text) events, then ("done", info) or ("error", ApiError). The answer is saved
     however the stream ends: completed, failed upstream, or cancelled by the client hanging up."""
-    t0 = ctx["t0"]
-    save = (ctx["conn"], ctx["sid"], ctx["provider"], ctx["model"], ctx["system"], ctx["params"])
     parts, info, result = [], {}, None
     try:
         try:
@@ -102,17 +101,17 @@ def answer_stream(ctx, upstream, first):
                 else:
                     info.update(ev)
         except ApiError as e:
-            e.message_id = _save_answer(*save, "".join(parts), info, t0, "error", e.message)
+            e.message_id = _save_answer(ctx, "".join(parts), info, "error", e.message)
             result = ("error", e)
         except GeneratorExit:  # the client hung up: stop the upstream, keep what was said
             upstream.close()
-            _save_answer(*save, "".join(parts), info, t0, "cancelled", "client disconnected")
+            _save_answer(ctx, "".join(parts), info, "cancelled", "client disconnected")
             raise
         if result is None:
             status = "blocked" if info.get("blocked") else "ok"
-            mid = _save_answer(*save, "".join(parts), info, t0, status)
+            mid = _save_answer(ctx, "".join(parts), info, status)
             result = ("done", dict(info, message_id=mid, status=status, answer="".join(parts),
-                                   elapsed_ms=round((time.perf_counter() - t0) * 1000, 2)))
+                                   elapsed_ms=_elapsed_ms(ctx)))
         yield result
     finally:
         upstream.close()

@@ -13,7 +13,8 @@ import time
 from flask import Flask, jsonify
 
 import openapi
-from api_common import ApiError, Metrics, install_common, json_body, load_env, setup_logging, sse, sse_response
+from api_common import (ApiError, Metrics, endpoint_list, install_common, json_body, load_env, setup_logging, sse,
+                        sse_response)
 from engines import CACHE_MODES, Chunk, EngineError, GenParams, create_engine
 from openai_format import (chunk, completion, new_id, parse_chat_request, parse_messages, usage_with_timings)
 
@@ -163,9 +164,7 @@ def create_app(engine):
 
     @app.get("/")
     def index():
-        return jsonify({"service": "qwen_server", "model": engine.model_name, "endpoints": [
-            "POST /v1/chat/completions", "POST /v1/token/count", "POST /v1/token/encode", "GET /v1/models",
-            "GET /status", "GET /qwen/status", "GET /health", "GET /metrics", "GET /openapi.json"]})
+        return jsonify({"service": "qwen_server", "model": engine.model_name, "endpoints": endpoint_list(app)})
 
     return app
 
