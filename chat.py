@@ -142,6 +142,7 @@ def create_app(config=None, providers=None):
         stream = str(src.get("stream", "")).lower() in ("1", "true", "yes")
         conn = db.get_db()
         sid = str(src["session"])[:100] if src.get("session") else None
+        title, turns = None, []
         if sid is not None:
             conv = db.get_conversation(conn, sid)
             if conv is None:
@@ -149,15 +150,15 @@ def create_app(config=None, providers=None):
                                     f"conversation (GET /history/sessions lists yours).", code="unknown_session",
                                param="session")
             system = system if system is not None else conv["system_prompt"]
+            turns = exchange.past_turns(conn, sid)
         else:
-            sid = db.new_session_id()
+            sid, title = db.new_session_id(), q.strip()
             system = system if system is not None else app.config["DEFAULT_SYSTEM_PROMPT"]
-            db.ensure_conversation(conn, sid, name, None, system, q.strip())
         provider = providers[name]
         head = [{"role": "system", "content": system}] if system else []
-        messages = exchange.fit_context(provider, head, exchange.past_turns(conn, sid),
-                                        [{"role": "user", "content": q}], params.get("max_tokens"))
-        ctx = exchange.start(conn, provider, sid, q, messages, system, params)
+        messages = exchange.fit_context(provider, head, turns, [{"role": "user", "content": q}],
+                                        params.get("max_tokens"))
+        ctx = exchange.start(conn, provider, sid, q, messages, system, params, title=title)
         r = begin(ctx, stream)
         if stream:
             return sse_response(tracked(page_events(r, ctx, sid)))
@@ -290,8 +291,8 @@ def create_app(config=None, providers=None):
         if not SESSION_ID.fullmatch(sid):
             raise ApiError(400, "X-Session-ID must be 1-100 letters, digits, '.', '_' or '-'.",
                            code="invalid_session_id", param="X-Session-ID")
-        db.ensure_conversation(conn, sid, name, gc_model, system, question.strip() or "(no question)")
-        ctx = exchange.start(conn, providers[name], sid, question, messages, system, params, gc_model)
+        ctx = exchange.start(conn, providers[name], sid, question, messages, system, params, gc_model,
+                             title=question.strip() or "(no question)")
         model_out = body.get("model")
         cid = new_id()
         try:

@@ -1,6 +1,7 @@
 """SQLite history (stdlib sqlite3), in the manner of the Flask tutorial's db.py:
 get_db/close_db per request, init_db creates and migrates the schema in schema.sql."""
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -9,9 +10,15 @@ import uuid
 
 from flask import current_app, g
 
-SCHEMA_VERSION = 1
-SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.sql")
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCHEMA_VERSION = 2
+SCHEMA_PATH = os.path.join(HERE, "schema.sql")  # version 1; migrate_<n>.sql each go one version up
 BUSY_TIMEOUT_MS = 5000
+WAL_AUTOCHECKPOINT_PAGES = 10000  # a safety net: the maintenance thread checkpoints every second
+MAINTENANCE_INTERVAL_S = 1.0
+INDEX_BATCH = 500  # messages indexed per transaction: the write lock is held ~10 ms at most
+
+log = logging.getLogger(__name__)
 MESSAGE_COLUMNS = ("id, conversation_id, role, content, provider, model, system_prompt, params, prompt_tokens, "
                    "completion_tokens, precached_prompt_tokens, latency_ms, finish_reason, status, error, created_at")
 
@@ -24,6 +31,7 @@ def connect(path) -> sqlite3.Connection:
     conn.execute("PRAGMA foreign_keys = ON")
     # WAL + NORMAL: a committed row survives a killed process; readers never block the writer.
     conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
     return conn
 
 
@@ -39,8 +47,10 @@ def init_db(path):
         if version < 1:
             with open(SCHEMA_PATH, encoding="utf-8") as f:
                 conn.executescript(f.read())
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        # Later migrations go here: `if version < 2: ...`, each bumping user_version.
+            conn.execute("PRAGMA user_version = 1")
+        for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+            with open(os.path.join(HERE, f"migrate_{v}.sql"), encoding="utf-8") as f:
+                conn.executescript(f.read())  # one transaction that also sets user_version
     finally:
         conn.close()
 
@@ -74,7 +84,9 @@ class _Pool:
 
 def get_db() -> sqlite3.Connection:
     if "db" not in g:
-        g.db = current_app.extensions["db_pool"].get()
+        pool = current_app.extensions["db_pool"]
+        start_maintenance(pool.path)
+        g.db = pool.get()
     return g.db
 
 
@@ -90,6 +102,66 @@ def init_app(app):
     app.teardown_appcontext(close_db)
 
 
+# -- maintenance, off the request path -------------------------------------------------------------
+
+def index_pending(db, batch=INDEX_BATCH) -> int:
+    """Moves queued messages (fts_pending) into the full-text index, one short transaction per batch;
+    returns how many."""
+    done = 0
+    while True:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("INSERT INTO messages_fts (rowid, content) SELECT m.id, m.content FROM messages m "
+                       "JOIN (SELECT id FROM fts_pending ORDER BY id LIMIT ?) p ON m.id = p.id", (batch,))
+            n = db.execute("DELETE FROM fts_pending WHERE id IN (SELECT id FROM fts_pending ORDER BY id LIMIT ?)",
+                           (batch,)).rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        done += n
+        if n < batch:
+            return done
+
+
+def _index_for_search(db):
+    """A search sees every saved message: index what is still queued first (usually nothing)."""
+    if db.execute("SELECT 1 FROM fts_pending LIMIT 1").fetchone():
+        try:
+            index_pending(db)
+        except sqlite3.OperationalError as e:  # locked for 5 s: search what is indexed so far
+            log.warning("search without indexing the newest messages: %s", e)
+
+
+_maintainers, _maintainers_lock = {}, threading.Lock()
+
+
+def _maintain(path):
+    """Full-text indexing and WAL checkpoints for one database, every MAINTENANCE_INTERVAL_S, so that
+    requests only append rows (a checkpoint copies pages into the database file and fsyncs it)."""
+    conn = connect(path)
+    while True:
+        time.sleep(MAINTENANCE_INTERVAL_S)
+        try:
+            if conn.execute("SELECT 1 FROM fts_pending LIMIT 1").fetchone():
+                index_pending(conn)
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as e:  # busy or a full disk: the next round tries again
+            log.warning("history maintenance of %s: %s", path, e)
+
+
+def start_maintenance(path):
+    """One maintenance thread per process and database (started in the process that serves: a
+    gunicorn worker, not a master that forks)."""
+    key = (os.getpid(), path)
+    if key not in _maintainers:
+        with _maintainers_lock:
+            if key not in _maintainers:
+                _maintainers[key] = threading.Thread(target=_maintain, args=(path,), daemon=True,
+                                                     name="history-maintenance")
+                _maintainers[key].start()
+
+
 # -- conversations and messages ------------------------------------------------------------------
 
 def new_session_id() -> str:
@@ -100,20 +172,18 @@ def get_conversation(db, conv_id):
     return db.execute("SELECT * FROM conversations WHERE id = ?", (conv_id,)).fetchone()
 
 
-def ensure_conversation(db, conv_id, provider, model, system_prompt, title):
-    now = time.time()
-    db.execute("INSERT INTO conversations (id, provider, model, system_prompt, title, created_at, updated_at) "
-               "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-               (conv_id, provider, model, system_prompt, title[:200], now, now))
-
-
 def add_message(db, conv_id, role, content, provider, model=None, system_prompt=None, params=None,
-                usage=None, latency_ms=None, finish_reason=None, status="ok", error=None) -> int:
-    """Inserts one message and bumps its conversation; returns the message id."""
+                usage=None, latency_ms=None, finish_reason=None, status="ok", error=None, title=None) -> int:
+    """Inserts one message and bumps its conversation; returns the message id. With a title, the
+    conversation is created first if it does not exist yet, in the same transaction (one commit)."""
     usage = usage or {}
     now = time.time()
     db.execute("BEGIN IMMEDIATE")
     try:
+        if title is not None:
+            db.execute("INSERT INTO conversations (id, provider, model, system_prompt, title, created_at, updated_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                       (conv_id, provider, model, system_prompt, title[:200], now, now))
         cur = db.execute(
             "INSERT INTO messages (conversation_id, role, content, provider, model, system_prompt, params, "
             "prompt_tokens, completion_tokens, precached_prompt_tokens, latency_ms, finish_reason, status, error, "
@@ -156,6 +226,7 @@ def list_messages(db, limit=50, before=None, session=None, provider=None, q=None
     cols = ", ".join("m." + c.strip() for c in MESSAGE_COLUMNS.split(","))
     match = fts_query(q) if q else ""
     if match:
+        _index_for_search(db)
         # Id bounds go on f.rowid, not m.id: FTS5 then seeks to them instead of walking every newer
         # match of a common word first (114 ms for `before` half-way down 1M messages, 250 ms for a
         # session). A session's messages lie between its first and last id.

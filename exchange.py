@@ -54,9 +54,10 @@ def _save_answer(ctx, text, info, status, error=None):
                           error=error)
 
 
-def start(conn, provider, sid, question, messages, system, params, model=None):
-    """Saves the question; returns the context for the answer functions."""
-    db.add_message(conn, sid, "user", question, provider.name, model, system, params)
+def start(conn, provider, sid, question, messages, system, params, model=None, title=None):
+    """Saves the question (creating the conversation when a title is given); returns the context
+    for the answer functions."""
+    db.add_message(conn, sid, "user", question, provider.name, model, system, params, title=title)
     return {"conn": conn, "provider": provider, "sid": sid, "messages": messages, "system": system,
             "params": params, "model": model, "t0": time.perf_counter()}
 

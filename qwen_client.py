@@ -1,14 +1,16 @@
 """The gateway's client for the local Qwen server (or any OpenAI-compatible server:
 vLLM, TabbyAPI...). Same shape as gigachat_client: complete() and stream()."""
 import json
-import threading
 import time
 
-import requests
+import urllib3
+from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError
 
 from api_common import ApiError
 
 STATUS_TTL = 30  # seconds to trust a cached /status (the context size rarely changes)
+STATUS_TIMEOUT = urllib3.Timeout(connect=2.0, read=5.0)
+POOL_SIZE = 32  # idle keep-alive connections kept: the gateway's threads per process
 
 
 class QwenProvider:
@@ -16,42 +18,48 @@ class QwenProvider:
 
     def __init__(self, base_url, timeout=300.0, connect_timeout=3.0):
         self.base_url = base_url.rstrip("/")
-        self.timeout = (connect_timeout, timeout)
-        self.local = threading.local()  # one keep-alive session per thread
+        self.timeout = urllib3.Timeout(connect=connect_timeout, read=timeout)
+        # urllib3's pool directly, not requests: a third of a millisecond less a call on this path.
+        # Thread-safe; never reads proxy settings from the environment (a local server); no retries.
+        self.pool = urllib3.connection_from_url(self.base_url, maxsize=POOL_SIZE, block=False, retries=False)
+        self.prefix = urllib3.util.parse_url(self.base_url).path or ""
         self._status, self._status_at = None, 0.0
 
-    def _session(self):
-        s = getattr(self.local, "session", None)
-        if s is None:
-            s = self.local.session = requests.Session()
-            s.trust_env = False  # a local server: never route it through an HTTP proxy from the environment
-        return s
-
     def _request(self, method, path, body=None, stream=False, timeout=None):
-        url = self.base_url + path
+        data = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
         try:
-            r = self._session().request(method, url, json=body, stream=stream, timeout=timeout or self.timeout)
-        except requests.Timeout:
+            r = self.pool.urlopen(method, self.prefix + path, body=data, preload_content=not stream,
+                                  headers={"Content-Type": "application/json"} if data else None,
+                                  timeout=timeout or self.timeout)
+        except NewConnectionError:  # (a subclass of TimeoutError)
+            raise _unreachable(self.base_url)
+        except TimeoutError:
             raise ApiError(504, f"The Qwen server at {self.base_url} did not answer in time: check that it is "
                                 f"not overloaded, or raise QWEN_TIMEOUT in .env.",
                            type="upstream_timeout", code="qwen_timeout")
-        except requests.ConnectionError:
-            raise ApiError(503, f"The Qwen server is not reachable at {self.base_url}: start it with "
-                                f"`python qwen_server.py -m MODEL_DIR`, or fix QWEN_URL in .env.",
-                           type="upstream_unavailable", code="qwen_unreachable")
-        if r.status_code >= 400:
+        except HTTPError:  # refused, reset, closed without an answer
+            raise _unreachable(self.base_url)
+        if r.status >= 400:
             try:
-                err = r.json().get("error") or {}
-                msg, code = err.get("message") or r.text[:300], err.get("code")
-            except ValueError:
-                msg, code = r.text[:300], None
+                text = r.data.decode("utf-8", "replace")  # (a streamed error body is read here too)
+            except (HTTPError, OSError):
+                text = ""
             finally:
-                r.close()
-            if r.status_code < 500:  # the client's mistake (e.g. context too long): pass it on as is
-                raise ApiError(r.status_code, f"Qwen server: {msg}", code=code or "qwen_rejected")
-            raise ApiError(502, f"The Qwen server failed ({r.status_code}): {msg}", type="upstream_error",
+                r.release_conn()
+            try:
+                err = json.loads(text).get("error") or {}
+                msg, code = err.get("message") or text[:300], err.get("code")
+            except (ValueError, AttributeError):
+                msg, code = text[:300] or "no details", None
+            if r.status < 500:  # the client's mistake (e.g. context too long): pass it on as is
+                raise ApiError(r.status, f"Qwen server: {msg}", code=code or "qwen_rejected")
+            raise ApiError(502, f"The Qwen server failed ({r.status}): {msg}", type="upstream_error",
                            code=code or "qwen_error")
         return r
+
+    def _json(self, method, path, body=None, timeout=None):
+        r = self._request(method, path, body, timeout=timeout)
+        return json.loads(r.data)
 
     @staticmethod
     def _body(messages, params, stream):
@@ -62,7 +70,7 @@ class QwenProvider:
         return body
 
     def complete(self, messages, params, session_id=None):
-        data = self._request("POST", "/v1/chat/completions", self._body(messages, params, False)).json()
+        data = self._json("POST", "/v1/chat/completions", self._body(messages, params, False))
         choice = data["choices"][0]
         return {"answer": choice["message"]["content"] or "", "finish_reason": choice.get("finish_reason"),
                 "usage": data.get("usage") or {}, "model": data.get("model"), "blocked": False}
@@ -73,7 +81,7 @@ class QwenProvider:
         final = {"finish_reason": None, "usage": {}, "model": None, "blocked": False}
         done = False
         try:
-            for line in r.iter_lines(chunk_size=None):  # chunk_size=None: hand over each event as it arrives
+            for line in _lines(r):
                 if not line.startswith(b"data: "):
                     continue
                 if line == b"data: [DONE]":
@@ -91,14 +99,18 @@ class QwenProvider:
                     if text:
                         yield {"delta": text}
                     final["finish_reason"] = choice.get("finish_reason") or final["finish_reason"]
-        except requests.Timeout:
+        except TimeoutError:
             raise ApiError(504, f"The Qwen server at {self.base_url} stopped sending mid-answer: raise "
                                 f"QWEN_TIMEOUT in .env or check the server.", type="upstream_timeout",
                            code="qwen_timeout")
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
+        except (HTTPError, OSError):
             pass  # reported below as a broken stream
         finally:
-            r.close()  # closing our side makes qwen_server cancel the generation
+            if done:
+                r.drain_conn()  # the end of the chunked body: the connection can then be reused
+            else:
+                r.close()  # closing our side makes qwen_server cancel the generation
+            r.release_conn()
         if not done:
             raise ApiError(502, f"The Qwen server at {self.base_url} closed the stream before the end "
                                 f"(did it stop or crash?). The partial answer was saved.",
@@ -109,7 +121,7 @@ class QwenProvider:
         """The server's /status plus reachability; never raises."""
         t0 = time.perf_counter()
         try:
-            st = self._request("GET", "/status", timeout=(2.0, 5.0)).json()
+            st = self._json("GET", "/status", timeout=STATUS_TIMEOUT)
         except ApiError as e:
             models = self.models() if e.status == 404 else []  # another OpenAI-compatible server (vLLM...)
             if models:
@@ -127,10 +139,30 @@ class QwenProvider:
         return (self._status or {}).get("max_seq_len")
 
     def count_tokens(self, messages) -> int:
-        return self._request("POST", "/v1/token/count", {"messages": messages}).json()["count"]
+        return self._json("POST", "/v1/token/count", {"messages": messages})["count"]
 
     def models(self):
         try:
-            return [m["id"] for m in self._request("GET", "/v1/models", timeout=(2.0, 5.0)).json()["data"]]
+            return [m["id"] for m in self._json("GET", "/v1/models", timeout=STATUS_TIMEOUT)["data"]]
         except (ApiError, ValueError, KeyError):
             return []
+
+
+def _unreachable(base_url):
+    return ApiError(503, f"The Qwen server is not reachable at {base_url}: start it with "
+                         f"`python qwen_server.py -m MODEL_DIR`, or fix QWEN_URL in .env.",
+                    type="upstream_unavailable", code="qwen_unreachable")
+
+
+def _lines(resp):
+    """The lines of a streamed body, each handed over as soon as it has arrived."""
+    buf = b""
+    while True:
+        data = resp.read1(65536)  # whatever has arrived (waits for at least one byte); b"" at the end
+        if not data:
+            break
+        *lines, buf = (buf + data).split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r")
+    if buf:
+        yield buf

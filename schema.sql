@@ -1,4 +1,5 @@
--- Dual AI Chat API history. Version 1 (PRAGMA user_version); db.py migrates forward from here.
+-- Dual AI Chat API history, version 1 (PRAGMA user_version). db.init_db creates it, then applies
+-- migrate_<n>.sql in turn up to the current version.
 CREATE TABLE IF NOT EXISTS conversations (
     id            TEXT PRIMARY KEY,
     provider      TEXT NOT NULL CHECK (provider IN ('gigachat', 'qwen')),

@@ -4,10 +4,12 @@
     .venv/bin/python bench/gateway_overhead.py [--quick] [--ab OTHER_CHECKOUT ...]
 
 (a) Latency, one sequential client, keep-alive: the same question straight to the upstream and
-    through the gateway, interleaved request by request:
+    through the gateway, interleaved in blocks of --block requests ("warm") and request by request
+    ("cold": every request finds CPU caches that the other servers' processes evicted):
       GigaChat: POST fake_gigachat /api/v1/chat/completions (Bearer token from its OAuth endpoint)
                 vs GET /gigachat?q=...
-      Qwen:     POST qwen_server /v1/chat/completions (tiny-qwen2, max_tokens=1, temperature 0)
+      Qwen:     POST qwen_server /v1/chat/completions (tiny-qwen2, max_tokens=1, temperature 0; the
+                other sampling parameters are the seed defaults on both paths)
                 vs GET /qwen?q=...&max_tokens=1&temperature=0
     "added" = the gateway's percentile minus the direct one. Goal: added p95 <= 3 ms.
 (b) Throughput with C concurrent keep-alive clients (wrk when installed, else Python threads):
@@ -77,21 +79,25 @@ def targets_for(fake, qwen, gateways, token):
     return out
 
 
-def sequential(targets, n, warmup):
-    """Interleaved: request i goes to every target in turn (rotating who goes first)."""
+def sequential(targets, n, warmup, block=1):
+    """Interleaved: `block` requests to each target in turn (rotating who goes first), so slow
+    drifts of a shared machine hit every target alike. block=1 switches process on every request:
+    each request then finds its servers' CPU caches cold (the other servers ran in between);
+    a larger block measures servers that are busy with this one client, as in service."""
     clients = [Client(t["base"]) for t in targets]
     lat = [[] for _ in targets]
     k = len(targets)
-    for i in range(-warmup, n):
+    for r, start in enumerate(range(-warmup, n, block)):
         for j in range(k):
-            idx = (j + i) % k
+            idx = (j + r) % k
             t = targets[idx]
-            st, raw, dt = clients[idx].request(t["method"], t["path"](i), t["body"](i),
-                                               {"Authorization": t["auth"]} if t["auth"] else None)
-            if st != 200:
-                raise RuntimeError(f"{t['label']}: HTTP {st}: {raw[:300]!r}")
-            if i >= 0:
-                lat[idx].append(dt * 1000)
+            for i in range(start, min(start + block, n)):
+                st, raw, dt = clients[idx].request(t["method"], t["path"](i), t["body"](i),
+                                                   {"Authorization": t["auth"]} if t["auth"] else None)
+                if st != 200:
+                    raise RuntimeError(f"{t['label']}: HTTP {st}: {raw[:300]!r}")
+                if i >= 0:
+                    lat[idx].append(dt * 1000)
     for c in clients:
         c.close()
     return lat
@@ -124,8 +130,11 @@ def main():
     ap.add_argument("--n", type=int, help="sequential requests per target (default 400, quick 100)")
     ap.add_argument("--seconds", type=float, help="length of one load run, whole seconds (default 4, quick 1)")
     ap.add_argument("--repeats", type=int, help="load runs per target, interleaved (default 3, quick 1)")
+    ap.add_argument("--block", type=int, default=20,
+                    help="requests in a row to one target in the warm latency run (default 20)")
     ap.add_argument("--conns", type=int, default=8, help="concurrent clients for throughput (default 8)")
     ap.add_argument("--workers", type=int, default=4, help="gunicorn workers (default 4)")
+    ap.add_argument("--latency-only", action="store_true", help="skip the throughput runs (b)")
     ap.add_argument("--no-werkzeug", action="store_true", help="skip the `python chat.py` reference gateway")
     ap.add_argument("--ab", metavar="PATH", action="append", default=[],
                     help="also run a gunicorn gateway from this other checkout (repeatable)")
@@ -164,16 +173,17 @@ def main():
             targets = targets_for(fake, qwen, gateways, token)
 
             lat_rows, tp_rows = [], []
-            for up in ("gigachat", "qwen"):
-                tlist = targets[up]
-                lat = sequential(tlist, n, warmup=max(10, n // 10))
-                d50, d95 = pct(lat[0], 50), pct(lat[0], 95)
-                for t, v in zip(tlist, lat):
-                    p50, p95 = pct(v, 50), pct(v, 95)
-                    direct = t["gateway"] is None
-                    lat_rows.append([up, t["label"], fmt(p50), fmt(p95), "–" if direct else fmt(p50 - d50),
-                                     "–" if direct else fmt(p95 - d95)])
-            for up, tlist in targets.items():
+            for mode, block in (("warm", a.block), ("cold", 1)):
+                for up in ("gigachat", "qwen"):
+                    tlist = targets[up]
+                    lat = sequential(tlist, n, warmup=max(block, n // 10), block=block)
+                    d50, d95 = pct(lat[0], 50), pct(lat[0], 95)
+                    for t, v in zip(tlist, lat):
+                        p50, p95 = pct(v, 50), pct(v, 95)
+                        direct = t["gateway"] is None
+                        lat_rows.append([mode, up, t["label"], fmt(p50), fmt(p95),
+                                         "–" if direct else fmt(p50 - d50), "–" if direct else fmt(p95 - d95)])
+            for up, tlist in ([] if a.latency_only else targets.items()):
                 for t in tlist:  # warm every gunicorn worker (SDK client, token, status cache)
                     load(t["base"] + t["path"](0), 1, a.conns, method=t["method"], body=t["body"](0),
                          auth=t["auth"])
@@ -195,9 +205,10 @@ def main():
         "gigachat SDK by the gateway) and qwen_server.py on tiny-qwen2 (CPU, OMP_NUM_THREADS=1, max_tokens=1, "
         "greedy). Each gateway request also writes the conversation, the question and the answer to SQLite "
         "(WAL, history file on the repo's disk)."])
-    print(f"(a) Latency, 1 sequential keep-alive client, {n} requests per row, interleaved request by request "
-          f"(ms; added = via − direct; goal: added p95 ≤ 3 ms)\n")
-    print(md_table(["upstream", "path", "p50", "p95", "added p50", "added p95"], lat_rows))
+    print(f"(a) Latency, 1 sequential keep-alive client, {n} requests per row (ms; added = via − direct; goal: "
+          f"added p95 ≤ 3 ms). warm: the targets take turns in blocks of {a.block} requests; cold: they take "
+          f"turns request by request, so every request meets CPU caches the other servers' processes evicted\n")
+    print(md_table(["run", "upstream", "path", "p50", "p95", "added p50", "added p95"], lat_rows))
     print(f"\n(b) Throughput, {a.conns} concurrent keep-alive clients, {load_tool()}, {repeats} interleaved "
           f"run(s) of {seconds:g} s per row, medians; CPU = user+system time of the process tree per request "
           f"(goal: × direct ≥ 0.6; GIGACHAT_MAX_CONCURRENCY={a.conns})\n")

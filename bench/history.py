@@ -1,12 +1,11 @@
 #!/usr/bin/env python
 """/history latency on a large history: 1,000,000 messages in ~20,000 conversations.
 
-    .venv/bin/python bench/history.py [--quick] [--messages N] [--rebuild] [--build-compare N]
+    .venv/bin/python bench/history.py [--quick] [--messages N] [--rebuild]
 
-The database is built once with the project's own schema (db.init_db + schema.sql) and cached
-under .cache/bench/ (git-ignored); reruns reuse it. Build: sqlite3 executemany in large
-transactions with the FTS insert trigger dropped, then one FTS5 'rebuild' and the trigger put
-back -- faster than keeping the trigger (measure it: --build-compare 100000). The content is a
+The database is built once with the project's own schema (db.init_db) and cached under
+.cache/bench/ (git-ignored); reruns reuse it. Build: sqlite3 executemany in large transactions,
+then one FTS5 'rebuild' of the full-text index and an emptied index queue (fts_pending). The content is a
 realistic mix: 2/3 GigaChat and 1/3 Qwen conversations of very uneven length (a few hundred
 messages for the longest), Russian and English prose with a Zipf word distribution, code blocks in
 Qwen answers, short questions and long answers. Two rare marker words (one Latin, one Cyrillic)
@@ -34,7 +33,7 @@ import db  # noqa: E402
 
 GOAL_MS = 10.0
 RARE_EN, RARE_RU, RARE_COUNT = "zyzzogeton", "квазиэкситон", 25
-DB_FORMAT = 3  # bump when the generator changes, so cached files are rebuilt
+DB_FORMAT = 4  # bump when the generator changes, so cached files are rebuilt
 
 EN_COMMON = ("the of and to a in is it you that he was for on are with as I his they be at one have this from "
              "or had by not word but what some we can out other were all there when up use your how said an "
@@ -122,8 +121,8 @@ class Generator:
         return text
 
 
-def build(path, n_messages, n_convs, fts_mode="rebuild", seed=42, log=print):
-    """Returns build stats. fts_mode: 'rebuild' (trigger off, one rebuild at the end) or 'trigger'."""
+def build(path, n_messages, n_convs, seed=42, log=print):
+    """Returns build stats."""
     t0 = time.perf_counter()
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(path + suffix):
@@ -173,9 +172,6 @@ def build(path, n_messages, n_convs, fts_mode="rebuild", seed=42, log=print):
     conn.execute("PRAGMA synchronous = OFF")
     conn.execute("PRAGMA cache_size = -262144")  # 256 MiB
     conn.execute("PRAGMA temp_store = MEMORY")
-    trigger_sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'messages_ai'").fetchone()[0]
-    if fts_mode == "rebuild":
-        conn.execute("DROP TRIGGER messages_ai")
     conn.execute("BEGIN")
     conn.executemany("INSERT INTO conversations (id, provider, model, system_prompt, title, created_at, updated_at)"
                      " VALUES (?, ?, ?, ?, ?, ?, ?)", [c[:7] for c in convs])
@@ -232,16 +228,16 @@ def build(path, n_messages, n_convs, fts_mode="rebuild", seed=42, log=print):
     conn.executemany("UPDATE conversations SET title = ? WHERE id = ?",
                      [(title, convs[c][0]) for c, title in titles.items()])
     conn.execute("COMMIT")
-    t_fts = 0.0
-    if fts_mode == "rebuild":
-        tb = time.perf_counter()
-        conn.execute("INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')")
-        conn.execute(trigger_sql)
-        t_fts = time.perf_counter() - tb
+    tb = time.perf_counter()  # what db.index_pending would do in batches, in one go
+    conn.execute("BEGIN")
+    conn.execute("INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')")
+    conn.execute("DELETE FROM fts_pending")
+    conn.execute("COMMIT")
+    t_fts = time.perf_counter() - tb
     common = {w: conn.execute("SELECT count(*) FROM messages_fts WHERE messages_fts MATCH ?", (f'"{w}"',)).fetchone()[0]
               for w in ("the", "что", RARE_EN, RARE_RU)}
     conn.execute("CREATE TABLE IF NOT EXISTS bench_meta (key TEXT PRIMARY KEY, value TEXT)")
-    meta = {"format": DB_FORMAT, "messages": k, "conversations": n_convs, "fts_mode": fts_mode, "seed": seed,
+    meta = {"format": DB_FORMAT, "messages": k, "conversations": n_convs, "seed": seed,
             "doc_counts": common, "generate_s": round(t_gen, 1), "insert_s": round(t_ins, 1),
             "fts_s": round(t_fts, 1), "total_s": round(time.perf_counter() - t0, 1)}
     conn.execute("INSERT OR REPLACE INTO bench_meta VALUES ('meta', ?)", (json.dumps(meta, ensure_ascii=False),))
@@ -375,25 +371,10 @@ def main():
     ap.add_argument("--conversations", type=int, help="default: messages / 50")
     ap.add_argument("--rounds", type=int, help="timed rounds over all requests (default 60, quick 15)")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the cached database")
-    ap.add_argument("--build-compare", type=int, metavar="N",
-                    help="only time the two build methods (trigger on vs FTS rebuild) on N messages, and exit")
     ap.add_argument("--ab", metavar="PATH",
                     help="also run the gateway and db.py of this other checkout (e.g. a patched copy), side by side")
     a = ap.parse_args()
     os.makedirs(CACHE_DIR, exist_ok=True)
-
-    if a.build_compare:
-        rows = []
-        for mode in ("trigger", "rebuild", "trigger", "rebuild"):
-            path = os.path.join(CACHE_DIR, f"compare-{mode}.db")
-            m = build(path, a.build_compare, max(1, a.build_compare // 50), fts_mode=mode, log=lambda *_: None)
-            rows.append([mode, f"{m['messages']:,}", fmt(m["generate_s"], 1), fmt(m["insert_s"], 1),
-                         fmt(m["fts_s"], 1), fmt(m["insert_s"] + m["fts_s"], 1), m["size_mb"]])
-            os.unlink(path)
-        header("History DB build: FTS trigger on vs FTS rebuild after the bulk insert")
-        print(md_table(["FTS", "messages", "text generation s", "insert s", "FTS rebuild s", "insert+FTS s",
-                        "file MB"], rows))
-        return
 
     n_convs = a.conversations or max(1, a.messages // 50)
     path = os.path.join(CACHE_DIR, f"history-{a.messages}-{n_convs}.db")
@@ -460,7 +441,7 @@ def main():
         f"the rare words in {RARE_COUNT} each. Built in "
         f"{meta.get('total_s') or round(meta['generate_s'] + meta['insert_s'] + meta['fts_s']):g} s "
         f"({'just now' if built_now else 'cached'}: text {meta['generate_s']} s, insert {meta['insert_s']} s, "
-        f"FTS {meta['fts_mode']} {meta['fts_s']} s). No ANALYZE (the app never runs it).",
+        f"FTS rebuild {meta['fts_s']} s). No ANALYZE (the app never runs it).",
         f"Gateway: gunicorn, 1 gthread worker; 1 sequential keep-alive client; {rounds} rounds, request order "
         f"shuffled each round; SQL = the same db.py call in-process (no JSON/HTTP). Goal: HTTP p95 ≤ {GOAL_MS:g} ms."])
     heads = ["request"]

@@ -80,6 +80,7 @@ class Engine:
         self.waiting = 0  # requests queued behind the one being generated
         self.count_lock = threading.Lock()
         self.hf_tokenizer = None
+        self._last_prompt = threading.local()
 
     # -- to be provided by engines ------------------------------------------------------------
     def load(self):
@@ -132,8 +133,15 @@ class Engine:
         return self.hf_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def encode(self, messages) -> list:
-        # The template already holds any BOS/special tokens as text.
-        return self.hf_tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
+        """Prompt token ids. The last prompt is remembered per thread: the server counts a prompt (does it
+        fit?) and then generates from it, and tokenizing a long conversation twice costs milliseconds."""
+        key = json.dumps(messages, ensure_ascii=False, sort_keys=True)
+        last = getattr(self._last_prompt, "value", None)
+        if last is None or last[0] != key:
+            # The template already holds any BOS/special tokens as text.
+            last = self._last_prompt.value = (key, self.hf_tokenizer(self.render(messages),
+                                                                     add_special_tokens=False)["input_ids"])
+        return list(last[1])
 
     def count_tokens(self, messages) -> int:
         return len(self.encode(messages))

@@ -68,7 +68,10 @@ class TransformersEngine(Engine):
     def _generate(self, prompt_ids, params, cancel):
         t0 = time.perf_counter()
         rng = torch.Generator(device=self.device)
-        rng.manual_seed(params.seed if params.seed is not None else torch.seed())
+        if params.seed is not None:
+            rng.manual_seed(params.seed)
+        else:  # this generator only: torch.seed() would reseed the global RNG of every device, each request
+            rng.seed()
         procs = self._processors(params)
         ids = torch.tensor([prompt_ids], device=self.device)
         stream = TextStream(self.hf_tokenizer, params.stop)

@@ -380,3 +380,46 @@ def test_v1_unknown_gigachat_model_and_bad_session_header(gw):
     r = requests.post(gw.base_url + "/v1/chat/completions", headers={"X-Session-ID": "a/b"},
                       json={"model": "gigachat", "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_session_id"
+
+
+def closed_connections_to(port):
+    """TCP connections to or from `port` in TIME_WAIT: one per connection that was closed, for a minute."""
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return sum(1 for r in rows if r[3] == "06" and port in (int(r[1].split(":")[1], 16), int(r[2].split(":")[1], 16)))
+
+
+def test_qwen_upstream_that_keeps_connections_alive(qwen_smol, fake_gigachat, tmp_path):
+    """QWEN_URL pointing at another OpenAI-compatible server, one that keeps connections alive (this
+    gateway under gunicorn, in front of qwen_server): whole and streamed answers in a row reuse one
+    pooled connection, each answer intact; a client that hangs up still cancels the generation."""
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    front = start_gateway(qwen_smol.base_url, fake_gigachat, tmp_path / "a", gunicorn_workers=1)
+    gw = start_gateway(front.base_url, fake_gigachat, tmp_path / "b")
+    port = int(front.base_url.rsplit(":", 1)[1])
+    try:
+        assert get(gw, "/qwen/status").json()["online"] is True
+        closed_before = closed_connections_to(port)
+        for i in range(3):
+            q = {"q": f"Name a colour. Question {i}.", "temperature": 0, "max_tokens": 6}
+            whole = get(gw, "/qwen", **q)
+            assert whole.status_code == 200, whole.text
+            ev = sse_events(requests.get(gw.base_url + "/qwen", params={**q, "stream": 1}, stream=True))
+            assert ev[-1]["type"] == "done"
+            assert "".join(e["text"] for e in ev if e["type"] == "delta") == whole.json()["answer"]
+        assert closed_connections_to(port) - closed_before <= 1  # not one connection a request
+        cut = requests.get(gw.base_url + "/qwen", params={"q": "Count from 1 to 500, one number per line.",
+                                                          "temperature": 0, "max_tokens": 1000, "stream": 1},
+                           stream=True)
+        next(line for line in cut.iter_lines() if b'"delta"' in line)
+        cut.close()
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            last = get(front, "/history", limit=1).json()["messages"][0]
+            if last["role"] == "assistant" and last["status"] != "ok":
+                break
+            time.sleep(0.2)
+        assert last["status"] == "cancelled"  # the front server saw the hang-up pass through
+    finally:
+        stop_process(gw)
+        stop_process(front)

@@ -13,6 +13,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
+import db
 from conftest import CLEAN_ENV, start_gateway
 from helpers import PYTHON, REPO_ROOT, free_port, start_process, stop_process
 
@@ -261,15 +262,22 @@ def test_gunicorn_workers_killed_under_load_lose_no_acknowledged_exchange(fake_g
         question = conn.execute("SELECT role, content FROM messages WHERE conversation_id = ? AND id < ? "
                                 "ORDER BY id DESC LIMIT 1", (sid, mid)).fetchone()
         assert question == ("user", q)
+    conn.close()
+    # what the crash left queued for the full-text index gets indexed, once and completely
+    conn = db.connect(str(tmp_path / "history.db"))
+    db.index_pending(conn)
     assert conn.execute("SELECT count(*) FROM messages_fts WHERE messages_fts MATCH '\"клиент\"'").fetchone()[0] \
         == conn.execute("SELECT count(*) FROM messages WHERE content LIKE '%клиент%'").fetchone()[0]
+    conn.execute("INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')")
     conn.close()
 
-    # a fresh gateway on the crashed file serves the acknowledged history
+    # a fresh gateway on the crashed file serves the acknowledged history, searchable
     gw = start_gateway(dead_url(), fake_gigachat, tmp_path)
     try:
         q, answer, sid, mid = acked[-1]
         assert [m["content"] for m in history(gw, sid)["messages"]] == [q, answer]
+        found = requests.get(gw.base_url + "/history", params={"q": q}, timeout=10).json()["messages"]
+        assert [(m["session"], m["role"]) for m in found if m["content"] == q] == [(sid, "user")]
     finally:
         stop_process(gw)
 

@@ -1,0 +1,113 @@
+"""db.py on real SQLite files: the full-text index filled off the request path (schema version 2),
+deletes that never corrupt it, and migration of a version 1 file."""
+import sqlite3
+import time
+
+import pytest
+import requests
+
+import db
+from conftest import start_gateway
+from helpers import stop_process
+
+
+def fts_ids(conn, word):
+    return sorted(r[0] for r in conn.execute("SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?",
+                                             (db.fts_query(word),)))
+
+
+def fts_ok(conn):
+    conn.execute("INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')")  # raises if corrupt
+    return True
+
+
+@pytest.fixture
+def conn(tmp_path):
+    path = str(tmp_path / "h.db")
+    db.init_db(path)
+    c = db.connect(path)
+    yield c
+    c.close()
+
+
+def save(conn, sid, text, title=None):
+    return db.add_message(conn, sid, "user", text, "qwen", title=title)
+
+
+def test_saving_queues_and_searching_indexes(conn):
+    a = save(conn, "s1", "первое слово alpha", title="t")
+    b = save(conn, "s1", "второе слово beta")
+    assert fts_ids(conn, "слово") == []  # saved, queued, not indexed yet
+    assert [r["id"] for r in db.list_messages(conn, q="слово")] == [b, a]  # a search indexes first
+    assert conn.execute("SELECT count(*) FROM fts_pending").fetchone()[0] == 0
+    assert fts_ids(conn, "слово") == [a, b] and fts_ok(conn)
+
+
+def test_deletes_and_edits_keep_the_index_exact_whether_indexed_or_queued(conn):
+    old = save(conn, "old", "indexed text gamma", title="t")
+    db.index_pending(conn)
+    new = save(conn, "new", "queued text gamma", title="t")
+    keep = save(conn, "keep", "kept text gamma", title="t")
+    assert db.delete_conversation(conn, "old") and db.delete_conversation(conn, "new")  # one of each kind
+    assert fts_ok(conn) and db.index_pending(conn) == 1
+    assert fts_ids(conn, "gamma") == [keep] and fts_ok(conn)
+    # the same id again, after the newest rows were deleted: SQLite reuses ids of INTEGER PRIMARY KEY
+    db.delete_conversation(conn, "keep")
+    again = save(conn, "again", "reused id delta", title="t")
+    assert again in (old, new, keep) and fts_ids(conn, "gamma") == []
+    conn.execute("UPDATE messages SET content = 'edited epsilon' WHERE id = ?", (again,))  # queued, edited
+    assert db.index_pending(conn) == 1 and fts_ids(conn, "delta") == [] and fts_ids(conn, "epsilon") == [again]
+    conn.execute("UPDATE messages SET content = 'edited zeta' WHERE id = ?", (again,))  # indexed, edited
+    db.index_pending(conn)
+    assert fts_ids(conn, "epsilon") == [] and fts_ids(conn, "zeta") == [again] and fts_ok(conn)
+    assert old < new < keep
+
+
+def test_indexing_goes_in_batches_and_resumes(conn):
+    ids = [save(conn, "s", f"word{i} common", title="t") for i in range(25)]
+    assert db.index_pending(conn, batch=10) == 25
+    assert fts_ids(conn, "common") == ids and fts_ok(conn)
+
+
+def test_version_1_file_is_migrated_and_keeps_its_index(tmp_path):
+    path = str(tmp_path / "v1.db")
+    c = sqlite3.connect(path, isolation_level=None)
+    c.execute("PRAGMA journal_mode = WAL")
+    with open(db.SCHEMA_PATH, encoding="utf-8") as f:
+        c.executescript(f.read())
+    c.execute("PRAGMA user_version = 1")
+    c.execute("INSERT INTO conversations VALUES ('v1', 'qwen', NULL, NULL, 't', 0, 0)")
+    c.execute("INSERT INTO messages (conversation_id, role, content, provider, created_at) "
+              "VALUES ('v1', 'user', 'старое сообщение', 'qwen', 0)")  # indexed by the version 1 trigger
+    c.close()
+    db.init_db(path)
+    db.init_db(path)  # a second run (another worker) changes nothing
+    conn = db.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION == 2
+    new = save(conn, "v1", "новое сообщение")
+    assert [r["content"] for r in db.list_messages(conn, q="сообщение")] == ["новое сообщение", "старое сообщение"]
+    db.delete_conversation(conn, "v1")
+    assert fts_ids(conn, "сообщение") == [] and fts_ok(conn) and new
+
+
+def test_newer_file_is_refused(tmp_path):
+    path = str(tmp_path / "future.db")
+    db.init_db(path)
+    sqlite3.connect(path).execute(f"PRAGMA user_version = {db.SCHEMA_VERSION + 1}").connection.close()
+    with pytest.raises(RuntimeError, match="newer version"):
+        db.init_db(path)
+
+
+def test_the_server_indexes_in_the_background(fake_gigachat, tmp_path):
+    gw = start_gateway("http://127.0.0.1:9", fake_gigachat, tmp_path)
+    try:
+        r = requests.get(gw.base_url + "/gigachat", params={"q": "фоновый индекс"}, timeout=30)
+        assert r.status_code == 200
+        conn = db.connect(str(tmp_path / "history.db"))
+        deadline = time.monotonic() + 10 * db.MAINTENANCE_INTERVAL_S
+        while conn.execute("SELECT count(*) FROM fts_pending").fetchone()[0] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(fts_ids(conn, "фоновый")) == 2 and fts_ok(conn)  # the question and its echo; no search ran
+        conn.close()
+    finally:
+        stop_process(gw)
