@@ -76,7 +76,7 @@ def create_app(config=None, providers=None):
         """The answer's event stream, or the whole answer. The session exists from here on, so an
         upstream failure tells the client its id."""
         try:
-            return exchange.open_stream(ctx, app.config["DATABASE"]) if stream else exchange.answer(ctx)
+            return exchange.open_stream(ctx) if stream else exchange.answer(ctx)
         except ApiError as e:
             e.headers["X-Session-ID"] = ctx["sid"]
             raise

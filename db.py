@@ -90,6 +90,13 @@ def get_db() -> sqlite3.Connection:
     return g.db
 
 
+def borrow():
+    """A pooled connection for a response that outlives its request (a stream), and the function
+    that gives it back when the stream ends (from whatever thread ends it)."""
+    pool = current_app.extensions["db_pool"]
+    return pool.get(), pool.put
+
+
 def close_db(e=None):
     conn = g.pop("db", None)
     if conn is not None:

@@ -73,11 +73,11 @@ def answer(ctx) -> dict:
     return dict(result, message_id=mid, status=status, elapsed_ms=_elapsed_ms(ctx))
 
 
-def open_stream(ctx, db_path):
+def open_stream(ctx):
     """Starts the upstream stream and waits for its first event, so that a failure before any
     text (bad key, server down) gets a real HTTP status instead of an error inside a 200 stream.
-    Returns the event iterator for answer_stream(), which saves through a connection of its own
-    (the stream outlives the request and its connection)."""
+    Returns the event iterator for answer_stream(), which saves through a connection borrowed
+    from the pool (the stream outlives the request and its connection)."""
     upstream = ctx["provider"].stream(ctx["messages"], ctx["params"], ctx["sid"])
     try:
         first = next(upstream)
@@ -86,7 +86,8 @@ def open_stream(ctx, db_path):
     except ApiError as e:
         _save_answer(ctx, "", {}, "error", e.message)
         raise
-    return answer_stream(dict(ctx, conn=db.connect(db_path)), upstream, first)
+    conn, give_back = db.borrow()
+    return answer_stream(dict(ctx, conn=conn, give_back=give_back), upstream, first)
 
 
 def answer_stream(ctx, upstream, first):
@@ -116,4 +117,4 @@ def answer_stream(ctx, upstream, first):
         yield result
     finally:
         upstream.close()
-        ctx["conn"].close()
+        ctx["give_back"](ctx["conn"])
