@@ -8,7 +8,8 @@ import time
 import uuid
 
 from flask import Response, g, jsonify, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest,
+                               multiprocess)
 from werkzeug.exceptions import HTTPException
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: far above any sane prompt, small enough to refuse abuse
@@ -79,9 +80,12 @@ def json_body():
 
 
 class Metrics:
-    """Per-app Prometheus registry (a fresh one per app so tests can build many apps)."""
+    """Per-app Prometheus registry (a fresh one per app so tests can build many apps). Under gunicorn
+    (gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR) every worker writes its values to that directory
+    and /metrics adds up all workers, whichever one answers the scrape."""
 
     def __init__(self, prefix):
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(f"{prefix}_http_requests_total", "HTTP requests",
@@ -91,12 +95,18 @@ class Metrics:
                                  buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
         self.tokens = Counter(f"{prefix}_tokens_generated_total", "Completion tokens", ["model"], registry=r)
         self.tok_per_s = Gauge(f"{prefix}_last_tokens_per_second", "Decode speed of the last answer", ["model"],
-                               registry=r)
-        self.active_streams = Gauge(f"{prefix}_active_streams", "Streams being sent now", registry=r)
-        self.queue_length = Gauge(f"{prefix}_queue_length", "Requests waiting for the model", registry=r)
+                               registry=r, multiprocess_mode="mostrecent")
+        self.active_streams = Gauge(f"{prefix}_active_streams", "Streams being sent now", registry=r,
+                                    multiprocess_mode="livesum")
+        self.queue_length = Gauge(f"{prefix}_queue_length", "Requests waiting for the model", registry=r,
+                                  multiprocess_mode="livesum")
 
     def response(self):
-        return Response(generate_latest(self.registry), mimetype=CONTENT_TYPE_LATEST)
+        registry = self.registry
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 
 def install_common(app, metrics: Metrics, service: str):

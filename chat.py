@@ -63,7 +63,8 @@ def create_app(config=None, providers=None):
         providers = {"gigachat": GigaChatProvider(),
                      "qwen": QwenProvider(app.config["QWEN_URL"], app.config["QWEN_TIMEOUT"])}
     app.extensions["providers"] = providers
-    metrics.queue_length.set_function(lambda: getattr(providers["gigachat"], "queue_length", 0))
+    if hasattr(providers["gigachat"], "on_queue_change"):
+        providers["gigachat"].on_queue_change = metrics.queue_length.set
 
     def record_usage(name, usage):
         usage = usage or {}

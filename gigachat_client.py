@@ -121,6 +121,7 @@ class GigaChatProvider:
         self._slots = threading.BoundedSemaphore(self.max_concurrency)
         self._lock = threading.Lock()
         self._waiting = 0
+        self.on_queue_change = lambda n: None  # told the number waiting whenever it changes (a metrics gauge)
         self._client = None  # made at the first request: a missing key must not break the import
 
     @property
@@ -237,13 +238,11 @@ class GigaChatProvider:
     def _slot(self):
         """GigaChat allows few parallel requests per key (1 for personal keys): queue, don't 429."""
         if not self._slots.acquire(blocking=False):
-            with self._lock:
-                self._waiting += 1
+            self._count_waiting(+1)
             try:
                 got = self._slots.acquire(timeout=self.queue_timeout)
             finally:
-                with self._lock:
-                    self._waiting -= 1
+                self._count_waiting(-1)
             if not got:
                 raise _upstream(503, f"GigaChat is busy: {self.max_concurrency} request(s) running and this one "
                                      f"waited {self.queue_timeout:g} s (GIGACHAT_QUEUE_TIMEOUT); try again shortly.",
@@ -252,6 +251,12 @@ class GigaChatProvider:
             yield
         finally:
             self._slots.release()
+
+    def _count_waiting(self, delta):
+        with self._lock:
+            self._waiting += delta
+            n = self._waiting
+        self.on_queue_change(n)
 
     def _mapped(self, e):
         """The ApiError for an SDK/httpx exception; anything else (a bug) is re-raised as is."""

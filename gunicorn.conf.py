@@ -1,7 +1,10 @@
 # gunicorn -c gunicorn.conf.py chat:app
 # Threaded workers: a streaming answer holds a thread, not a whole worker.
+import glob
 import multiprocessing
 import os
+import shutil
+import tempfile
 
 bind = f"{os.environ.get('CHAT_HOST', '127.0.0.1')}:{os.environ.get('CHAT_PORT', '5000')}"
 worker_class = "gthread"
@@ -12,3 +15,25 @@ graceful_timeout = 30   # let streams finish on reload/stop
 keepalive = 5
 accesslog = None        # chat.py writes its own structured access log (no query text, no secrets)
 limit_request_line = 8190  # long GET ?q= questions; longer ones belong in a POST body
+
+# One /metrics for all workers: prometheus_client's multiprocess mode. Each worker writes its values
+# to this directory (inherited through the environment), and a scrape adds them up.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="chat-metrics-")
+    os.environ["CHAT_METRICS_DIR_IS_TEMP"] = "1"  # removed on exit (survives a config reload)
+
+
+def on_starting(server):
+    """Counters start at zero with the server: drop files a previous run left in a given directory."""
+    for name in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+        os.unlink(name)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+    multiprocess.mark_process_dead(worker.pid)  # its live gauges (active streams, queue) stop counting
+
+
+def on_exit(server):
+    if os.environ.get("CHAT_METRICS_DIR_IS_TEMP"):
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -339,6 +339,13 @@ def test_gunicorn_16_clients_x_50_requests(qwen_smol, fake_gigachat, tmp_path):
         for t in threads:
             t.join(600)
         assert not errors and len(statuses) == 800 and set(statuses) == {200}
+        for _ in range(6):  # each scrape on a new connection, so by whichever worker: all count everything
+            text = requests.get(gw.base_url + "/metrics", headers={"Connection": "close"}, timeout=10).text
+            lines = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                     if line and not line.startswith("#")}
+            assert lines['chat_http_requests_total{endpoint="/gigachat",method="GET",status="200"}'] == 800
+            assert lines['chat_http_request_seconds_count{endpoint="/gigachat"}'] == 800
+            assert lines["chat_active_streams"] == 0 and lines["chat_queue_length"] == 0
     finally:
         stop_process(gw)
     conn = sqlite3.connect(tmp_path / "history.db")
