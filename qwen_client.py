@@ -4,7 +4,8 @@ import json
 import time
 
 import urllib3
-from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError
+from urllib3.exceptions import HTTPError, NewConnectionError
+from urllib3.exceptions import TimeoutError as UpstreamTimeout  # not the builtin of that name
 
 from api_common import ApiError
 
@@ -31,9 +32,9 @@ class QwenProvider:
             r = self.pool.urlopen(method, self.prefix + path, body=data, preload_content=not stream,
                                   headers={"Content-Type": "application/json"} if data else None,
                                   timeout=timeout or self.timeout)
-        except NewConnectionError:  # (a subclass of TimeoutError)
+        except NewConnectionError:  # (a subclass of UpstreamTimeout)
             raise _unreachable(self.base_url)
-        except TimeoutError:
+        except UpstreamTimeout:
             raise ApiError(504, f"The Qwen server at {self.base_url} did not answer in time: check that it is "
                                 f"not overloaded, or raise QWEN_TIMEOUT in .env.",
                            type="upstream_timeout", code="qwen_timeout")
@@ -99,7 +100,7 @@ class QwenProvider:
                     if text:
                         yield {"delta": text}
                     final["finish_reason"] = choice.get("finish_reason") or final["finish_reason"]
-        except TimeoutError:
+        except UpstreamTimeout:
             raise ApiError(504, f"The Qwen server at {self.base_url} stopped sending mid-answer: raise "
                                 f"QWEN_TIMEOUT in .env or check the server.", type="upstream_timeout",
                            code="qwen_timeout")
