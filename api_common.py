@@ -174,3 +174,4 @@ def setup_logging():
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").addFilter(lambda r: '] "' not in str(r.msg))  # request lines: the query (questions)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per GigaChat call repeating the access log

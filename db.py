@@ -187,10 +187,10 @@ def add_message(db, conv_id, role, content, provider, model=None, system_prompt=
     now = time.time()
     db.execute("BEGIN IMMEDIATE")
     try:
-        if title is not None:
-            db.execute("INSERT INTO conversations (id, provider, model, system_prompt, title, created_at, updated_at) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                       (conv_id, provider, model, system_prompt, title[:200], now, now))
+        created = title is not None and db.execute(
+            "INSERT INTO conversations (id, provider, model, system_prompt, title, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            (conv_id, provider, model, system_prompt, title[:200], now, now)).rowcount == 1
         cur = db.execute(
             "INSERT INTO messages (conversation_id, role, content, provider, model, system_prompt, params, "
             "prompt_tokens, completion_tokens, precached_prompt_tokens, latency_ms, finish_reason, status, error, "
@@ -199,7 +199,8 @@ def add_message(db, conv_id, role, content, provider, model=None, system_prompt=
              json.dumps(params, ensure_ascii=False) if params is not None else None,
              usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("precached_prompt_tokens"),
              latency_ms, finish_reason, status, error, now))
-        db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conv_id))
+        if not created:  # (a conversation created just now is up to date)
+            db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conv_id))
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
