@@ -63,8 +63,7 @@ def create_app(config=None, providers=None):
         providers = {"gigachat": GigaChatProvider(),
                      "qwen": QwenProvider(app.config["QWEN_URL"], app.config["QWEN_TIMEOUT"])}
     app.extensions["providers"] = providers
-    if hasattr(providers["gigachat"], "on_queue_change"):
-        providers["gigachat"].on_queue_change = metrics.queue_length.set
+    providers["gigachat"].on_queue_change = metrics.queue_length.set
 
     def record_usage(name, usage):
         usage = usage or {}
@@ -235,14 +234,14 @@ def create_app(config=None, providers=None):
         if request.args.get("format", "jsonl") != "jsonl":
             raise ApiError(400, "Only format=jsonl is supported.", code="invalid_parameter", param="format")
         session = request.args.get("session") or None
+        conn, give_back = db.borrow()  # the stream outlives the request and its connection
 
         def lines():
-            conn = db.connect(app.config["DATABASE"])  # own connection: the stream outlives the request
             try:
                 for row in db.iter_messages(conn, session):
                     yield json.dumps(db.message_dict(row), ensure_ascii=False) + "\n"
             finally:
-                conn.close()
+                give_back(conn)
         return Response(lines(), mimetype="application/x-ndjson",
                         headers={"Content-Disposition": "attachment; filename=chat-history.jsonl"})
 

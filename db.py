@@ -70,6 +70,7 @@ class _Pool:
         with self.lock:
             if self.idle:
                 return self.idle.pop()
+        start_maintenance(self.path)  # once per process; checked only when a connection is opened
         return connect(self.path)
 
     def put(self, conn):
@@ -84,9 +85,7 @@ class _Pool:
 
 def get_db() -> sqlite3.Connection:
     if "db" not in g:
-        pool = current_app.extensions["db_pool"]
-        start_maintenance(pool.path)
-        g.db = pool.get()
+        g.db = current_app.extensions["db_pool"].get()
     return g.db
 
 
