@@ -3,10 +3,12 @@
 An engine renders chat messages with the model's own chat template, then
 `generate(messages, params, cancel)` yields `Chunk`s: text deltas, then one
 final chunk with `finish_reason` and `usage`. Engines know nothing of HTTP."""
+import collections
 import json
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
@@ -76,9 +78,7 @@ class Engine:
         self.cache_note = None
         self.device = "cpu"
         self.load_seconds = None
-        self.lock = threading.Lock()
-        self.waiting = 0  # requests queued behind the one being generated
-        self.count_lock = threading.Lock()
+        self.turns = Turns()  # engines that run one request at a time queue them here
         self.hf_tokenizer = None
         self._last_prompt = threading.local()
 
@@ -101,7 +101,7 @@ class Engine:
                 "total_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")}
 
     def queue_length(self) -> int:
-        return self.waiting
+        return self.turns.waiting()
 
     # -- shared ---------------------------------------------------------------------------------
     def load_tokenizer(self):
@@ -152,6 +152,50 @@ class Engine:
                 "cache_requested": self.cache_requested, "cache_note": self.cache_note,
                 "max_seq_len": self.max_seq_len, "device": self.device, "memory": self.memory(),
                 "load_seconds": self.load_seconds}
+
+
+class Turns:
+    """One request at a time, first come first served. A waiter whose `cancel` is set (its client
+    left) leaves the queue at once, so a dropped request never costs a prefill."""
+
+    POLL_S = 0.05  # how soon a cancelled waiter notices: cancel events can't wake a Condition
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._queue = collections.deque()
+
+    def waiting(self) -> int:
+        """Requests queued behind the one being served."""
+        with self._cond:
+            return max(0, len(self._queue) - 1)
+
+    @contextmanager
+    def turn(self, cancel: threading.Event):
+        """Yields True once it is this request's turn, or False if it was cancelled while waiting."""
+        me = object()
+        with self._cond:
+            self._queue.append(me)
+            while self._queue[0] is not me and not cancel.is_set():
+                self._cond.wait(self.POLL_S)
+            got_turn = self._queue[0] is me and not cancel.is_set()
+            if not got_turn:
+                self._queue.remove(me)
+                self._cond.notify_all()
+        if not got_turn:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            with self._cond:
+                self._queue.remove(me)
+                self._cond.notify_all()
+
+
+def cancelled_before_start(prompt_tokens) -> Chunk:
+    """The final chunk of a request whose client left while it waited for its turn."""
+    return Chunk(finish_reason="cancelled", usage={"prompt_tokens": prompt_tokens, "completion_tokens": 0,
+                                                   "prefill_ms": 0.0, "decode_ms": 0.0})
 
 
 class TextStream:

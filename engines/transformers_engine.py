@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from engines import Chunk, Engine, EngineError, GenParams, TextStream, ms_since
+from engines import Chunk, Engine, EngineError, GenParams, TextStream, cancelled_before_start, ms_since
 
 
 class TransformersEngine(Engine):
@@ -53,17 +53,11 @@ class TransformersEngine(Engine):
     @torch.inference_mode()
     def generate(self, messages, params: GenParams, cancel: threading.Event):
         prompt_ids = self.encode(messages)
-        with self.count_lock:
-            self.waiting += 1
-        try:
-            self.lock.acquire()  # one request at a time: the model and its cache are not shared
-        finally:
-            with self.count_lock:
-                self.waiting -= 1
-        try:
+        with self.turns.turn(cancel) as my_turn:  # the model and its cache are not shared
+            if not my_turn:
+                yield cancelled_before_start(len(prompt_ids))
+                return
             yield from self._generate(prompt_ids, params, cancel)
-        finally:
-            self.lock.release()
 
     def _generate(self, prompt_ids, params, cancel):
         t0 = time.perf_counter()
