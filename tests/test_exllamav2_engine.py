@@ -244,6 +244,7 @@ class ThreadKiller(BaseException):
     """Escapes `except Exception`: the only way left for the owner thread to die."""
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the death is the point
 def test_dead_owner_thread_makes_generate_raise_not_hang(model_dir):
     engine, gen = make_engine(model_dir, {"qq": "x"})
 
