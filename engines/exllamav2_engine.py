@@ -51,20 +51,22 @@ def load_error(e, path, total, cache_mode) -> EngineError:
 
 def import_exllamav2():
     """The exllamav2 classes the engine uses. Importing builds the CUDA extension (JIT, minutes the
-    first time). QWEN_EXL_CXX_STD=c++20 adds -std=c++20 to that build: CUDA 13's nvcc with torch
-    2.11's ATen headers fails in C++17. Every process must use the same flags, or torch rebuilds."""
-    std = os.environ.get("QWEN_EXL_CXX_STD")
-    if std:
-        from torch.utils import cpp_extension
+    first time). EXLLAMAV2_JIT_STD=c++20 adds -std=c++20 to that build: CUDA 13's nvcc fails on torch
+    2.11's ATen headers in C++17. Every process must use the same flags, or torch builds it again.
+    EXLLAMAV2_JIT_VERBOSE=1 prints the compiler's commands and output (tools/gpu_check.py keeps them)."""
+    std, verbose = os.environ.get("EXLLAMAV2_JIT_STD"), bool(os.environ.get("EXLLAMAV2_JIT_VERBOSE"))
+    from torch.utils import cpp_extension
+    if (std or verbose) and not hasattr(cpp_extension.load, "wrapped_for_exllamav2"):
         load = cpp_extension.load
-        if not getattr(load, "adds_std", None):
-            def load_with_std(*args, **kw):
+
+        def load_with_flags(*args, **kw):
+            if std:
                 kw["extra_cflags"] = list(kw.get("extra_cflags") or []) + [f"-std={std}"]
                 kw["extra_cuda_cflags"] = list(kw.get("extra_cuda_cflags") or []) + [f"-std={std}"]
-                kw["verbose"] = kw.get("verbose") or bool(os.environ.get("QWEN_EXL_BUILD_VERBOSE"))
-                return load(*args, **kw)
-            load_with_std.adds_std = std
-            cpp_extension.load = load_with_std  # exllamav2.ext does `from torch.utils.cpp_extension import load`
+            kw["verbose"] = kw.get("verbose") or verbose
+            return load(*args, **kw)
+        load_with_flags.wrapped_for_exllamav2 = True
+        cpp_extension.load = load_with_flags  # exllamav2.ext does `from torch.utils.cpp_extension import load`
     import exllamav2
     from exllamav2 import attn
     from exllamav2.generator import ExLlamaV2DynamicGenerator, ExLlamaV2DynamicJob, ExLlamaV2Sampler
@@ -95,7 +97,7 @@ class ExLlamaV2Engine(Engine):
                               f"--engine transformers") from e
         except (RuntimeError, OSError) as e:  # the JIT build of its extension failed
             raise EngineError(f"exllamav2's CUDA extension did not build ({str(e).splitlines()[0]}); see the "
-                              f"README's GPU section (QWEN_EXL_CXX_STD=c++20 for CUDA 13)") from e
+                              f"README's GPU section (EXLLAMAV2_JIT_STD=c++20 for CUDA 13)") from e
         self.load_tokenizer()  # the chat template lives in the HF tokenizer config
         self.device = "cuda"
         total = -(-self.max_seq_len // PAGE) * PAGE
