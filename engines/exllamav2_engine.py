@@ -84,6 +84,7 @@ class _Request:
 class ExLlamaV2Engine(Engine):
     name = "exllamav2"
     paged = False
+    attention = "not loaded"
 
     def load(self):
         t0 = time.perf_counter()
@@ -118,6 +119,8 @@ class ExLlamaV2Engine(Engine):
         self.paged, no_sdpa, chunk = attention_plan(exl.attn.has_flash_attn, exl.attn.has_flash_attn_with_paged,
                                                     config.no_flash_attn, total, min(config.max_input_len, total))
         config.no_sdpa = config.no_sdpa or no_sdpa
+        self.attention = ("flash-attn, paged" if self.paged else "flash-attn, unpaged") if not no_sdpa \
+            else f"matmul (no flash-attn), prefill chunks of {chunk}"
         self.model = lib.ExLlamaV2(config)
         cache_cls = {"fp16": lib.ExLlamaV2Cache, "q8": lib.ExLlamaV2Cache_Q8, "q6": lib.ExLlamaV2Cache_Q6,
                      "q4": lib.ExLlamaV2Cache_Q4}[self.cache_mode]
@@ -140,7 +143,7 @@ class ExLlamaV2Engine(Engine):
 
     def status(self):
         st = super().status()
-        st.update(paged=self.paged, attention="flash-attn" if self.paged else "matmul (no flash-attn)")
+        st.update(paged=self.paged, attention=self.attention)
         return st
 
     def queue_length(self):
