@@ -1,6 +1,7 @@
 """The exllamav2 engine's own logic on CPU: its real owner loop, queueing, cancellation, text and error
 handling, driven by tests/exl_standin.py (a stand-in for exllamav2 0.3.2's dynamic generator that
 returns the same result dicts). exllamav2 itself is never imported here; tests/gpu/ runs the real one."""
+import faulthandler
 import threading
 import time
 
@@ -8,6 +9,7 @@ import pytest
 
 import exl_standin
 from engines import GenParams
+from helpers import engine_chunks
 from engines.exllamav2_engine import ExLlamaV2Engine, attention_plan, load_error
 
 TIMEOUT_S = 10  # every wait is bounded: a hang fails the test instead of stalling CI
@@ -44,26 +46,20 @@ def user(text):
 
 
 def run(engine, messages, cancel=None, timeout=TIMEOUT_S, **params):
-    """All chunks of one request (or its exception), in a thread that must finish within `timeout`."""
-    box = {}
-
-    def consume():
-        try:
-            box["chunks"] = list(engine.generate(messages, GenParams(**{**GREEDY, **params}),
-                                                 cancel or threading.Event()))
-        except BaseException as e:  # noqa: BLE001 - handed to the test
-            box["error"] = e
-    t = threading.Thread(target=consume, daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), f"generate() still waiting after {timeout} s"
-    if "error" in box:
-        raise box["error"]
-    return box["chunks"]
+    return engine_chunks(engine, messages, GenParams(**{**GREEDY, **params}), cancel, timeout)
 
 
 def text_of(chunks):
     return "".join(c.text for c in chunks)
+
+
+@pytest.fixture(autouse=True)
+def watchdog():
+    """A step that blocks outside run()'s bounded waits (next(stream)) still cannot stall CI: after 60 s
+    the run is ended with every thread's traceback."""
+    faulthandler.dump_traceback_later(60, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture(scope="module")

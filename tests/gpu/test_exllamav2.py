@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from gpu_models import Reference, deep_qwen, first_divergence, tiny_qwen
-from helpers import sse_events, start_qwen, stop_process
+from helpers import engine_chunks, sse_events, start_qwen, stop_process
 
 
 def _has_cuda():
@@ -117,21 +117,8 @@ def engine():
 
 def ask(engine, messages, cancel=None, **params):
     from engines import GenParams
-    box = {}
-
-    def consume():
-        try:
-            box["chunks"] = list(engine.generate(messages, GenParams(**{**GREEDY, **params}),
-                                                 cancel or threading.Event()))
-        except Exception as e:  # noqa: BLE001 - handed to the test
-            box["error"] = e
-    t = threading.Thread(target=consume, daemon=True)
-    t.start()
-    t.join(TIMEOUT_S)
-    assert not t.is_alive(), "generate() hung"
-    if "error" in box:
-        raise box["error"]
-    return "".join(c.text for c in box["chunks"]), box["chunks"][-1]
+    chunks = engine_chunks(engine, messages, GenParams(**{**GREEDY, **params}), cancel, TIMEOUT_S)
+    return "".join(c.text for c in chunks), chunks[-1]
 
 
 def test_stop_string_cuts_the_answer_before_it(engine):
