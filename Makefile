@@ -36,7 +36,7 @@ bench: models
 
 # GPU machine (one CUDA GPU, Python 3.12, torch with CUDA, nvcc; maybe no network): what it lacks travels as
 # py3.12 wheels in the git-ignored .whl/ folder. `make gpu-wheels` here (registries reachable), then on it
-# `make gpu-check` (exllamav2's JIT build + tests/gpu, PASS/FAIL per step) and `make gpu-bench` (7B-shaped).
+# `make gpu-check` (exllamav2's JIT build + tests/gpu, PASS/FAIL per step), then `make gpu-bench` (7B-shaped).
 GPU_PY   ?= python3
 GPU_SITE ?= /tmp/site
 GPU_BENCH_ARGS ?=
@@ -60,5 +60,6 @@ gpu-check: $(GPU_SITE)/.installed
 	PYTHONPATH=$(GPU_SITE) $(GPU_PY) tools/gpu_check.py
 
 gpu-bench: $(GPU_SITE)/.installed
-	PYTHONPATH=$(GPU_SITE) TORCH_EXTENSIONS_DIR=$(CURDIR)/.cache/torch_extensions \
-	  EXLLAMAV2_JIT_STD=$$(cat .cache/gpu-check/jit-std 2>/dev/null) $(GPU_PY) bench/gpu_engines.py $(GPU_BENCH_ARGS)
+	@test -f .cache/gpu-check/exllamav2.env || { echo "run 'make gpu-check' first: it builds exllamav2"; exit 2; }
+	set -a; . ./.cache/gpu-check/exllamav2.env; set +a; \
+	  PYTHONPATH=$(GPU_SITE) $(GPU_PY) bench/gpu_engines.py $(GPU_BENCH_ARGS)

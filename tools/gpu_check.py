@@ -99,10 +99,12 @@ def build_exllamav2(env):
         if ok:
             if std:
                 env["EXLLAMAV2_JIT_STD"] = std  # every later process must build with the same flags
-            (OUT / "jit-std").write_text(std or "")  # for make gpu-bench
+            # Any change in these makes torch build the extension again: qwen_server and gpu-bench source them.
+            (OUT / "exllamav2.env").write_text("".join(
+                f"{k}={env.get(k, '')}\n" for k in ("TORCH_CUDA_ARCH_LIST", "TORCH_EXTENSIONS_DIR", "EXLLAMAV2_JIT_STD")))
             report("exllamav2 JIT build", True, time.perf_counter() - t0,
                    f"{'-std=' + std if std else 'default flags'}; log {log_path.relative_to(REPO)}"
-                   + ("; run qwen_server with EXLLAMAV2_JIT_STD=" + std if std else ""))
+                   + f"; its settings for qwen_server: {(OUT / 'exllamav2.env').relative_to(REPO)}")
             return True
         print(f"      build with {'-std=' + std if std else 'default flags'} failed; compiler says:\n"
               + compiler_errors(log_path), flush=True)
