@@ -5,6 +5,7 @@ The dynamic generator is not thread-safe: one owner thread runs it; requests com
 through an inbox and get their chunks back through a queue of their own. The owner loop
 takes any object with the generator's methods (enqueue, iterate, cancel, pending_jobs,
 active_jobs), so the CPU tests drive it with a stand-in that returns 0.3.2's result dicts."""
+import itertools
 import logging
 import os
 import queue
@@ -21,6 +22,7 @@ PAGED_BATCH = 8
 # 2048-token chunks at 16k context are ~1.9 GB a layer for a 7B model. Keep chunk x context under this.
 MATMUL_ATTN_ELEMENTS = 2048 * 4096
 ALIVE_CHECK_S = 0.5  # how often a waiting generate() checks that the owner thread still runs
+OWNER_DEAD = "the exllamav2 generator thread has stopped: restart qwen_server"
 
 
 def attention_plan(has_flash_attn, has_paged_flash_attn, no_flash_attn, total, max_input_len):
@@ -75,8 +77,8 @@ def import_exllamav2():
 
 
 class _Request:
-    def __init__(self, ids, params, max_new_tokens, cancel):
-        self.ids, self.params, self.max_new_tokens, self.cancel = ids, params, max_new_tokens, cancel
+    def __init__(self, key, ids, params, max_new_tokens, cancel):
+        self.key, self.ids, self.params, self.max_new_tokens, self.cancel = key, ids, params, max_new_tokens, cancel
         self.out = queue.Queue()
         self.job = None
 
@@ -137,7 +139,8 @@ class ExLlamaV2Engine(Engine):
         self.generator, self.job_cls, self.settings_cls = generator, job_cls, settings_cls
         self.stop_ids = self.stop_token_ids()
         self.inbox = queue.Queue()
-        self.active = {}  # id(request) -> request, for every job handed to the generator
+        self.active = {}  # request key -> request, for every job handed to the generator
+        self.keys = itertools.count()  # job identifiers never reused (id() would be, after a request ends)
         self.owner = threading.Thread(target=self._owner_loop, name="exllamav2-generator", daemon=True)
         self.owner.start()
 
@@ -155,9 +158,9 @@ class ExLlamaV2Engine(Engine):
         if room < 1:
             raise ValueError(f"the prompt has {len(ids)} tokens and the context is {self.max_seq_len}: "
                              f"shorten the conversation")
-        req = _Request(ids, params, min(params.max_tokens, room), cancel)
+        req = _Request(next(self.keys), ids, params, min(params.max_tokens, room), cancel)
         if not self.owner.is_alive():
-            raise RuntimeError("the exllamav2 generator thread has stopped: restart qwen_server")
+            raise RuntimeError(OWNER_DEAD)
         self.inbox.put(req)
         try:
             while True:
@@ -165,7 +168,7 @@ class ExLlamaV2Engine(Engine):
                     item = req.out.get(timeout=ALIVE_CHECK_S)
                 except queue.Empty:
                     if not self.owner.is_alive():
-                        raise RuntimeError("the exllamav2 generator thread has stopped: restart qwen_server")
+                        raise RuntimeError(OWNER_DEAD)
                     continue
                 if isinstance(item, Exception):
                     raise item
@@ -185,7 +188,7 @@ class ExLlamaV2Engine(Engine):
         s.top_p = p.top_p
         s.token_repetition_penalty = p.repetition_penalty
         return self.job_cls(input_ids=torch.tensor([req.ids]), max_new_tokens=req.max_new_tokens, gen_settings=s,
-                            seed=p.seed, identifier=id(req), stop_conditions=list(self.stop_ids) + list(p.stop))
+                            seed=p.seed, identifier=req.key, stop_conditions=list(self.stop_ids) + list(p.stop))
 
     def _owner_loop(self):
         while True:
@@ -212,7 +215,7 @@ class ExLlamaV2Engine(Engine):
             except Exception as e:  # noqa: BLE001 - fail this request only
                 req.out.put(e)
                 continue
-            self.active[id(req)] = req
+            self.active[req.key] = req
 
     def _drop_cancelled(self):
         for key, req in list(self.active.items()):
