@@ -129,10 +129,13 @@ def compiled_runs(model_dir, a):
         torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    run(512, a.tokens), run(512, a.tokens)  # compiles (minutes, once)
+    long_n = min(8192, a.ctx - 64 - a.tokens)
+    # The longest call first: transformers keeps the static cache at the largest size asked so far, so later
+    # calls reuse its shape and the compiled decode step (compiling takes minutes, once).
+    run(long_n + 32, a.tokens), run(512, a.tokens)
     first, whole = median(run(512, 1) for _ in range(a.repeats)), median(run(512, a.tokens) for _ in range(a.repeats))
     return {"decode_tps": (a.tokens - 1) / (whole - first), "ttft_1k_ms": median(run(1024, 1) * 1000 for _ in range(2)),
-            "ttft_8k_ms": run(min(8192, a.ctx - 64), 1) * 1000, "concurrent4_tps": None}
+            "ttft_8k_ms": run(long_n, 1) * 1000, "concurrent4_tps": None}
 
 
 def worker(kind, mode, model_dir, a):
