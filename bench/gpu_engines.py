@@ -3,7 +3,7 @@
 token, 4 concurrent requests and VRAM.
 
     python3 bench/gpu_engines.py [--configs exllamav2:q4,transformers:eager,...] [--ctx 16384] [--layers 28]
-                                 [--tokens 256] [--repeats 3]          (make gpu-bench GPU_BENCH_ARGS="...")
+                                 [--tokens 128] [--repeats 2]          (make gpu-bench GPU_BENCH_ARGS="...")
 
 Needs a CUDA GPU (~20 GB free for the FP16 weights + cache); without one it says so and exits 0.
 
@@ -166,8 +166,8 @@ def main():
     ap.add_argument("--ctx", type=int, default=16384, help="context length / cache size in tokens (default 16384)")
     ap.add_argument("--configs", default=",".join(ALL_CONFIGS), help="comma-separated engine:mode list")
     ap.add_argument("--layers", type=int, default=28, help="decoder layers of the model (28 = Qwen2.5-Coder-7B)")
-    ap.add_argument("--tokens", type=int, default=256, help="tokens decoded per timed run (default 256)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs per figure, median reported (default 3)")
+    ap.add_argument("--tokens", type=int, default=128, help="tokens decoded per timed run (default 128)")
+    ap.add_argument("--repeats", type=int, default=2, help="timed runs per figure, median reported (default 2)")
     ap.add_argument("--worker", nargs=2, metavar=("ENGINE", "MODE"), help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     a = ap.parse_args()
