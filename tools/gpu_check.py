@@ -150,6 +150,7 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     cap = check_gpu()
     if cap is None:
+        print("\ngpu-check: FAIL (GPU): nothing else can be checked without CUDA")
         return 1
     figures = OUT / "figures.jsonl"
     figures.unlink(missing_ok=True)
