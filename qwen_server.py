@@ -14,8 +14,8 @@ from flask import Flask, jsonify, request
 
 import client_watch
 import openapi
-from api_common import (ApiError, Metrics, endpoint_list, install_common, json_body, load_env, setup_logging, sse,
-                        sse_response)
+from api_common import (LOOPBACK_NAMES, ApiError, Metrics, allowed_host_names, endpoint_list, install_common, json_body,
+                        load_env, setup_logging, sse, sse_response, warn_if_exposed)
 from engines import CACHE_MODES, Chunk, EngineError, GenParams, create_engine
 from openai_format import (chunk, completion, new_id, parse_chat_request, parse_messages, usage_with_timings)
 from wsgi_server import StartupError, serve
@@ -54,10 +54,10 @@ class Stats:
                     "uptime_seconds": round(time.time() - self.started, 1)}
 
 
-def create_app(engine, max_tokens_default=2048):
+def create_app(engine, max_tokens_default=2048, allowed_hosts=LOOPBACK_NAMES):
     app = Flask(__name__)
     metrics = Metrics("qwen")
-    install_common(app, metrics, "qwen_server")
+    install_common(app, metrics, "qwen_server", allowed_hosts, "QWEN_ALLOWED_HOSTS")
     openapi.register(app, "qwen_server")  # GET /openapi.json
     stats = Stats()
 
@@ -211,6 +211,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     setup_logging()
+    warn_if_exposed("qwen_server", args.host)  # it has no API key of its own
 
     def load_app():  # in the server's worker process: the model loads there, once
         log.info("loading %s with engine=%s cache=%s", args.model, args.engine, args.cache)
@@ -229,7 +230,7 @@ def main(argv=None):
             log.warning("%s", st["cache_note"])
         log.info("serving on http://%s:%d (OpenAI base_url http://%s:%d/v1)", args.host, args.port, args.host,
                  args.port)
-        return create_app(engine, args.max_tokens_default)
+        return create_app(engine, args.max_tokens_default, allowed_host_names("QWEN_ALLOWED_HOSTS", args.host))
 
     return serve(load_app, args.host, args.port, args.threads, os.environ.get("LOG_LEVEL", "INFO"))
 
