@@ -63,13 +63,14 @@ def watching(environ, on_leave=None, poll_s=POLL_S):
 
     def watch():
         try:
+            fd = sock.fileno()
             while True:
-                ready, _, _ = select.select([sock, wake_r], [], [], poll_s)
+                ready = _readable([fd, wake_r], poll_s)
                 if wake_r in ready:
                     return
-                if sock in ready and peer_closed(sock):
+                if fd in ready and peer_closed(sock):
                     break
-                if sock in ready:  # bytes wait unread (not ours to read): don't spin on them
+                if fd in ready:  # bytes wait unread (not ours to read): don't spin on them
                     if _wait_wake(wake_r, poll_s):
                         return
         except (OSError, ValueError):  # the socket was closed under us: nothing left to watch
@@ -93,4 +94,13 @@ def watching(environ, on_leave=None, poll_s=POLL_S):
 
 
 def _wait_wake(wake_r, seconds) -> bool:
-    return bool(select.select([wake_r], [], [], seconds)[0])
+    return bool(_readable([wake_r], seconds))
+
+
+def _readable(fds, seconds) -> set:
+    """The descriptors of `fds` readable (or hung up) within `seconds`. poll(), not select(): select()
+    refuses descriptors >= 1024 (FD_SETSIZE), which a server with many connections reaches."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return {fd for fd, _ in poller.poll(seconds * 1000)}

@@ -45,7 +45,8 @@ class HeadersFirstWorker(ThreadWorker):
             conn.head_deadline = time.monotonic() + HEADER_TIMEOUT_S
         cfg, head = self.cfg, conn.head
         most = cfg.limit_request_line + cfg.limit_request_fields * (cfg.limit_request_field_size + 2) + 4
-        while b"\r\n\r\n" not in head and len(head) <= most:  # over `most`: the parser refuses it at once
+        # Over `most`, the parser refuses it at once; a bare-LF end: the parser answers 400.
+        while b"\r\n\r\n" not in head and b"\n\n" not in head and len(head) <= most:
             try:
                 data = conn.sock.recv(65536, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):

@@ -259,3 +259,26 @@ def test_gateway_warns_when_exposed_without_a_key(qwen_tiny, fake_gigachat, tmp_
             assert wait_for(lambda: "NO API KEY" in open(proc.log_path, encoding="utf-8").read(), 5), f.read()
     finally:
         stop_process(proc)
+
+
+def test_client_watch_sees_a_hangup_on_a_descriptor_above_1024():
+    """select() refuses descriptors >= 1024, which a server with many connections reaches."""
+    import resource
+    import sys
+    sys.path.insert(0, REPO_ROOT)
+    import client_watch
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip("cannot open descriptors above 1024 here")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    a, b = socket.socketpair()
+    high = socket.socket(fileno=os.dup2(a.fileno(), 1500))
+    try:
+        with client_watch.watching({"gunicorn.socket": high}) as left:
+            time.sleep(0.1)
+            b.close()
+            assert left.wait(2), "the hang-up went unnoticed"
+    finally:
+        high.close()
+        a.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
