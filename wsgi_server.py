@@ -9,6 +9,7 @@ client_watch needs to notice a client that left. cheroot gives every connection 
 headers; gunicorn did too, which HeadersFirstWorker below fixes."""
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -18,7 +19,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.errors import AppImportError
 from gunicorn.workers.gthread import _DEFER, ThreadWorker
 
-HEADER_TIMEOUT_S = 10.0  # a request's headers must all be in this long after its first byte (as nginx's 60 s)
+HEADER_TIMEOUT_S = 10.0  # a request's headers must all be in this long after their first byte (nginx: 60 s)
 
 
 class HeadersFirstWorker(ThreadWorker):
@@ -105,6 +106,15 @@ class StartupError(Exception):
     """A problem the user can fix at start-up: becomes one `name: error: ...` line and exit status 2."""
 
 
+def _post_fork(server, worker):
+    server.app.worker = worker
+    if sys.platform == "linux":  # the worker (the model, its GPU memory, the port) dies with the master, even
+        import ctypes            # a master killed with SIGKILL: never an orphan serving on after a "crash"
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != server.pid:  # the master died before the line above
+            os._exit(1)
+
+
 def serve(load_app, host, port, threads, log_level="info", graceful_timeout=10):
     """Run `load_app()`'s WSGI app on host:port until SIGTERM/SIGINT; returns the exit status (2 when the
     app could not load)."""
@@ -114,7 +124,7 @@ def serve(load_app, host, port, threads, log_level="info", graceful_timeout=10):
                "graceful_timeout": graceful_timeout, "keepalive": 5, "accesslog": None, "errorlog": "-",
                "loglevel": log_level.lower(), "proc_name": "qwen_server",
                "control_socket_disable": True,
-               "post_fork": lambda server, worker: setattr(server.app, "worker", worker)}
+               "post_fork": _post_fork}
     failure_filter = _BootFailureFilter()
     logging.getLogger("gunicorn.error").addFilter(failure_filter)
     master = os.getpid()

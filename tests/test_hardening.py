@@ -165,7 +165,8 @@ def test_post_bodies_only_as_json(request, server_name, path):
     for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
         r = requests.post(server.base_url + path, data=data, headers={"Content-Type": ctype}, timeout=30)
         assert r.status_code == 415, (ctype, r.text)
-        assert r.json()["error"]["code"] == "unsupported_media_type" and "application/json" in r.json()["error"]["message"]
+        err = r.json()["error"]
+        assert err["code"] == "unsupported_media_type" and "application/json" in err["message"]
     r = requests.post(server.base_url + path, data=data.encode(), timeout=60,
                       headers={"Content-Type": "application/json; charset=utf-8"})
     assert r.status_code == 200, r.text
@@ -210,6 +211,30 @@ def test_slow_header_clients_do_not_starve_health(request, server_name):
     finally:
         stop.set()
         crowd.join(10)
+
+
+def test_a_header_that_never_ends_is_dropped(qwen_tiny):
+    """wsgi_server.HEADER_TIMEOUT_S (10 s) after its first byte, however steadily it trickles."""
+    s = socket.create_connection(address(qwen_tiny))
+    s.settimeout(0.5)
+    t0 = time.monotonic()
+    try:
+        s.sendall(b"GET /health HTTP/1.1\r\nX-Slow: ")
+        while time.monotonic() - t0 < 20:
+            try:
+                if s.recv(100) == b"":
+                    break
+            except socket.timeout:
+                try:
+                    s.sendall(b"z")
+                except OSError:  # reset by the server
+                    break
+            except OSError:
+                break
+        dropped_after = time.monotonic() - t0
+    finally:
+        s.close()
+    assert 9 < dropped_after < 13, dropped_after
 
 
 # -- bounded metric labels -------------------------------------------------------------------------
