@@ -10,7 +10,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # wsgi_server, whichever way gunicorn is started
 
 bind = f"{os.environ.get('CHAT_HOST', '127.0.0.1')}:{os.environ.get('CHAT_PORT', '5000')}"
-# gthread whose threads never wait on a slow client's headers (they are read in the worker's poller,
+# gthread whose threads never wait on a slow client's headers or body (they are read in the worker's poller,
 # wsgi_server.HEADER_TIMEOUT_S at most): 50 clients sending headers a byte at a time leave /health answering.
 worker_class = "wsgi_server.HeadersFirstWorker"
 workers = int(os.environ.get("GUNICORN_WORKERS", min(4, multiprocessing.cpu_count() * 2)))

@@ -9,6 +9,7 @@ client_watch needs to notice a client that left. cheroot gives every connection 
 headers; gunicorn did too, which HeadersFirstWorker below fixes."""
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -20,17 +21,22 @@ from gunicorn.errors import AppImportError
 from gunicorn.workers.gthread import _DEFER, ThreadWorker
 
 HEADER_TIMEOUT_S = 10.0  # a request's headers must all be in this long after their first byte (nginx: 60 s)
+BODY_TIMEOUT_S = 30.0  # and its body (when read ahead, below) this long after its headers
+BODY_AHEAD_MAX = 1 << 20  # bodies up to this (both servers' MAX_BODY_BYTES) are read before a thread is given
+_CONTENT_LENGTH = re.compile(rb"\ncontent-length:[ \t]*(\d{1,12})[ \t]*\r?\n", re.IGNORECASE)
+_EXPECT = re.compile(rb"\nexpect:", re.IGNORECASE)
 
 
 class HeadersFirstWorker(ThreadWorker):
-    """gthread, except a connection costs a thread only once its request headers are all in.
+    """gthread, except a connection costs a thread only once its request headers (and body) are all in.
 
     gunicorn's gthread hands a connection to a pool thread as soon as a first byte arrives, and that thread
     then blocks reading the rest of the headers with no deadline: 16 clients sending a header a byte at a
     time take all 16 threads, and /health waits behind them. Here the pool thread reads only what has
     already arrived, without blocking, and gives the connection back to the worker's poller until more
     comes (gunicorn's own `_DEFER`); a client whose headers are not in HEADER_TIMEOUT_S after they began
-    is dropped."""
+    is dropped. A body with a Content-Length up to BODY_AHEAD_MAX is read the same way (BODY_TIMEOUT_S);
+    a chunked, larger or `Expect: 100-continue` body is left to gunicorn and the app."""
 
     def handle(self, conn):
         if not self.cfg.is_ssl:  # TLS: leave the handshake and reads to gunicorn
@@ -40,14 +46,19 @@ class HeadersFirstWorker(ThreadWorker):
         return super().handle(conn)
 
     def _headers_in(self, conn):
-        """True once a whole header block is buffered for the parser; _DEFER to wait; False to close."""
+        """True once a whole request head (and body) is buffered for the parser; _DEFER to wait; False to close."""
         if getattr(conn, "head", None) is None:  # a new request on this connection
             conn.head = bytearray(conn.parser.unreader.take_buffered() if conn.parser else b"")
-            conn.head_deadline = time.monotonic() + HEADER_TIMEOUT_S
+            conn.head_deadline, conn.head_size = time.monotonic() + HEADER_TIMEOUT_S, None
         cfg, head = self.cfg, conn.head
         most = cfg.limit_request_line + cfg.limit_request_fields * (cfg.limit_request_field_size + 2) + 4
-        # Over `most`, the parser refuses it at once; a bare-LF end: the parser answers 400.
-        while b"\r\n\r\n" not in head and b"\n\n" not in head and len(head) <= most:
+        while True:
+            if conn.head_size is None:
+                conn.head_size = request_size(head, most)
+                if conn.head_size is not None:  # headers are in: the body gets a deadline of its own
+                    conn.head_deadline = time.monotonic() + BODY_TIMEOUT_S
+            if conn.head_size is not None and len(head) >= conn.head_size:
+                break
             try:
                 data = conn.sock.recv(65536, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
@@ -62,6 +73,20 @@ class HeadersFirstWorker(ThreadWorker):
         conn.init()
         conn.parser.unreader.unread(bytes(head))
         return True
+
+
+def request_size(head, most):
+    """Bytes to read before a thread takes the request: its head, plus a Content-Length body up to
+    BODY_AHEAD_MAX; None while the head is incomplete. Past `most` bytes of head, or a bare-LF end, the
+    parser answers (a 4xx) from what is there."""
+    end = head.find(b"\r\n\r\n")
+    if end < 0:
+        bare = head.find(b"\n\n")
+        return bare + 2 if bare >= 0 else (len(head) if len(head) > most else None)
+    block = head[:end + 2]
+    length = _CONTENT_LENGTH.search(block)
+    body = int(length.group(1)) if length else 0
+    return end + 4 + (body if body <= BODY_AHEAD_MAX and not _EXPECT.search(block) else 0)
 
 
 class _BootFailureFilter(logging.Filter):

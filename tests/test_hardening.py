@@ -174,16 +174,20 @@ def test_post_bodies_only_as_json(request, server_name, path):
 
 # -- slow clients ------------------------------------------------------------------------------------
 
-def slow_header_clients(server, n, stop):
-    """n sockets that send a request's headers a byte every 0.1 s, until `stop` is set."""
+def slow_header_clients(server, n, stop, slow_part="headers"):
+    """n sockets that send a request's headers (or its JSON body) a byte every 0.1 s, until `stop` is set."""
     h, port = address(server)
     head = f"GET /health HTTP/1.1\r\nHost: {h}:{port}\r\nX-Slow: " + "z" * 10000
+    if slow_part == "body":
+        head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {h}:{port}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: 10000\r\n\r\n" + '{"messages": "' + "z" * 10000)
     socks = []
+    start = head.index("\r\n\r\n") + 5 if slow_part == "body" else 5
     for _ in range(n):
         s = socket.create_connection((h, port))
-        s.sendall(head[:5].encode())
+        s.sendall(head[:start].encode())
         socks.append(s)
-    i = 5
+    i = start
     while not stop.wait(0.1):
         for s in socks:
             try:
@@ -195,11 +199,12 @@ def slow_header_clients(server, n, stop):
         s.close()
 
 
+@pytest.mark.parametrize("slow_part", ["headers", "body"])
 @pytest.mark.parametrize("server_name", ["gunicorn_gateway", "qwen_tiny"])
-def test_slow_header_clients_do_not_starve_health(request, server_name):
+def test_slow_clients_do_not_starve_health(request, server_name, slow_part):
     server = request.getfixturevalue(server_name)
     stop = threading.Event()
-    crowd = threading.Thread(target=slow_header_clients, args=(server, 50, stop))
+    crowd = threading.Thread(target=slow_header_clients, args=(server, 50, stop, slow_part))
     crowd.start()
     try:
         time.sleep(1.0)  # all 50 connected and dribbling
