@@ -1,5 +1,5 @@
 # make run   : install, build the demo model, start qwen_server (SmolLM2 on CPU) + the gateway
-# make test  : install (with Chromium for the browser test) and run the whole test suite
+# make test  : install (with Chromium for the browser test and nginx for the proxy test) and run the whole test suite
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
 # CPU build here; on a GPU machine: make TORCH=torch (or the CUDA build that matches your driver)
@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 QWEN_PORT ?= 5001
 CHAT_PORT ?= 5000
 
-.PHONY: install models run test chromium bench gpu-wheels gpu-check gpu-bench
+.PHONY: install models run test chromium nginx bench gpu-wheels gpu-check gpu-bench
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	python3 -m venv $(VENV)
@@ -28,7 +28,11 @@ run: models
 chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
-test: models chromium
+# Debian's nginx for tests/test_nginx.py (deploy/nginx-dual-ai-chat.conf run for real)
+nginx:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || (apt-get update -qq && apt-get install -y -qq nginx >/dev/null)
+
+test: models chromium nginx
 	$(PY) -m pytest -q tests
 
 bench: models

@@ -1,6 +1,7 @@
 """HTTP pieces both servers share: JSON errors, SSE framing, request ids,
 access logs and Prometheus metrics. Kept here so chat.py and qwen_server.py
 never copy code from each other."""
+import ipaddress
 import json
 import logging
 import os
@@ -109,8 +110,66 @@ class Metrics:
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 
-def install_common(app, metrics: Metrics, service: str):
-    """JSON errors, request ids, access log and /metrics for a Flask app."""
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+HTTP_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))  # others: "other"
+
+
+def host_name(host_header: str) -> str:
+    """'Example.COM:5000' -> 'example.com', '[::1]:5000' -> '::1'."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+def allowed_host_names(env_name: str, bind_host: str = "") -> frozenset:
+    """Host names a request may carry: loopback, the bound name, and the comma-separated env_name list
+    ('*' there allows any). IP literals are always allowed: DNS rebinding needs a name."""
+    names = {*LOOPBACK_NAMES, host_name(bind_host)} if bind_host else set(LOOPBACK_NAMES)
+    names.update(host_name(h) for h in os.environ.get(env_name, "").split(",") if h.strip())
+    return frozenset(names)
+
+
+def check_browser_origin(allowed_hosts, hosts_env):
+    """Refuses what a hostile web page could send without a key: a Host that is not ours (DNS rebinding:
+    evil.example resolving to 127.0.0.1 makes the page same-origin with this server) and a POST body
+    that is not JSON (a form or a text/plain fetch is sent cross-origin without a CORS preflight)."""
+    name = host_name(request.host)
+    if "*" not in allowed_hosts and name not in allowed_hosts and not is_ip_literal(name):
+        raise ApiError(403, f"Host {name!r} is not allowed here (a guard against DNS rebinding). If this server "
+                            f"is meant to be reached by that name, add it to {hosts_env} (comma-separated) and "
+                            f"restart.", type="permission_error", code="host_not_allowed")
+    if request.method in ("POST", "PUT", "PATCH") and request.mimetype != "application/json" and (
+            request.mimetype or request.content_length):
+        raise ApiError(415, f"Send the request body as JSON with 'Content-Type: application/json' (got "
+                            f"{request.mimetype or 'none'!r}): other types are refused so that web pages cannot "
+                            f"post to this API.", code="unsupported_media_type")
+
+
+def warn_if_exposed(service: str, bind_host: str, api_key_env: str = None):
+    """A loud start-up warning when a server listens beyond loopback and no API key guards it."""
+    name = host_name(bind_host)
+    if name in LOOPBACK_NAMES or (is_ip_literal(name) and ipaddress.ip_address(name).is_loopback):
+        return
+    if api_key_env and os.environ.get(api_key_env):
+        return
+    guard = f"set {api_key_env} or " if api_key_env else ""
+    logging.getLogger(service).warning(
+        "!!! %s listens on %s with NO API KEY: anyone who can reach this address can use it. %sbind to "
+        "127.0.0.1 behind a reverse proxy that authenticates (README: Deployment).", service, bind_host, guard)
+
+
+def install_common(app, metrics: Metrics, service: str, allowed_hosts=frozenset(LOOPBACK_NAMES),
+                   hosts_env="ALLOWED_HOSTS"):
+    """JSON errors, request ids, access log, browser-origin checks and /metrics for a Flask app."""
     app.config.setdefault("MAX_CONTENT_LENGTH", MAX_BODY_BYTES)
     app.json.ensure_ascii = False  # Cyrillic in, Cyrillic out: raw UTF-8, not \\u escapes
     app.json.sort_keys = False
@@ -137,12 +196,14 @@ def install_common(app, metrics: Metrics, service: str):
         rid = request.headers.get("X-Request-ID", "")
         g.request_id = rid if 0 < len(rid) <= 64 and rid.isprintable() else uuid.uuid4().hex[:16]
         g.t0 = time.perf_counter()
+        check_browser_origin(allowed_hosts, hosts_env)
 
     @app.after_request
     def _finish(resp):
         endpoint = request.url_rule.rule if request.url_rule else "unmatched"
         elapsed = time.perf_counter() - g.get("t0", time.perf_counter())
-        metrics.requests.labels(endpoint, request.method, str(resp.status_code)).inc()
+        method = request.method if request.method in HTTP_METHODS else "other"  # a label per name: unbounded
+        metrics.requests.labels(endpoint, method, str(resp.status_code)).inc()
         metrics.latency.labels(endpoint).observe(elapsed)
         resp.headers["X-Request-ID"] = g.get("request_id", "")
         if access_log.isEnabledFor(logging.INFO):

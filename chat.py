@@ -17,8 +17,8 @@ from flask import Flask, Response, jsonify, make_response, render_template, requ
 import db
 import exchange
 import openapi
-from api_common import (ApiError, Metrics, endpoint_list, install_common, json_body, load_env, setup_logging, sse,
-                        sse_response)
+from api_common import (ApiError, Metrics, allowed_host_names, endpoint_list, install_common, json_body, load_env,
+                        setup_logging, sse, sse_response, warn_if_exposed)
 from openai_format import (chunk, completion, new_id, parse_chat_request, parse_params)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -45,6 +45,7 @@ def settings_from_env() -> dict:
         "GIGACHAT_MODEL": env("GIGACHAT_MODEL", "GigaChat"),
         "API_KEY": env("CHAT_API_KEY", ""),
         "CORS_ORIGINS": [o.strip() for o in env("CHAT_CORS_ORIGINS", "").split(",") if o.strip()],
+        "ALLOWED_HOSTS": allowed_host_names("CHAT_ALLOWED_HOSTS", env("CHAT_HOST", "")),
     }
 
 
@@ -54,7 +55,7 @@ def create_app(config=None, providers=None):
     app.config.update(settings_from_env())
     app.config.update(config or {})
     metrics = Metrics("chat")
-    install_common(app, metrics, "chat")
+    install_common(app, metrics, "chat", app.config["ALLOWED_HOSTS"], "CHAT_ALLOWED_HOSTS")
     openapi.register(app, "gateway")  # GET /openapi.json
     db.init_app(app)
     if providers is None:
@@ -365,7 +366,9 @@ def main(argv=None):
                    help="port (env CHAT_PORT, default 5000)")
     args = p.parse_args(argv)
     setup_logging()
-    create_app().run(args.host, args.port, threaded=True)
+    warn_if_exposed("chat", args.host, "CHAT_API_KEY")
+    create_app({"ALLOWED_HOSTS": allowed_host_names("CHAT_ALLOWED_HOSTS", args.host)}).run(args.host, args.port,
+                                                                                          threaded=True)
 
 
 def __getattr__(name):

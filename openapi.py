@@ -118,6 +118,7 @@ ERRORS = {
     404: "Unknown endpoint, session or model.",
     405: "Method not allowed on this path.",
     413: "Request body over 1 MiB, or a question over 100,000 characters.",
+    415: "The body is not sent as `Content-Type: application/json` (refused so that web pages cannot post).",
     429: "GigaChat's rate limit for the key was hit (see Retry-After).",
     500: "A bug: the message names the request id to look up in the server log.",
     502: "The upstream model server failed or answered something unusable.",
@@ -141,7 +142,7 @@ def op(summary, responses, params=(), body=None, errors=(), tag=None, descriptio
     """One operation: `responses` maps 2xx statuses to ok(...); `errors` lists the error statuses.
     500 is always possible (any bug answers it, in the JSON error shape)."""
     o = {"summary": summary, "responses": dict(responses)}
-    for status in sorted({*errors, 500}):
+    for status in sorted({*errors, 500, *((415,) if body is not None else ())}):
         o["responses"][str(status)] = {"$ref": f"#/components/responses/E{status}"}
     if description:
         o["description"] = description

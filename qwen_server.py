@@ -10,13 +10,15 @@ import sys
 import threading
 import time
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 
+import client_watch
 import openapi
-from api_common import (ApiError, Metrics, endpoint_list, install_common, json_body, load_env, setup_logging, sse,
-                        sse_response)
+from api_common import (LOOPBACK_NAMES, ApiError, Metrics, allowed_host_names, endpoint_list, install_common, json_body,
+                        load_env, setup_logging, sse, sse_response, warn_if_exposed)
 from engines import CACHE_MODES, Chunk, EngineError, GenParams, create_engine
 from openai_format import (chunk, completion, new_id, parse_chat_request, parse_messages, usage_with_timings)
+from wsgi_server import StartupError, serve
 
 log = logging.getLogger("qwen_server")
 SEED_DEFAULTS = {"temperature": 0.4, "top_p": 0.9, "top_k": 60, "repetition_penalty": 1.1}
@@ -52,10 +54,10 @@ class Stats:
                     "uptime_seconds": round(time.time() - self.started, 1)}
 
 
-def create_app(engine):
+def create_app(engine, max_tokens_default=2048, allowed_hosts=LOOPBACK_NAMES):
     app = Flask(__name__)
     metrics = Metrics("qwen")
-    install_common(app, metrics, "qwen_server")
+    install_common(app, metrics, "qwen_server", allowed_hosts, "QWEN_ALLOWED_HOSTS")
     openapi.register(app, "qwen_server")  # GET /openapi.json
     stats = Stats()
 
@@ -63,8 +65,8 @@ def create_app(engine):
         """Prompt tokens and the max_tokens that fits the context, or a 400 with the counts."""
         prompt = engine.count_tokens(messages)
         room = engine.max_seq_len - prompt
-        if max_tokens is None:
-            max_tokens = room
+        if max_tokens is None:  # no answer runs to the end of the context unasked
+            max_tokens = max(1, min(max_tokens_default, room))
         if room < 1 or max_tokens > room:
             raise ApiError(400, f"This model's context is {engine.max_seq_len} tokens: the prompt has {prompt} "
                                 f"and max_tokens asks for {max_tokens}. Shorten the conversation or lower "
@@ -76,15 +78,16 @@ def create_app(engine):
         req = parse_chat_request(json_body(), SEED_DEFAULTS)
         params = req["params"]
         _, params["max_tokens"] = budget(req["messages"], params.get("max_tokens"))
-        model, cid = engine.model_name, new_id()
-        chunks = engine.generate(req["messages"], GenParams(**params), threading.Event())
+        model, cid, cancel = engine.model_name, new_id(), threading.Event()
+        chunks = engine.generate(req["messages"], GenParams(**params), cancel)
         if req["stream"]:
-            return sse_response(stream_frames(chunks, cid, model, req["include_usage"]))
+            return sse_response(stream_frames(chunks, cid, model, req["include_usage"], request.environ, cancel))
         stats.busy(+1)
-        try:
-            parts, last = [], Chunk()
-            for last in chunks:
-                parts.append(last.text)
+        try:  # a client that hangs up stops its generation, or takes it out of the queue before its prefill
+            with client_watch.watching(request.environ, on_leave=cancel.set):
+                parts, last = [], Chunk()
+                for last in chunks:
+                    parts.append(last.text)
         finally:
             stats.busy(-1)
             chunks.close()
@@ -98,20 +101,15 @@ def create_app(engine):
         if usage["timings"]["tokens_per_second"]:
             metrics.tok_per_s.labels(model).set(usage["timings"]["tokens_per_second"])
 
-    def stream_frames(chunks, cid, model, include_usage):
+    def stream_frames(chunks, cid, model, include_usage, environ, cancel):
         stats.busy(+1)
         metrics.active_streams.inc()
         try:
             yield sse(chunk(cid, model, delta={"role": "assistant", "content": ""}))
-            for c in chunks:
-                if c.text:
-                    yield sse(chunk(cid, model, delta={"content": c.text}))
-                if c.finish_reason:
-                    usage = usage_with_timings(c.usage or {})
-                    finished(model, usage)
-                    yield sse(chunk(cid, model, finish_reason=c.finish_reason))
-                    if include_usage:
-                        yield sse(chunk(cid, model, usage=usage))
+            # A write fails only when there is something to write: a stream waiting in the queue (or in its
+            # prefill) would not notice its client leaving. The watcher does, and cancels it.
+            with client_watch.watching(environ, on_leave=cancel.set):
+                yield from stream_chunks(chunks, cid, model, include_usage)
             yield sse("[DONE]")
         except Exception as e:  # noqa: BLE001 - headers are gone: report in-band, as OpenAI does
             log.exception("generation failed")
@@ -121,6 +119,17 @@ def create_app(engine):
             stats.busy(-1)
             metrics.active_streams.dec()
             chunks.close()  # a client that hung up cancels its job here
+
+    def stream_chunks(chunks, cid, model, include_usage):
+        for c in chunks:
+            if c.text:
+                yield sse(chunk(cid, model, delta={"content": c.text}))
+            if c.finish_reason:
+                usage = usage_with_timings(c.usage or {})
+                finished(model, usage)
+                yield sse(chunk(cid, model, finish_reason=c.finish_reason))
+                if include_usage:
+                    yield sse(chunk(cid, model, usage=usage))
 
     def messages_from_body():
         body = json_body()
@@ -183,35 +192,47 @@ def parse_args(argv=None):
                    help="auto = exllamav2 when CUDA is present, else transformers (env QWEN_ENGINE)")
     p.add_argument("--host", default=env("QWEN_HOST", "127.0.0.1"), help="bind address (env QWEN_HOST)")
     p.add_argument("--port", type=int, default=env("QWEN_PORT", "5001"), help="port (env QWEN_PORT, default 5001)")
+    p.add_argument("--threads", type=int, default=env("QWEN_THREADS", "16"),
+                   help="requests served or queued at once, streams included; more wait for a thread "
+                        "(env QWEN_THREADS, default 16)")
+    p.add_argument("--max-tokens-default", type=int, default=env("QWEN_MAX_TOKENS_DEFAULT", "2048"),
+                   help="max_tokens for a request that sends none, cut to the room left in the context "
+                        "(env QWEN_MAX_TOKENS_DEFAULT, default 2048)")
     args = p.parse_args(argv)
     if not args.model:
         p.error("no model: pass -m PATH or set QWEN_MODEL_PATH in .env")
     if args.max_seq_len is not None and args.max_seq_len < 16:
         p.error("-l must be at least 16 tokens")
+    if args.threads < 1 or args.max_tokens_default < 1:
+        p.error("--threads and --max-tokens-default must be at least 1")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     setup_logging()
-    log.info("loading %s with engine=%s cache=%s", args.model, args.engine, args.cache)
-    try:
-        engine = create_engine(args.engine, args.model, args.cache, args.max_seq_len)
-        engine.load()
-    except EngineError as e:
-        print(f"qwen_server: error: {e}", file=sys.stderr)
-        return 2
-    st = engine.status()
-    mem = st["memory"]
-    log.info("ready: model=%s arch=%s engine=%s cache=%s context=%d device=%s %s used=%.2f/%.2f GiB load=%.1fs",
-             st["model"], st["architecture"], st["engine"], st["cache_mode"], st["max_seq_len"], st["device"],
-             mem["kind"], mem["used_bytes"] / 2**30, mem["total_bytes"] / 2**30, st["load_seconds"])
-    if st["cache_note"]:
-        log.warning("%s", st["cache_note"])
-    from werkzeug.serving import run_simple
-    log.info("serving on http://%s:%d (OpenAI base_url http://%s:%d/v1)", args.host, args.port, args.host, args.port)
-    run_simple(args.host, args.port, create_app(engine), threaded=True)
-    return 0
+    warn_if_exposed("qwen_server", args.host)  # it has no API key of its own
+
+    def load_app():  # in the server's worker process: the model loads there, once
+        log.info("loading %s with engine=%s cache=%s", args.model, args.engine, args.cache)
+        try:
+            engine = create_engine(args.engine, args.model, args.cache, args.max_seq_len)
+            engine.load()
+        except EngineError as e:
+            raise StartupError(f"qwen_server: error: {e}") from None
+        st = engine.status()
+        mem = st["memory"]
+        log.info("ready: model=%s arch=%s engine=%s cache=%s context=%d device=%s %s used=%.2f/%.2f GiB "
+                 "load=%.1fs", st["model"], st["architecture"], st["engine"], st["cache_mode"], st["max_seq_len"],
+                 st["device"], mem["kind"], mem["used_bytes"] / 2**30, mem["total_bytes"] / 2**30,
+                 st["load_seconds"])
+        if st["cache_note"]:
+            log.warning("%s", st["cache_note"])
+        log.info("serving on http://%s:%d (OpenAI base_url http://%s:%d/v1)", args.host, args.port, args.host,
+                 args.port)
+        return create_app(engine, args.max_tokens_default, allowed_host_names("QWEN_ALLOWED_HOSTS", args.host))
+
+    return serve(load_app, args.host, args.port, args.threads, os.environ.get("LOG_LEVEL", "INFO"))
 
 
 if __name__ == "__main__":
