@@ -7,7 +7,8 @@ import queue
 import threading
 import time
 
-from engines import Chunk, Engine, EngineError, GenParams
+from engines import Chunk, EngineError, GenParams
+from engines.hf import HFEngine
 
 PAGE = 256  # exllamav2 wants cache sizes in multiples of its page size
 PAGED_BATCH = 8
@@ -20,7 +21,7 @@ class _Request:
         self.job = None
 
 
-class ExLlamaV2Engine(Engine):
+class ExLlamaV2Engine(HFEngine):
     name = "exllamav2"
 
     def load(self):

@@ -7,23 +7,25 @@ import time
 
 import torch
 
-from engines import Chunk, Engine, EngineError, GenParams, TextStream, cancelled_before_start, ms_since
+from engines import Chunk, EngineError, GenParams, TextStream, cancelled_before_start, ms_since
+from engines.hf import HFEngine
 
 
-class TransformersEngine(Engine):
+class TransformersEngine(HFEngine):
     name = "transformers"
 
     def load(self):
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
         t0 = time.perf_counter()
-        if self.cache_requested != "fp16":
-            # HF's quantized KV cache needs optimum-quanto/HQQ; we do not pretend to honour it.
-            self.cache_mode = "fp16"
-            self.cache_note = (f"cache {self.cache_requested} is not supported by the transformers engine; "
-                               f"using a full-precision cache (use --engine exllamav2 on a GPU for {self.cache_requested})")
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.float16 if self.device == "cuda" else torch.float32  # CPU matmuls are fast in fp32 only
+        # The KV cache has the model's dtype. HF's quantized caches need optimum-quanto/HQQ: not used.
+        self.cache_mode = "fp16" if dtype == torch.float16 else "fp32"
+        if self.cache_requested != self.cache_mode:
+            self.cache_note = (f"the transformers engine keeps the KV cache in the model's dtype, {self.cache_mode} "
+                               f"on {self.device} (asked: {self.cache_requested}); a quantized cache needs "
+                               f"--engine exllamav2 on a GPU, or a GGUF model (--engine llamacpp)")
         self.load_tokenizer()
         hf_logging.enable_progress_bar()
         try:
@@ -68,7 +70,7 @@ class TransformersEngine(Engine):
             rng.seed()
         procs = self._processors(params)
         ids = torch.tensor([prompt_ids], device=self.device)
-        stream = TextStream(self.hf_tokenizer, params.stop)
+        stream = TextStream(self.decode, params.stop)
         # logits_to_keep=1: the head runs on the last position only, not the whole prompt (for SmolLM2 the
         # 49k-word head is ~20% of prefill compute; the other rows were thrown away).
         out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
