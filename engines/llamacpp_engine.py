@@ -17,6 +17,7 @@ from engines import Chunk, Engine, EngineError, GenParams, TextStream, cancelled
 # 16-bit scale and minimum per 32 values = 6.0 bits a value, the memory of a 6-bit cache).
 CACHE_TYPES = {"fp16": "f16", "q8": "q8_0", "q6": "q5_1", "q4": "q4_0"}
 CHATML_STOPS = ("<|im_end|>", "<|endoftext|>")
+log = logging.getLogger("qwen_server.llamacpp")
 
 
 def physical_cores() -> int:
@@ -74,6 +75,11 @@ class LlamaCppEngine(Engine):
         t0 = time.perf_counter()
         # llama.cpp's own log (model metadata, per-tensor lines) goes to this logger: errors only
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        # ggml's CPU threads meet at an OpenMP barrier after every op. libgomp's default lets the early
+        # thread spin, holding a core that the late one needs whenever anything else runs (the gateway,
+        # another server): measured on 2 shared cores, 3 tok/s spinning vs 70 sleeping. Read when
+        # libgomp loads, so it is set before the first import of llama_cpp; an explicit setting wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         try:
             import llama_cpp
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -100,8 +106,10 @@ class LlamaCppEngine(Engine):
         self.template_extras = specials  # unk_token, pad_token
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self.extra_stops = {ids[0] for ids in (self.tokenize(t) for t in CHATML_STOPS) if len(ids) == 1}
-        self.cached_tokens = 0
         self.load_seconds = round(time.perf_counter() - t0, 2)
+        log.info("llama.cpp: %s, K and V cache %s (asked: %s), flash attention %s, %d threads, OMP_WAIT_POLICY=%s",
+                 os.path.basename(self.gguf_path), self.cache_mode, self.cache_requested,
+                 "on" if self.flash_attn else "off", self.threads, os.environ.get("OMP_WAIT_POLICY"))
 
     def _special_token_texts(self, meta) -> dict:
         """bos/eos/unk/pad token texts for the template, as transformers passes its special tokens map."""
@@ -125,8 +133,9 @@ class LlamaCppEngine(Engine):
 
     def status(self):
         st = super().status()
-        st.update(threads=self.threads, flash_attn=self.flash_attn, cache_type_k=self.cache_mode,
-                  cache_type_v=self.cache_mode, gguf=os.path.abspath(self.gguf_path))
+        st.update(threads=self.threads, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+                  flash_attn=self.flash_attn, cache_type_k=self.cache_mode, cache_type_v=self.cache_mode,
+                  gguf=os.path.abspath(self.gguf_path))
         return st
 
     # -- generation ---------------------------------------------------------------------------------
