@@ -34,4 +34,6 @@ test: models chromium
 	$(PY) -m pytest -q tests
 
 bench: models
-	$(PY) bench/gateway_overhead.py && $(PY) bench/history.py && $(PY) bench/stream_overhead.py
+	$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements-bench.txt  # llama_cpp.server, the baseline
+	$(PY) bench/gateway_overhead.py && $(PY) bench/history.py && $(PY) bench/stream_overhead.py && \
+	  $(PY) bench/llamacpp_server.py

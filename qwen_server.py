@@ -175,7 +175,8 @@ def parse_args(argv=None):
                    help="a .gguf file (or a dir holding one), or a Hugging Face-format or EXL2 model dir "
                         "(env QWEN_MODEL_PATH)")
     p.add_argument("-cache", "--cache", default=env("QWEN_CACHE", "q4"), choices=CACHE_MODES,
-                   help="KV cache precision (env QWEN_CACHE, default q4: about 1/4 the memory of fp16)")
+                   help="KV cache precision (env QWEN_CACHE, default q4: about 1/4 the memory of fp16; llamacpp uses "
+                        "f16/q8_0/q5_1/q4_0, transformers the model's dtype; /status says what is used)")
     p.add_argument("-l", "--max-seq-len", type=int, default=env("QWEN_MAX_SEQ_LEN") or None,
                    help="context length in tokens (env QWEN_MAX_SEQ_LEN; default: the model's own, at most 16384)")
     p.add_argument("--engine", default=env("QWEN_ENGINE", "auto"), choices=ENGINES,

@@ -245,7 +245,8 @@ def test_cli_bad_start_is_one_clear_line_and_exit_2(tmp_path, tiny_qwen_dir):
         pytest.skip("a CUDA machine: the exllamav2 start is covered by tests/gpu")
     assert "Traceback" not in r.stderr
     r = run_cli("--help")
-    for flag in ("-m", "-cache", "-l", "--engine", "--host", "--port", "QWEN_MODEL_PATH"):
+    for flag in ("-m", "-cache", "-l", "--engine", "--threads", "--host", "--port", "QWEN_MODEL_PATH", "QWEN_THREADS",
+                 "llamacpp", ".gguf"):
         assert flag in r.stdout
 
 
