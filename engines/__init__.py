@@ -210,6 +210,39 @@ def ms_since(t0):
     return round((time.perf_counter() - t0) * 1000, 2)
 
 
+def decode_loop(sample, feed, is_eos, decode, params: GenParams, cancel, usage) -> Iterator[Chunk]:
+    """The token loop of the engines that decode one token at a time, after their prefill: `sample()`
+    gives the next token id, `is_eos(id)` ends the answer, `feed(id)` runs the forward pass that the
+    next sample needs (never after the last token). Text goes out through TextStream (whole UTF-8
+    characters, stop strings never sent in part); a cancel is seen between tokens. The last chunk
+    has the finish reason and `usage` plus completion_tokens and decode_ms."""
+    stream = TextStream(decode, params.stop)
+    t0 = time.perf_counter()
+    n, finish, hit_stop = 0, "length", False
+    while n < params.max_tokens:
+        if cancel.is_set():
+            finish = "cancelled"
+            break
+        tid = sample()
+        n += 1
+        if is_eos(tid):
+            finish = "stop"
+            break
+        delta, hit_stop = stream.push(tid)
+        if delta:
+            yield Chunk(text=delta)
+        if hit_stop:
+            finish = "stop"
+            break
+        if n < params.max_tokens:
+            feed(tid)
+    if not hit_stop:  # text held back for a stop string that never came
+        tail = stream.flush()
+        if tail:
+            yield Chunk(text=tail)
+    yield Chunk(finish_reason=finish, usage={**usage, "completion_tokens": n, "decode_ms": ms_since(t0)})
+
+
 def find_gguf(path):
     """The .gguf file at `path` (a file, or a dir holding exactly one), else None."""
     if os.path.isfile(path):

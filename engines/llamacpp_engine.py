@@ -11,7 +11,8 @@ import os
 import threading
 import time
 
-from engines import Chunk, Engine, EngineError, GenParams, TextStream, cancelled_before_start, find_gguf, ms_since
+from engines import (Chunk, Engine, EngineError, GenParams, cancelled_before_start, decode_loop, find_gguf,
+                     ms_since)
 
 # -cache -> llama.cpp KV cache type. llama.cpp has no 6-bit cache type: q6 gets q5_1 (5 bits + a
 # 16-bit scale and minimum per 32 values = 6.0 bits a value, the memory of a 6-bit cache).
@@ -131,6 +132,11 @@ class LlamaCppEngine(Engine):
     def decode(self, ids) -> str:
         return self.llm.detokenize(ids).decode("utf-8", "replace")
 
+    def _is_eos(self, tid) -> bool:
+        """llama.cpp's end-of-generation tokens, plus ChatML's ends as the HF engines have them."""
+        import llama_cpp
+        return tid in self.extra_stops or llama_cpp.llama_vocab_is_eog(self.vocab, tid)
+
     def status(self):
         st = super().status()
         st.update(threads=self.threads, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
@@ -190,33 +196,9 @@ class LlamaCppEngine(Engine):
                 return
             llm.eval(prompt_ids[at:at + llm.n_batch])
         sampler = self._sampler(params, prompt_ids)
-        stream = TextStream(self.decode, params.stop)
-        prefill_ms, t1 = ms_since(t0), time.perf_counter()
-        n, finish, hit_stop = 0, "length", False
+        usage = {"prompt_tokens": len(prompt_ids), "cached_tokens": cached, "prefill_ms": ms_since(t0)}
         try:
-            while n < params.max_tokens:
-                if cancel.is_set():
-                    finish = "cancelled"
-                    break
-                tid = lc.llama_sampler_sample(sampler, llm.ctx, -1)
-                n += 1
-                if tid in self.extra_stops or lc.llama_vocab_is_eog(self.vocab, tid):
-                    finish = "stop"
-                    break
-                delta, hit_stop = stream.push(tid)
-                if delta:
-                    yield Chunk(text=delta)
-                if hit_stop:
-                    finish = "stop"
-                    break
-                if n < params.max_tokens:  # no forward pass for a token that would never be sampled
-                    llm.eval([tid])
+            yield from decode_loop(lambda: lc.llama_sampler_sample(sampler, llm.ctx, -1), lambda tid: llm.eval([tid]),
+                                   self._is_eos, self.decode, params, cancel, usage)
         finally:
             lc.llama_sampler_free(sampler)
-        if not hit_stop:  # text held back for a stop string that never came
-            tail = stream.flush()
-            if tail:
-                yield Chunk(text=tail)
-        yield Chunk(finish_reason=finish, usage={"prompt_tokens": len(prompt_ids), "completion_tokens": n,
-                                                 "cached_tokens": cached, "prefill_ms": prefill_ms,
-                                                 "decode_ms": ms_since(t1)})

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from engines import Chunk, EngineError, GenParams, TextStream, cancelled_before_start, ms_since
+from engines import EngineError, GenParams, cancelled_before_start, decode_loop, ms_since
 from engines.hf import HFEngine
 
 
@@ -69,42 +69,25 @@ class TransformersEngine(HFEngine):
         else:  # this generator only: torch.seed() would reseed the global RNG of every device, each request
             rng.seed()
         procs = self._processors(params)
-        ids = torch.tensor([prompt_ids], device=self.device)
-        stream = TextStream(self.decode, params.stop)
+        state = {"ids": torch.tensor([prompt_ids], device=self.device)}
         # logits_to_keep=1: the head runs on the last position only, not the whole prompt (for SmolLM2 the
         # 49k-word head is ~20% of prefill compute; the other rows were thrown away).
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        past, logits = out.past_key_values, out.logits[:, -1, :]
-        prefill_ms, t1 = ms_since(t0), time.perf_counter()
-        n, finish, hit_stop = 0, "length", False
-        while n < params.max_tokens:
-            if cancel.is_set():
-                finish = "cancelled"
-                break
-            scores = procs(ids, logits.float())
+        out = self.model(input_ids=state["ids"], use_cache=True, logits_to_keep=1)
+        state.update(past=out.past_key_values, logits=out.logits[:, -1, :])
+        usage = {"prompt_tokens": len(prompt_ids), "prefill_ms": ms_since(t0)}
+
+        def sample():
+            scores = procs(state["ids"], state["logits"].float())
             if not params.greedy:
-                token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=rng)
+                state["token"] = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=rng)
             else:
-                token = scores.argmax(dim=-1, keepdim=True)
-            n += 1
-            tid = int(token)
-            if tid in self.eos_ids:
-                finish = "stop"
-                break
-            delta, hit_stop = stream.push(tid)
-            if delta:
-                yield Chunk(text=delta)
-            if hit_stop:
-                finish = "stop"
-                break
-            ids = torch.cat([ids, token], dim=-1)
-            if n >= params.max_tokens:
-                break  # the budget is spent: no forward pass for a token that would never be sampled
-            out = self.model(input_ids=token, past_key_values=past, use_cache=True)
-            past, logits = out.past_key_values, out.logits[:, -1, :]
-        if not hit_stop:  # text held back for a stop string that never came
-            tail = stream.flush()
-            if tail:
-                yield Chunk(text=tail)
-        yield Chunk(finish_reason=finish, usage={"prompt_tokens": len(prompt_ids), "completion_tokens": n,
-                                                 "prefill_ms": prefill_ms, "decode_ms": ms_since(t1)})
+                state["token"] = scores.argmax(dim=-1, keepdim=True)
+            return int(state["token"])
+
+        def feed(_tid):
+            token = state["token"]
+            state["ids"] = torch.cat([state["ids"], token], dim=-1)
+            out = self.model(input_ids=token, past_key_values=state["past"], use_cache=True)
+            state.update(past=out.past_key_values, logits=out.logits[:, -1, :])
+
+        yield from decode_loop(sample, feed, self.eos_ids.__contains__, self.decode, params, cancel, usage)
