@@ -42,16 +42,25 @@ def physical_cores() -> int:
     return max(1, min(len(cores) or len(allowed), len(allowed)))
 
 
-def gguf_context_length(path) -> int:
-    """The model's trained context (`<arch>.context_length`), read from the GGUF header only."""
+def gguf_context_length(path):
+    """The model's trained context (`<arch>.context_length`), read with the vocabulary only (no weights:
+    the KV cache is sized from it before the model loads)."""
+    import ctypes
+
     import llama_cpp
     params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True  # hyperparameters and vocabulary, no weights
+    params.vocab_only = True
     model = llama_cpp.llama_model_load_from_file(path.encode(), params)
     if not model:
         raise EngineError(f"llama.cpp cannot read {path!r}: is it a complete GGUF model file?")
     try:
-        return llama_cpp.llama_model_n_ctx_train(model)
+        buf = ctypes.create_string_buffer(256)
+
+        def meta(key):
+            n = llama_cpp.llama_model_meta_val_str(model, key.encode(), buf, len(buf))
+            return buf.value.decode() if n >= 0 else None
+        value = meta(f"{meta('general.architecture')}.context_length")
+        return int(value) if value and value.isdigit() else None
     finally:
         llama_cpp.llama_model_free(model)
 

@@ -110,13 +110,14 @@ def test_four_concurrent_streams_all_finish_one_after_another_in_arrival_order(q
     assert all(ends[i - 1] <= content_start[i] for i in range(1, 4)), (content_start, ends)
 
 
-@pytest.mark.parametrize("cache,expected,note", [("fp16", "f16", None), ("q8", "q8_0", None),
-                                                 ("q6", "q5_1", "q5_1")])
-def test_cache_modes_map_to_llamacpp_types(smollm2_gguf, cache, expected, note):
-    proc = start_qwen(smollm2_gguf, "-cache", cache, "-l", "512", "-t", "1", engine="llamacpp")
+@pytest.mark.parametrize("cache,expected,note,ctx", [("fp16", "f16", None, "512"), ("q8", "q8_0", None, None),
+                                                     ("q6", "q5_1", "q5_1", "512")])
+def test_cache_modes_map_to_llamacpp_types(smollm2_gguf, cache, expected, note, ctx):
+    proc = start_qwen(smollm2_gguf, "-cache", cache, "-t", "1", *(["-l", ctx] if ctx else []), engine="llamacpp")
     try:
         st = requests.get(proc.base_url + "/status").json()
         assert st["engine"] == "llamacpp" and st["cache_requested"] == cache and st["threads"] == 1
+        assert st["max_seq_len"] == int(ctx or 8192)  # without -l: the GGUF's own context_length
         assert st["cache_mode"] == st["cache_type_k"] == st["cache_type_v"] == expected
         assert st["flash_attn"] is (cache != "fp16")
         assert (st["cache_note"] is None) if note is None else (note in st["cache_note"])
