@@ -56,14 +56,14 @@ def test_cyrillic_streams_intact_and_a_cyrillic_stop_string_holds(qwen_llama):
 
 def test_second_turn_evaluates_only_the_new_suffix(qwen_llama):
     """The gateway resends the whole history each turn; the KV cache of the last request is kept."""
-    system = "You are a careful assistant. " + " ".join(f"Rule {i}: answer briefly and politely." for i in range(60))
+    system = "You are a careful assistant. " + " ".join(f"Rule {i}: answer briefly and politely." for i in range(30))
     turn1 = [{"role": "system", "content": system}, {"role": "user", "content": "What is the capital of France?"}]
     first = post(qwen_llama, {"messages": turn1, "temperature": 0, "max_tokens": 12}).json()
     answer = first["choices"][0]["message"]["content"]
     turn2 = turn1 + [{"role": "assistant", "content": answer}, {"role": "user", "content": "And of Italy?"}]
     second = post(qwen_llama, {"messages": turn2, "temperature": 0, "max_tokens": 12}).json()
     u1, u2 = first["usage"], second["usage"]
-    assert u1["prompt_tokens"] > 400 and u2["prompt_tokens"] > u1["prompt_tokens"]
+    assert u1["prompt_tokens"] > 300 and u2["prompt_tokens"] > u1["prompt_tokens"]
     # everything up to the first answer is reused: at most its last token and the new turn are evaluated
     assert u2["prompt_tokens_details"]["cached_tokens"] >= u1["prompt_tokens"]
     assert u2["timings"]["prefill_ms"] < 0.5 * u1["timings"]["prefill_ms"], (u1["timings"], u2["timings"])
