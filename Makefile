@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 QWEN_PORT ?= 5001
 CHAT_PORT ?= 5000
 
-.PHONY: install models run test chromium bench
+.PHONY: install models run test chromium bench gpu-wheels gpu-check gpu-bench
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	python3 -m venv $(VENV)
@@ -37,3 +37,33 @@ bench: models
 	$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements-bench.txt  # llama_cpp.server, the baseline
 	$(PY) bench/gateway_overhead.py && $(PY) bench/history.py && $(PY) bench/stream_overhead.py && \
 	  $(PY) bench/llamacpp_server.py
+
+# GPU machine (one CUDA GPU, Python 3.12, torch with CUDA, nvcc; maybe no network): what it lacks travels as
+# py3.12 wheels in the git-ignored .whl/ folder. `make gpu-wheels` here (registries reachable), then on it
+# `make gpu-check` (exllamav2's JIT build + tests/gpu, PASS/FAIL per step), then `make gpu-bench` (7B-shaped).
+GPU_PY   ?= python3
+GPU_SITE ?= /tmp/site
+GPU_BENCH_ARGS ?=
+WHEEL_PLATFORMS := --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+
+gpu-wheels:
+	rm -rf .whl && mkdir -p .whl
+	python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: $(WHEEL_PLATFORMS) \
+	  -d .whl -r tools/gpu-wheels.txt
+	@du -sh .whl
+
+$(GPU_SITE)/.installed: $(wildcard .whl/*.whl)
+	@ls .whl/*.whl >/dev/null 2>&1 || { echo "no wheels in .whl/: run 'make gpu-wheels' where the package \
+	registries are reachable and bring .whl/ along"; exit 2; }
+	$(GPU_PY) -m pip install -q --disable-pip-version-check --no-index --no-deps --no-compile --upgrade \
+	  --target $(GPU_SITE) .whl/*.whl
+	touch $@
+
+gpu-check: $(GPU_SITE)/.installed
+	PYTHONPATH=$(GPU_SITE) $(GPU_PY) tools/gpu_check.py
+
+gpu-bench: $(GPU_SITE)/.installed
+	@test -f .cache/gpu-check/exllamav2.env || { echo "run 'make gpu-check' first: it builds exllamav2"; exit 2; }
+	set -a; . ./.cache/gpu-check/exllamav2.env; set +a; \
+	  PYTHONPATH=$(GPU_SITE) $(GPU_PY) bench/gpu_engines.py $(GPU_BENCH_ARGS)

@@ -165,3 +165,24 @@ def start_gateway(qwen_url, fake, db_path, gunicorn_workers=None, repo=REPO_ROOT
     else:
         args = [PYTHON, os.path.join(repo, "chat.py"), "--port", port]
     return start_process(args, env=env, port=port, ready_path="/health", timeout=90, cwd=repo)
+
+
+def engine_chunks(engine, messages, params, cancel=None, timeout=10.0):
+    """All chunks of engine.generate() (or the exception it raised), consumed in a thread that must
+    finish within `timeout` seconds: a hang fails the test instead of stalling the run."""
+    import threading
+    box = {}
+
+    def consume():
+        try:
+            box["chunks"] = list(engine.generate(messages, params, cancel or threading.Event()))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            box["error"] = e
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise AssertionError(f"engine.generate() still running after {timeout:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["chunks"]
