@@ -1,4 +1,4 @@
-# make run   : install, build the demo model, start qwen_server (SmolLM2 on CPU) + the gateway
+# make run   : install, unpack the demo model's GGUF, start qwen_server (SmolLM2 on llama.cpp) + the gateway
 # make test  : install (with Chromium for the browser test and nginx for the proxy test) and run the whole test suite
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
@@ -11,6 +11,7 @@ CHAT_PORT ?= 5000
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	python3 -m venv $(VENV)
+	@echo "Installing (the first time pip compiles llama.cpp for llama-cpp-python: ~5 min on 2 cores; later installs reuse pip's cached wheel)"
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)" -r requirements-dev.txt
 	touch $@
 
@@ -19,9 +20,10 @@ install: $(VENV)/.installed
 models: install
 	$(PY) tools/make_models.py
 
-run: models
+run: install
 	@echo "Gateway on http://127.0.0.1:$(CHAT_PORT)/  (Qwen server on :$(QWEN_PORT), model SmolLM2-135M-Instruct)"
-	$(PY) qwen_server.py -m models/smollm2-135m-instruct --engine transformers --port $(QWEN_PORT) & \
+	GGUF=$$($(PY) tools/make_models.py --gguf) || exit 1; \
+	$(PY) qwen_server.py -m "$$GGUF" --engine llamacpp --port $(QWEN_PORT) & \
 	  QPID=$$!; trap 'kill $$QPID' EXIT INT TERM; \
 	  QWEN_URL=http://127.0.0.1:$(QWEN_PORT) $(PY) chat.py --port $(CHAT_PORT)
 
@@ -36,7 +38,9 @@ test: models chromium nginx
 	$(PY) -m pytest -q tests
 
 bench: models
-	$(PY) bench/gateway_overhead.py && $(PY) bench/history.py && $(PY) bench/stream_overhead.py
+	$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements-bench.txt  # llama_cpp.server, the baseline
+	$(PY) bench/gateway_overhead.py && $(PY) bench/history.py && $(PY) bench/stream_overhead.py && \
+	  $(PY) bench/llamacpp_server.py
 
 # GPU machine (one CUDA GPU, Python 3.12, torch with CUDA, nvcc; maybe no network): what it lacks travels as
 # py3.12 wheels in the git-ignored .whl/ folder. `make gpu-wheels` here (registries reachable), then on it

@@ -141,7 +141,10 @@ def usage_with_timings(u: dict) -> dict:
     """OpenAI usage plus Ollama-like timings: prefill ms, decode ms, tok/s."""
     p, c = u.get("prompt_tokens", 0), u.get("completion_tokens", 0)
     decode_ms = u.get("decode_ms") or 0
-    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
-            "timings": {"prompt_tokens": p, "prefill_ms": u.get("prefill_ms"), "generated_tokens": c,
-                        "decode_ms": decode_ms,
-                        "tokens_per_second": round(c / decode_ms * 1000, 2) if decode_ms and c else None}}
+    out = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
+           "timings": {"prompt_tokens": p, "prefill_ms": u.get("prefill_ms"), "generated_tokens": c,
+                       "decode_ms": decode_ms,
+                       "tokens_per_second": round(c / decode_ms * 1000, 2) if decode_ms and c else None}}
+    if u.get("cached_tokens") is not None:  # prompt tokens whose KV cache an earlier request left (llama.cpp)
+        out["prompt_tokens_details"] = {"cached_tokens": u["cached_tokens"]}
+    return out

@@ -193,7 +193,9 @@ CHAT_REQUEST_PROPS = dict(
 USAGE = obj(description="OpenAI usage; the gateway adds GigaChat's precached_prompt_tokens, qwen_server its "
                         "timings (prefill/decode ms, tokens per second).",
             prompt_tokens=nullable(INT), completion_tokens=nullable(INT), total_tokens=nullable(INT),
-            precached_prompt_tokens=nullable(INT), timings=obj())
+            precached_prompt_tokens=nullable(INT), timings=obj(),
+            prompt_tokens_details=obj(description="cached_tokens: prompt tokens reused from the last request's "
+                                                  "KV cache (llamacpp engine)"))
 COMPLETION = obj(["id", "object", "created", "choices"],
                  id=STR, object=string(enum=["chat.completion"]), created=INT, model=nullable(STR),
                  choices=array(obj(["index", "message", "finish_reason"], index=INT,

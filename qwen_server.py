@@ -1,5 +1,5 @@
-"""Local Qwen 2.5 Coder server: an OpenAI-compatible Flask API over an exllamav2 (GPU) or
-transformers (CPU) engine, streaming token by token.
+"""Local Qwen 2.5 Coder server: an OpenAI-compatible Flask API over an exllamav2 (GPU), llama.cpp
+(CPU, GGUF) or transformers (CPU/GPU) engine, streaming token by token.
 
     python qwen_server.py -m /models/Qwen2.5-Coder-7B-Instruct -cache q4 -l 16384
 """
@@ -16,7 +16,7 @@ import client_watch
 import openapi
 from api_common import (LOOPBACK_NAMES, ApiError, Metrics, allowed_host_names, endpoint_list, install_common, json_body,
                         load_env, setup_logging, sse, sse_response, warn_if_exposed)
-from engines import CACHE_MODES, Chunk, EngineError, GenParams, create_engine
+from engines import CACHE_MODES, ENGINES, Chunk, EngineError, GenParams, create_engine
 from openai_format import (chunk, completion, new_id, parse_chat_request, parse_messages, usage_with_timings)
 from wsgi_server import StartupError, serve
 
@@ -142,15 +142,13 @@ def create_app(engine, max_tokens_default=2048, allowed_hosts=LOOPBACK_NAMES):
     @app.post("/v1/token/count")
     def token_count():
         messages, text = messages_from_body()
-        n = len(engine.hf_tokenizer(text, add_special_tokens=False)["input_ids"]) if messages is None \
-            else engine.count_tokens(messages)
+        n = len(engine.tokenize(text)) if messages is None else engine.count_tokens(messages)
         return jsonify({"count": n, "max_seq_len": engine.max_seq_len})
 
     @app.post("/v1/token/encode")
     def token_encode():  # TabbyAPI's shape: {"tokens": [...], "length": n}
         messages, text = messages_from_body()
-        ids = engine.hf_tokenizer(text, add_special_tokens=False)["input_ids"] if messages is None \
-            else engine.encode(messages)
+        ids = engine.tokenize(text) if messages is None else engine.encode(messages)
         return jsonify({"tokens": ids, "length": len(ids)})
 
     @app.get("/v1/models")
@@ -183,18 +181,23 @@ def parse_args(argv=None):
     env = os.environ.get
     p = argparse.ArgumentParser(description="Local Qwen 2.5 Coder server (OpenAI-compatible, streaming).")
     p.add_argument("-m", "--model", default=env("QWEN_MODEL_PATH"),
-                   help="Hugging Face-format or EXL2 model dir (env QWEN_MODEL_PATH)")
+                   help="a .gguf file (or a dir holding one), or a Hugging Face-format or EXL2 model dir "
+                        "(env QWEN_MODEL_PATH)")
     p.add_argument("-cache", "--cache", default=env("QWEN_CACHE", "q4"), choices=CACHE_MODES,
-                   help="KV cache precision (env QWEN_CACHE, default q4: about 1/4 the memory of fp16)")
+                   help="KV cache precision (env QWEN_CACHE, default q4: about 1/4 the memory of fp16; llamacpp uses "
+                        "f16/q8_0/q5_1/q4_0, transformers the model's dtype; /status says what is used)")
     p.add_argument("-l", "--max-seq-len", type=int, default=env("QWEN_MAX_SEQ_LEN") or None,
                    help="context length in tokens (env QWEN_MAX_SEQ_LEN; default: the model's own, at most 16384)")
-    p.add_argument("--engine", default=env("QWEN_ENGINE", "auto"), choices=("auto", "exllamav2", "transformers"),
-                   help="auto = exllamav2 when CUDA is present, else transformers (env QWEN_ENGINE)")
+    p.add_argument("--engine", default=env("QWEN_ENGINE", "auto"), choices=ENGINES,
+                   help="auto = llamacpp for a GGUF model; for a model dir exllamav2 when CUDA is present, "
+                        "else transformers (env QWEN_ENGINE)")
+    p.add_argument("-t", "--threads", type=int, default=env("QWEN_THREADS") or None,
+                   help="CPU threads of the llamacpp engine (env QWEN_THREADS; default: the physical cores)")
     p.add_argument("--host", default=env("QWEN_HOST", "127.0.0.1"), help="bind address (env QWEN_HOST)")
     p.add_argument("--port", type=int, default=env("QWEN_PORT", "5001"), help="port (env QWEN_PORT, default 5001)")
-    p.add_argument("--threads", type=int, default=env("QWEN_THREADS", "16"),
+    p.add_argument("--http-threads", type=int, default=env("QWEN_HTTP_THREADS", "16"),
                    help="requests served or queued at once, streams included; more wait for a thread "
-                        "(env QWEN_THREADS, default 16)")
+                        "(env QWEN_HTTP_THREADS, default 16)")
     p.add_argument("--max-tokens-default", type=int, default=env("QWEN_MAX_TOKENS_DEFAULT", "2048"),
                    help="max_tokens for a request that sends none, cut to the room left in the context "
                         "(env QWEN_MAX_TOKENS_DEFAULT, default 2048)")
@@ -203,8 +206,10 @@ def parse_args(argv=None):
         p.error("no model: pass -m PATH or set QWEN_MODEL_PATH in .env")
     if args.max_seq_len is not None and args.max_seq_len < 16:
         p.error("-l must be at least 16 tokens")
-    if args.threads < 1 or args.max_tokens_default < 1:
-        p.error("--threads and --max-tokens-default must be at least 1")
+    if args.http_threads < 1 or args.max_tokens_default < 1:
+        p.error("--http-threads and --max-tokens-default must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        p.error("-t must be at least 1")
     return args
 
 
@@ -216,7 +221,7 @@ def main(argv=None):
     def load_app():  # in the server's worker process: the model loads there, once
         log.info("loading %s with engine=%s cache=%s", args.model, args.engine, args.cache)
         try:
-            engine = create_engine(args.engine, args.model, args.cache, args.max_seq_len)
+            engine = create_engine(args.engine, args.model, args.cache, args.max_seq_len, args.threads)
             engine.load()
         except EngineError as e:
             raise StartupError(f"qwen_server: error: {e}") from None
@@ -232,7 +237,7 @@ def main(argv=None):
                  args.port)
         return create_app(engine, args.max_tokens_default, allowed_host_names("QWEN_ALLOWED_HOSTS", args.host))
 
-    return serve(load_app, args.host, args.port, args.threads, os.environ.get("LOG_LEVEL", "INFO"))
+    return serve(load_app, args.host, args.port, args.http_threads, os.environ.get("LOG_LEVEL", "INFO"))
 
 
 if __name__ == "__main__":

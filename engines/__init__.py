@@ -1,4 +1,5 @@
-"""The engine interface shared by the exllamav2 (GPU) and transformers (CPU/GPU) engines.
+"""The engine interface shared by the exllamav2 (GPU), transformers (CPU/GPU) and llama.cpp (CPU, GGUF)
+engines.
 
 An engine renders chat messages with the model's own chat template, then
 `generate(messages, params, cancel)` yields `Chunk`s: text deltas, then one
@@ -46,21 +47,9 @@ class Chunk:
     usage: Optional[dict] = None  # prompt_tokens, completion_tokens, prefill_ms, decode_ms
 
 
-def read_model_config(path) -> dict:
-    """config.json of a model dir, with clear errors for the usual mistakes."""
-    if not os.path.isdir(path):
-        raise EngineError(f"model path {path!r} is not a directory: pass -m with a Hugging Face or EXL2 model dir")
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.isfile(cfg_path):
-        raise EngineError(f"{path!r} has no config.json: is it a Hugging Face-format model dir?")
-    if not any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer.model")):
-        raise EngineError(f"{path!r} has no tokenizer.json: copy the tokenizer files next to the weights")
-    with open(cfg_path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 class Engine:
-    """Base engine: chat template, token counting, stop ids and common status fields."""
+    """Base engine: prompt encoding (cached), context fitting and common status fields. An engine
+    provides load, generate, render (messages -> prompt text) and tokenize (text -> ids)."""
 
     name = "base"
 
@@ -68,25 +57,35 @@ class Engine:
         if cache_mode not in CACHE_MODES:
             raise EngineError(f"unknown cache mode {cache_mode!r}: use one of {', '.join(CACHE_MODES)}")
         self.model_path = model_path
-        self.model_config = read_model_config(model_path)
         self.model_name = os.path.basename(os.path.normpath(model_path))
-        self.architecture = (self.model_config.get("architectures") or ["?"])[0]
-        own_limit = self.model_config.get("max_position_embeddings") or MAX_DEFAULT_SEQ_LEN
-        self.max_seq_len = int(max_seq_len or min(own_limit, MAX_DEFAULT_SEQ_LEN))
+        self.architecture = "?"
+        self.requested_seq_len = max_seq_len
+        self.max_seq_len = int(max_seq_len or MAX_DEFAULT_SEQ_LEN)
         self.cache_requested = cache_mode
-        self.cache_mode = cache_mode  # what is really used; an engine may downgrade and say why
+        self.cache_mode = cache_mode  # what is really used; an engine may change it and say why in cache_note
         self.cache_note = None
         self.device = "cpu"
         self.load_seconds = None
         self.turns = Turns()  # engines that run one request at a time queue them here
-        self.hf_tokenizer = None
         self._last_prompt = threading.local()
+
+    def fit_context(self, own_limit):
+        """-l if given, else the model's own context length, at most MAX_DEFAULT_SEQ_LEN."""
+        self.max_seq_len = int(self.requested_seq_len or min(own_limit or MAX_DEFAULT_SEQ_LEN, MAX_DEFAULT_SEQ_LEN))
 
     # -- to be provided by engines ------------------------------------------------------------
     def load(self):
         raise NotImplementedError
 
     def generate(self, messages, params: GenParams, cancel: threading.Event) -> Iterator[Chunk]:
+        raise NotImplementedError
+
+    def render(self, messages) -> str:
+        """The prompt text: messages through the model's own chat template, generation prompt added."""
+        raise NotImplementedError
+
+    def tokenize(self, text) -> list:
+        """Token ids of `text`, special tokens written as text included, no BOS added."""
         raise NotImplementedError
 
     def memory(self) -> dict:
@@ -104,34 +103,6 @@ class Engine:
         return self.turns.waiting()
 
     # -- shared ---------------------------------------------------------------------------------
-    def load_tokenizer(self):
-        from transformers import AutoTokenizer
-        try:
-            self.hf_tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        except Exception as e:  # noqa: BLE001 - transformers raises many types here
-            raise EngineError(f"cannot load the tokenizer from {self.model_path!r}: {e}") from e
-        if not self.hf_tokenizer.chat_template:
-            raise EngineError(f"{self.model_path!r} has no chat template (tokenizer_config.json "
-                              f"'chat_template'): an instruct model is needed")
-
-    def stop_token_ids(self) -> list:
-        """EOS ids from generation_config.json, the tokenizer and ChatML (<|im_end|>, <|endoftext|>)."""
-        ids = set()
-        gen_cfg = os.path.join(self.model_path, "generation_config.json")
-        if os.path.isfile(gen_cfg):
-            with open(gen_cfg, encoding="utf-8") as f:
-                eos = json.load(f).get("eos_token_id")
-            ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        tok = self.hf_tokenizer
-        if tok.eos_token_id is not None:
-            ids.add(tok.eos_token_id)
-        vocab = tok.get_vocab()
-        ids.update(vocab[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab)
-        return sorted(ids)
-
-    def render(self, messages) -> str:
-        return self.hf_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
     def encode(self, messages) -> list:
         """Prompt token ids. The last prompt is remembered per thread: the server counts a prompt (does it
         fit?) and then generates from it, and tokenizing a long conversation twice costs milliseconds."""
@@ -139,8 +110,7 @@ class Engine:
         last = getattr(self._last_prompt, "value", None)
         if last is None or last[0] != key:
             # The template already holds any BOS/special tokens as text.
-            last = self._last_prompt.value = (key, self.hf_tokenizer(self.render(messages),
-                                                                     add_special_tokens=False)["input_ids"])
+            last = self._last_prompt.value = (key, self.tokenize(self.render(messages)))
         return list(last[1])
 
     def count_tokens(self, messages) -> int:
@@ -201,17 +171,15 @@ def cancelled_before_start(prompt_tokens) -> Chunk:
 class TextStream:
     """Token ids -> text deltas. Waits while a token ends inside a UTF-8 character (Cyrillic,
     emoji) and holds back text that may be the start of a stop string, so a stop string is
-    never sent in part."""
+    never sent in part. `decode(ids) -> str` is the engine's detokenizer (incomplete UTF-8 at the
+    end comes out as U+FFFD, as both HF's decode and bytes.decode(errors="replace") do)."""
 
-    def __init__(self, tokenizer, stop_strings=()):
-        self.tok = tokenizer
+    def __init__(self, decode, stop_strings=()):
+        self._decode = decode
         self.stop = [s for s in stop_strings if s]
         self.ids = []
         self.prefix = self.read = 0  # vLLM-style offsets: decode a small window, not the whole answer
         self.pending = ""  # decoded, not yet sent
-
-    def _decode(self, ids):
-        return self.tok.decode(ids, skip_special_tokens=True)
 
     def push(self, token_id):
         """Returns (delta, hit_stop)."""
@@ -242,15 +210,77 @@ def ms_since(t0):
     return round((time.perf_counter() - t0) * 1000, 2)
 
 
-def create_engine(kind, model_path, cache_mode="q4", max_seq_len=None) -> Engine:
-    """`auto` picks exllamav2 when CUDA is present, else transformers."""
-    if kind == "auto":
-        import torch
-        kind = "exllamav2" if torch.cuda.is_available() else "transformers"
+def decode_loop(sample, feed, is_eos, decode, params: GenParams, cancel, usage) -> Iterator[Chunk]:
+    """The token loop of the engines that decode one token at a time, after their prefill: `sample()`
+    gives the next token id, `is_eos(id)` ends the answer, `feed(id)` runs the forward pass that the
+    next sample needs (never after the last token). Text goes out through TextStream (whole UTF-8
+    characters, stop strings never sent in part); a cancel is seen between tokens. The last chunk
+    has the finish reason and `usage` plus completion_tokens and decode_ms."""
+    stream = TextStream(decode, params.stop)
+    t0 = time.perf_counter()
+    n, finish, hit_stop = 0, "length", False
+    while n < params.max_tokens:
+        if cancel.is_set():
+            finish = "cancelled"
+            break
+        tid = sample()
+        n += 1
+        if is_eos(tid):
+            finish = "stop"
+            break
+        delta, hit_stop = stream.push(tid)
+        if delta:
+            yield Chunk(text=delta)
+        if hit_stop:
+            finish = "stop"
+            break
+        if n < params.max_tokens:
+            feed(tid)
+    if not hit_stop:  # text held back for a stop string that never came
+        tail = stream.flush()
+        if tail:
+            yield Chunk(text=tail)
+    yield Chunk(finish_reason=finish, usage={**usage, "completion_tokens": n, "decode_ms": ms_since(t0)})
+
+
+def find_gguf(path):
+    """The .gguf file at `path` (a file, or a dir holding exactly one), else None."""
+    if os.path.isfile(path):
+        return path if path.lower().endswith(".gguf") else None
+    if not os.path.isdir(path):
+        return None
+    found = sorted(f for f in os.listdir(path) if f.lower().endswith(".gguf"))
+    if len(found) > 1:
+        raise EngineError(f"{path!r} holds several GGUF files ({', '.join(found)}): pass -m with the one to serve")
+    return os.path.join(path, found[0]) if found else None
+
+
+def pick_engine(kind, model_path) -> str:
+    """`auto`: llamacpp for a GGUF model (a .gguf file, or a dir with one and no config.json); for a
+    Hugging Face/EXL2 dir exllamav2 when CUDA is present, else transformers. The GGUF check comes
+    first: the llama.cpp path never imports torch."""
+    if kind != "auto":
+        return kind
+    if not os.path.isfile(os.path.join(model_path, "config.json")) and find_gguf(model_path):
+        return "llamacpp"
+    import torch
+    return "exllamav2" if torch.cuda.is_available() else "transformers"
+
+
+ENGINES = ("auto", "llamacpp", "exllamav2", "transformers")
+
+
+def create_engine(kind, model_path, cache_mode="q4", max_seq_len=None, threads=None) -> Engine:
+    """threads: llama.cpp's CPU threads (default: the physical cores); the other engines leave
+    threading to torch."""
+    kind = pick_engine(kind, model_path)
+    if kind == "llamacpp":
+        from engines.llamacpp_engine import LlamaCppEngine
+        return LlamaCppEngine(model_path, cache_mode, max_seq_len, threads)
     if kind == "exllamav2":
         from engines.exllamav2_engine import ExLlamaV2Engine
         return ExLlamaV2Engine(model_path, cache_mode, max_seq_len)
     if kind == "transformers":
         from engines.transformers_engine import TransformersEngine
         return TransformersEngine(model_path, cache_mode, max_seq_len)
-    raise EngineError(f"unknown engine {kind!r}: use auto, exllamav2 or transformers")
+    raise EngineError(f"unknown engine {kind!r}: use {', '.join(ENGINES)}")

@@ -13,7 +13,8 @@ import threading
 import time
 from types import SimpleNamespace
 
-from engines import Chunk, Engine, EngineError, GenParams, cancelled_before_start
+from engines import Chunk, EngineError, GenParams, cancelled_before_start
+from engines.hf import HFEngine
 
 log = logging.getLogger("qwen_server")
 PAGE = 256  # exllamav2 wants cache sizes in multiples of its page size
@@ -83,7 +84,7 @@ class _Request:
         self.job = None
 
 
-class ExLlamaV2Engine(Engine):
+class ExLlamaV2Engine(HFEngine):
     name = "exllamav2"
     paged = False
     attention = "not loaded"

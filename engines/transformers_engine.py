@@ -7,23 +7,25 @@ import time
 
 import torch
 
-from engines import Chunk, Engine, EngineError, GenParams, TextStream, cancelled_before_start, ms_since
+from engines import EngineError, GenParams, cancelled_before_start, decode_loop, ms_since
+from engines.hf import HFEngine
 
 
-class TransformersEngine(Engine):
+class TransformersEngine(HFEngine):
     name = "transformers"
 
     def load(self):
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
         t0 = time.perf_counter()
-        if self.cache_requested != "fp16":
-            # HF's quantized KV cache needs optimum-quanto/HQQ; we do not pretend to honour it.
-            self.cache_mode = "fp16"
-            self.cache_note = (f"cache {self.cache_requested} is not supported by the transformers engine; "
-                               f"using a full-precision cache (use --engine exllamav2 on a GPU for {self.cache_requested})")
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.float16 if self.device == "cuda" else torch.float32  # CPU matmuls are fast in fp32 only
+        # The KV cache has the model's dtype. HF's quantized caches need optimum-quanto/HQQ: not used.
+        self.cache_mode = "fp16" if dtype == torch.float16 else "fp32"
+        if self.cache_requested != self.cache_mode:
+            self.cache_note = (f"the transformers engine keeps the KV cache in the model's dtype, {self.cache_mode} "
+                               f"on {self.device} (asked: {self.cache_requested}); a quantized cache needs "
+                               f"--engine exllamav2 on a GPU, or a GGUF model (--engine llamacpp)")
         self.load_tokenizer()
         hf_logging.enable_progress_bar()
         try:
@@ -67,42 +69,25 @@ class TransformersEngine(Engine):
         else:  # this generator only: torch.seed() would reseed the global RNG of every device, each request
             rng.seed()
         procs = self._processors(params)
-        ids = torch.tensor([prompt_ids], device=self.device)
-        stream = TextStream(self.hf_tokenizer, params.stop)
+        state = {"ids": torch.tensor([prompt_ids], device=self.device)}
         # logits_to_keep=1: the head runs on the last position only, not the whole prompt (for SmolLM2 the
         # 49k-word head is ~20% of prefill compute; the other rows were thrown away).
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        past, logits = out.past_key_values, out.logits[:, -1, :]
-        prefill_ms, t1 = ms_since(t0), time.perf_counter()
-        n, finish, hit_stop = 0, "length", False
-        while n < params.max_tokens:
-            if cancel.is_set():
-                finish = "cancelled"
-                break
-            scores = procs(ids, logits.float())
+        out = self.model(input_ids=state["ids"], use_cache=True, logits_to_keep=1)
+        state.update(past=out.past_key_values, logits=out.logits[:, -1, :])
+        usage = {"prompt_tokens": len(prompt_ids), "prefill_ms": ms_since(t0)}
+
+        def sample():
+            scores = procs(state["ids"], state["logits"].float())
             if not params.greedy:
-                token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=rng)
+                state["token"] = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=rng)
             else:
-                token = scores.argmax(dim=-1, keepdim=True)
-            n += 1
-            tid = int(token)
-            if tid in self.eos_ids:
-                finish = "stop"
-                break
-            delta, hit_stop = stream.push(tid)
-            if delta:
-                yield Chunk(text=delta)
-            if hit_stop:
-                finish = "stop"
-                break
-            ids = torch.cat([ids, token], dim=-1)
-            if n >= params.max_tokens:
-                break  # the budget is spent: no forward pass for a token that would never be sampled
-            out = self.model(input_ids=token, past_key_values=past, use_cache=True)
-            past, logits = out.past_key_values, out.logits[:, -1, :]
-        if not hit_stop:  # text held back for a stop string that never came
-            tail = stream.flush()
-            if tail:
-                yield Chunk(text=tail)
-        yield Chunk(finish_reason=finish, usage={"prompt_tokens": len(prompt_ids), "completion_tokens": n,
-                                                 "prefill_ms": prefill_ms, "decode_ms": ms_since(t1)})
+                state["token"] = scores.argmax(dim=-1, keepdim=True)
+            return int(state["token"])
+
+        def feed(_tid):
+            token = state["token"]
+            state["ids"] = torch.cat([state["ids"], token], dim=-1)
+            out = self.model(input_ids=token, past_key_values=state["past"], use_cache=True)
+            state.update(past=out.past_key_values, logits=out.logits[:, -1, :])
+
+        yield from decode_loop(sample, feed, self.eos_ids.__contains__, self.decode, params, cancel, usage)

@@ -1,5 +1,6 @@
 """Real servers for the tests, each a subprocess on a free 127.0.0.1 port:
 qwen_server.py on the two small models, the fake GigaChat, and the gateway."""
+import os
 import sys
 
 import pytest
@@ -8,20 +9,25 @@ import helpers
 from helpers import REPO_ROOT, clean_env, start_fake_gigachat, stop_process
 
 sys.path.insert(0, REPO_ROOT)
-from tools.make_models import ensure_smollm2, ensure_tiny_qwen  # noqa: E402
+from tools.make_models import ensure_smollm2, ensure_smollm2_gguf, ensure_tiny_qwen  # noqa: E402
 
 # Tests must not pick up a developer's .env or proxies (clean_env); quiet logs, one OpenMP thread.
 TEST_ENV = {"LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
 CLEAN_ENV = clean_env(**TEST_ENV)
 
 
-def start_qwen(model_dir, *extra, env=None):
-    return helpers.start_qwen(model_dir, *extra, env={**TEST_ENV, **(env or {})})
+def start_qwen(model_dir, *extra, env=None, engine="transformers"):
+    return helpers.start_qwen(model_dir, *extra, env={**TEST_ENV, **(env or {})}, engine=engine)
 
 
 @pytest.fixture(scope="session")
 def smollm2_dir():
     return str(ensure_smollm2())
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    return str(ensure_smollm2_gguf())
 
 
 @pytest.fixture(scope="session")
@@ -33,8 +39,25 @@ def tiny_qwen_dir():
 def qwen_smol(smollm2_dir):
     """qwen_server on the real SmolLM2-135M-Instruct (real answers)."""
     proc = start_qwen(smollm2_dir, "-l", "2048")
+    proc.engine, proc.model = "transformers", "smollm2-135m-instruct"
     yield proc
     stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def qwen_llama(smollm2_gguf):
+    """qwen_server on the same SmolLM2, straight from its GGUF: `--engine auto` on the dir holding it
+    picks the llamacpp engine (q4 KV cache, the default)."""
+    proc = start_qwen(os.path.dirname(smollm2_gguf), "-l", "2048", engine="auto")
+    proc.engine, proc.model = "llamacpp", "SmolLM2-135M-Instruct.Q4_1"
+    yield proc
+    stop_process(proc)
+
+
+@pytest.fixture(scope="session", params=["transformers", "llamacpp"])
+def smol_server(request):
+    """The same SmolLM2 on either engine: tests of behaviour every engine must have."""
+    return request.getfixturevalue("qwen_smol" if request.param == "transformers" else "qwen_llama")
 
 
 @pytest.fixture(scope="session")

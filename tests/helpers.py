@@ -147,9 +147,9 @@ def gigachat_env(fake) -> dict:
             "GIGACHAT_SCOPE": "GIGACHAT_API_PERS"}
 
 
-def start_qwen(model_dir, *extra, env=None, repo=REPO_ROOT):
+def start_qwen(model_dir, *extra, env=None, repo=REPO_ROOT, engine="transformers"):
     port = free_port()
-    args = [PYTHON, os.path.join(repo, "qwen_server.py"), "-m", model_dir, "--engine", "transformers",
+    args = [PYTHON, os.path.join(repo, "qwen_server.py"), "-m", model_dir, "--engine", engine,
             "--port", port, *extra]
     return start_process(args, env=clean_env(**(env or {})), port=port, ready_path="/health", timeout=180, cwd=repo)
 

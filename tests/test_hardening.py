@@ -115,7 +115,7 @@ def test_default_max_tokens_cap_clamped_to_the_room_left(qwen_exposed):
 def test_help_documents_the_new_settings():
     out = subprocess.run([PYTHON, os.path.join(REPO_ROOT, "qwen_server.py"), "--help"],
                                        capture_output=True, text=True, timeout=60).stdout
-    for flag in ("--max-tokens-default", "QWEN_MAX_TOKENS_DEFAULT", "--threads", "QWEN_THREADS"):
+    for flag in ("--max-tokens-default", "QWEN_MAX_TOKENS_DEFAULT", "--http-threads", "QWEN_HTTP_THREADS"):
         assert flag in out
 
 

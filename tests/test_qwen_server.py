@@ -18,8 +18,8 @@ def post(server, body, **kw):
     return requests.post(server.base_url + "/v1/chat/completions", json=body, timeout=120, **kw)
 
 
-def test_real_answer_non_stream(qwen_smol):
-    r = post(qwen_smol, {"messages": FRANCE, "temperature": 0, "max_tokens": 20})
+def test_real_answer_non_stream(smol_server):
+    r = post(smol_server, {"messages": FRANCE, "temperature": 0, "max_tokens": 20})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "chat.completion"
@@ -30,9 +30,9 @@ def test_real_answer_non_stream(qwen_smol):
     assert u["timings"]["decode_ms"] > 0 and u["timings"]["tokens_per_second"] > 0
 
 
-def test_stream_matches_non_stream_and_ends_properly(qwen_smol):
-    plain = post(qwen_smol, {"messages": FRANCE, "temperature": 0, "max_tokens": 20}).json()
-    r = post(qwen_smol, {"messages": FRANCE, "temperature": 0, "max_tokens": 20, "stream": True,
+def test_stream_matches_non_stream_and_ends_properly(smol_server):
+    plain = post(smol_server, {"messages": FRANCE, "temperature": 0, "max_tokens": 20}).json()
+    r = post(smol_server, {"messages": FRANCE, "temperature": 0, "max_tokens": 20, "stream": True,
                          "stream_options": {"include_usage": True}}, stream=True)
     assert r.headers["Content-Type"].startswith("text/event-stream")
     events = sse_events(r)
@@ -46,15 +46,15 @@ def test_stream_matches_non_stream_and_ends_properly(qwen_smol):
     assert usage_chunk["usage"]["prompt_tokens"] == plain["usage"]["prompt_tokens"]
 
 
-def test_stream_without_include_usage_has_no_usage_chunk(qwen_smol):
-    events = sse_events(post(qwen_smol, {"messages": FRANCE, "max_tokens": 3, "stream": True}, stream=True))
+def test_stream_without_include_usage_has_no_usage_chunk(smol_server):
+    events = sse_events(post(smol_server, {"messages": FRANCE, "max_tokens": 3, "stream": True}, stream=True))
     assert events[-1] == "[DONE]" and all("usage" not in e for e in events[:-1])
 
 
-def test_openai_sdk_unchanged(qwen_smol):
-    client = openai.OpenAI(base_url=qwen_smol.base_url + "/v1", api_key="unused")
+def test_openai_sdk_unchanged(smol_server):
+    client = openai.OpenAI(base_url=smol_server.base_url + "/v1", api_key="unused")
     models = client.models.list()
-    assert [m.id for m in models.data] == ["smollm2-135m-instruct"]
+    assert [m.id for m in models.data] == [smol_server.model]
     res = client.chat.completions.create(model="qwen", messages=FRANCE, temperature=0, max_tokens=20)
     assert "Paris" in res.choices[0].message.content
     stream = client.chat.completions.create(model="qwen", messages=FRANCE, temperature=0, max_tokens=20,
@@ -73,41 +73,46 @@ def test_openai_sdk_unchanged(qwen_smol):
     assert res2.choices[0].finish_reason in ("stop", "length")
 
 
-def test_stop_strings_cut_before_the_stop(qwen_smol):
-    body = post(qwen_smol, {"messages": FRANCE, "temperature": 0, "max_tokens": 20, "stop": ["Paris"]}).json()
+def test_stop_strings_cut_before_the_stop(smol_server):
+    body = post(smol_server, {"messages": FRANCE, "temperature": 0, "max_tokens": 20, "stop": ["Paris"]}).json()
     text = body["choices"][0]["message"]["content"]
     assert "Paris" not in text and text.strip().endswith("is")
     assert body["choices"][0]["finish_reason"] == "stop"
 
 
-def test_seed_makes_sampling_reproducible(qwen_smol):
+def test_seed_makes_sampling_reproducible(smol_server):
     body = {"messages": [{"role": "user", "content": "Write a short poem about the sea."}], "temperature": 1.0,
             "max_tokens": 12, "seed": 1234}
-    a = post(qwen_smol, body).json()["choices"][0]["message"]["content"]
-    b = post(qwen_smol, body).json()["choices"][0]["message"]["content"]
+    a = post(smol_server, body).json()["choices"][0]["message"]["content"]
+    b = post(smol_server, body).json()["choices"][0]["message"]["content"]
     assert a == b
 
 
-def test_token_count_matches_usage(qwen_smol):
-    n = requests.post(qwen_smol.base_url + "/v1/token/count", json={"messages": FRANCE}).json()
-    usage = post(qwen_smol, {"messages": FRANCE, "max_tokens": 1}).json()["usage"]
+def test_token_count_matches_usage(smol_server):
+    n = requests.post(smol_server.base_url + "/v1/token/count", json={"messages": FRANCE}).json()
+    usage = post(smol_server, {"messages": FRANCE, "max_tokens": 1}).json()["usage"]
     assert n["count"] == usage["prompt_tokens"] and n["max_seq_len"] == 2048
-    enc = requests.post(qwen_smol.base_url + "/v1/token/encode", json={"text": "hello"}).json()
+    enc = requests.post(smol_server.base_url + "/v1/token/encode", json={"text": "hello"}).json()
     assert enc["length"] == len(enc["tokens"]) >= 1
 
 
-def test_status_models_health(qwen_smol):
-    post(qwen_smol, {"messages": FRANCE, "max_tokens": 2})
-    st = requests.get(qwen_smol.base_url + "/status").json()
+def test_status_models_health(smol_server):
+    post(smol_server, {"messages": FRANCE, "max_tokens": 2})
+    st = requests.get(smol_server.base_url + "/status").json()
     for key in ("model", "engine", "cache_mode", "max_seq_len", "device", "memory", "requests_served",
                 "tokens_generated", "average_tokens_per_second", "queue_length", "uptime_seconds"):
         assert key in st, key
-    assert st["engine"] == "transformers" and st["max_seq_len"] == 2048 and st["requests_served"] >= 1
-    # the q4 default cannot be honoured on this engine: it says so instead of ignoring it
-    assert st["cache_requested"] == "q4" and st["cache_mode"] == "fp16" and "not supported" in st["cache_note"]
-    assert requests.get(qwen_smol.base_url + "/qwen/status").json()["model"] == st["model"]
-    assert requests.get(qwen_smol.base_url + "/health").json() == {"status": "ok"}
-    metrics = requests.get(qwen_smol.base_url + "/metrics").text
+    assert st["engine"] == smol_server.engine and st["max_seq_len"] == 2048 and st["requests_served"] >= 1
+    assert st["cache_requested"] == "q4" and st["device"] == "cpu"
+    if smol_server.engine == "transformers":
+        # no quantized cache here, and the CPU runs float32: it says what it really uses
+        assert st["cache_mode"] == "fp32" and "fp32" in st["cache_note"] and "q4" in st["cache_note"]
+    else:  # llama.cpp quantizes K and V to q4_0; a quantized V needs its flash attention
+        assert st["cache_mode"] == st["cache_type_k"] == st["cache_type_v"] == "q4_0" and st["cache_note"] is None
+        assert st["flash_attn"] is True and 1 <= st["threads"] <= os.cpu_count()
+    assert requests.get(smol_server.base_url + "/qwen/status").json()["model"] == st["model"]
+    assert requests.get(smol_server.base_url + "/health").json() == {"status": "ok"}
+    metrics = requests.get(smol_server.base_url + "/metrics").text
     assert "qwen_tokens_generated_total" in metrics and "qwen_http_request_seconds_bucket" in metrics
 
 
@@ -157,11 +162,11 @@ def test_bad_transport_and_recovery(qwen_smol):
     assert "Paris" in post(qwen_smol, {"messages": FRANCE, "temperature": 0, "max_tokens": 20}).text
 
 
-def test_eight_concurrent_clients_none_mixed_up(qwen_smol):
+def test_eight_concurrent_clients_none_mixed_up(smol_server):
     prompts = [f"Repeat exactly this number: {n}" for n in (11, 22, 33, 44, 55, 66, 77, 88)]
 
     def ask(p):
-        return post(qwen_smol, {"messages": [{"role": "user", "content": p}], "temperature": 0,
+        return post(smol_server, {"messages": [{"role": "user", "content": p}], "temperature": 0,
                                 "max_tokens": 8}).json()["choices"][0]["message"]["content"]
 
     expected = {p: ask(p) for p in prompts}  # one at a time
@@ -180,9 +185,9 @@ def test_eight_concurrent_clients_none_mixed_up(qwen_smol):
     assert not errors and got == expected
 
 
-def test_disconnect_mid_stream_cancels_the_job(qwen_smol):
-    before = requests.get(qwen_smol.base_url + "/status").json()["tokens_generated"]
-    r = post(qwen_smol, {"messages": [{"role": "user", "content": "Count from 1 to 1000."}], "max_tokens": 1500,
+def test_disconnect_mid_stream_cancels_the_job(smol_server):
+    before = requests.get(smol_server.base_url + "/status").json()["tokens_generated"]
+    r = post(smol_server, {"messages": [{"role": "user", "content": "Count from 1 to 1000."}], "max_tokens": 1500,
                          "temperature": 0, "stream": True}, stream=True)
     lines = r.iter_lines()
     got = 0
@@ -194,16 +199,16 @@ def test_disconnect_mid_stream_cancels_the_job(qwen_smol):
     r.close()
     deadline = time.time() + 30
     while time.time() < deadline:
-        st = requests.get(qwen_smol.base_url + "/status").json()
+        st = requests.get(smol_server.base_url + "/status").json()
         if st["active_requests"] == 0:
             break
         time.sleep(0.2)
     assert st["active_requests"] == 0
     time.sleep(1)
-    st2 = requests.get(qwen_smol.base_url + "/status").json()
+    st2 = requests.get(smol_server.base_url + "/status").json()
     assert st2["tokens_generated"] == st["tokens_generated"]  # nothing still generating
     assert st2["tokens_generated"] - before < 300  # stopped long before max_tokens
-    assert "Paris" in post(qwen_smol, {"messages": FRANCE, "temperature": 0, "max_tokens": 20}).text
+    assert "Paris" in post(smol_server, {"messages": FRANCE, "temperature": 0, "max_tokens": 20}).text
 
 
 def test_tiny_qwen2_architecture_streams_with_chatml(qwen_tiny):
@@ -240,7 +245,8 @@ def test_cli_bad_start_is_one_clear_line_and_exit_2(tmp_path, tiny_qwen_dir):
         pytest.skip("a CUDA machine: the exllamav2 start is covered by tests/gpu")
     assert "Traceback" not in r.stderr
     r = run_cli("--help")
-    for flag in ("-m", "-cache", "-l", "--engine", "--host", "--port", "QWEN_MODEL_PATH"):
+    for flag in ("-m", "-cache", "-l", "--engine", "--threads", "--host", "--port", "QWEN_MODEL_PATH", "QWEN_THREADS",
+                 "llamacpp", ".gguf"):
         assert flag in r.stdout
 
 
@@ -254,13 +260,13 @@ def test_env_file_supplies_defaults_and_flags_win(tmp_path, tiny_qwen_dir):
     try:
         st = requests.get(proc.base_url + "/status").json()
         assert st["architecture"] == "Qwen2ForCausalLM" and st["max_seq_len"] == 384
-        assert st["cache_mode"] == "fp16" and st["cache_note"] is None
+        assert st["cache_requested"] == "fp16" and st["cache_mode"] == "fp32"  # float32 on the CPU
     finally:
         stop_process(proc)
 
 
-def test_tiny_temperature_is_greedy_not_nan(qwen_smol):
-    greedy = post(qwen_smol, {"messages": FRANCE, "temperature": 0, "max_tokens": 12}).json()
-    tiny = post(qwen_smol, {"messages": FRANCE, "temperature": 1e-300, "max_tokens": 12})
+def test_tiny_temperature_is_greedy_not_nan(smol_server):
+    greedy = post(smol_server, {"messages": FRANCE, "temperature": 0, "max_tokens": 12}).json()
+    tiny = post(smol_server, {"messages": FRANCE, "temperature": 1e-300, "max_tokens": 12})
     assert tiny.status_code == 200, tiny.text
     assert tiny.json()["choices"][0]["message"]["content"] == greedy["choices"][0]["message"]["content"]

@@ -116,6 +116,7 @@ def test_qwen_answer_streams_token_by_token(web):
     page = web.open()
     page.wait_for_selector("#qwen-status[data-state='online']")
     assert "smollm2" in page.text_content("#qwen-status")
+    assert "fp32 cache" in page.text_content("#qwen-status")  # what the CPU really runs, not the asked q4
     web.model("qwen")
     web.set_param("max_tokens", 16)
     web.ask("Name three colors.")

