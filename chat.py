@@ -132,8 +132,8 @@ def create_app(config=None, providers=None):
 
     # -- the seed's endpoints: /gigachat and /qwen -------------------------------------------------
     def ask(name):
-        src = request.args.to_dict() if request.method == "GET" else {**request.args.to_dict(), **json_body()}
-        from_query = request.method == "GET"
+        from_query = request.method in ("GET", "HEAD")
+        src = request.args.to_dict() if from_query else {**request.args.to_dict(), **json_body()}
         q = src.get("q")
         if not isinstance(q, str) or not q.strip():
             raise ApiError(400, "Ask something: add ?q=your+question (or {\"q\": ...} in a POST body).",

@@ -330,9 +330,13 @@ def test_delete_during_an_answer_ends_cleanly_and_leaves_nothing(gw, route):
     assert_pool_intact(gw)
 
 
-def test_export_closed_before_it_is_read_gives_its_connection_back(gw):
-    for _ in range(5):
-        s = raw_request(gw.base_url, "GET", "/history/export")
-        s.close()
-    time.sleep(0.3)
+def test_responses_never_read_settle_too(gw):
+    """HEAD: the server closes the response without pulling a single frame from it."""
+    for _ in range(3):
+        assert requests.head(gw.base_url + "/history/export", timeout=10).status_code == 200
+    marker = f"h{uuid.uuid4().hex[:10]}"
+    r = requests.head(gw.base_url + "/gigachat", params={"q": marker, "stream": 1}, timeout=10)
+    assert r.status_code == 200
+    q, answers = exchange(gw.db_path, marker)
+    assert [a["status"] for a in answers] == ["cancelled"]
     assert_pool_intact(gw)
