@@ -340,3 +340,21 @@ def test_responses_never_read_settle_too(gw):
     q, answers = exchange(gw.db_path, marker)
     assert [a["status"] for a in answers] == ["cancelled"]
     assert_pool_intact(gw)
+
+
+@pytest.mark.parametrize("bad", [".", "..", "...", "a/b", "a b", "x" * 101, "сессия"])
+def test_session_ids_the_page_cannot_open_are_refused(gw, bad):
+    r = requests.post(gw.base_url + "/v1/chat/completions", headers={"X-Session-ID": quote(bad, safe="./")},
+                      json={"model": "qwen", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_session_id", r.text
+    assert "X-Session-ID" in r.json()["error"]["message"]
+
+
+def test_a_session_id_with_dots_opens_like_any_other(gw):
+    sid = f"agent.{uuid.uuid4().hex[:6]}_run-1"
+    r = requests.post(gw.base_url + "/v1/chat/completions", headers={"X-Session-ID": sid},
+                      json={"model": "qwen", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+    assert r.status_code == 200 and r.headers["X-Session-ID"] == sid
+    conv = requests.get(f"{gw.base_url}/history/{sid}", timeout=10).json()
+    assert [m["role"] for m in conv["messages"]] == ["user", "assistant"]
+    assert conv["messages"][1]["question_id"] == conv["messages"][0]["id"]

@@ -4,6 +4,7 @@ files, private file modes and a bounded WAL."""
 import os
 import sqlite3
 import stat
+import threading
 import time
 
 import pytest
@@ -173,7 +174,6 @@ def test_version_2_answers_are_paired_with_the_question_just_before_them(tmp_pat
 
 
 def test_workers_migrating_at_once_migrate_once(tmp_path):
-    import threading
     path = str(tmp_path / "race.db")
     make_v1(path).close()
     errors = []
@@ -218,3 +218,44 @@ def test_history_files_are_private(tmp_path):
         conn.close()
     finally:
         os.umask(old)
+
+
+def test_the_wal_stays_bounded_after_a_burst_and_files_are_private(fake_gigachat, tmp_path):
+    old = os.umask(0o022)
+    try:
+        gw = start_gateway("http://127.0.0.1:9", fake_gigachat, tmp_path, gunicorn_workers=1,
+                           GIGACHAT_MAX_CONCURRENCY="8")
+    finally:
+        os.umask(old)
+    path = str(tmp_path / "history.db")
+    wal, peak, done = path + "-wal", [0], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], os.path.getsize(wal) if os.path.exists(wal) else 0)
+            time.sleep(0.01)
+
+    def burst(n):
+        s = requests.Session()
+        for i in range(10):
+            words = " ".join(f"слово{n}x{i}x{k}" for k in range(6000))  # ~100 KB, many distinct terms
+            assert s.post(gw.base_url + "/gigachat", json={"q": words}, timeout=60).status_code == 200
+    try:
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        writers = [threading.Thread(target=burst, args=(n,)) for n in range(4)]
+        for t in writers:
+            t.start()
+        for t in writers:
+            t.join()
+        deadline = time.monotonic() + 5 * db.MAINTENANCE_INTERVAL_S
+        while os.path.getsize(wal) > 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        done.set()
+        watcher.join()
+        assert peak[0] > db.WAL_SIZE_LIMIT, "the burst never grew the WAL: the test proves nothing"
+        assert os.path.getsize(wal) == 0, (os.path.getsize(wal), peak[0])  # emptied once idle
+        assert [mode(path + suffix) for suffix in ("", "-wal", "-shm")] == [0o600] * 3
+    finally:
+        done.set()
+        stop_process(gw)
