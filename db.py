@@ -10,6 +10,8 @@ import uuid
 
 from flask import current_app, g
 
+from db_maintenance import MAINTENANCE_INTERVAL_S, index_pending, start_maintenance  # noqa: F401
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCHEMA_VERSION = 3  # schema.sql is this version; migrate_<n>.sql brings a file from n-1 to n
 BUSY_TIMEOUT_MS = 5000
@@ -18,9 +20,6 @@ WAL_AUTOCHECKPOINT_PAGES = 10000  # a safety net: the maintenance thread checkpo
 # has written for a maintenance round, a TRUNCATE checkpoint empties it. (Without both, a burst left
 # a 58 MB WAL beside a 1.6 MB database for good.)
 WAL_SIZE_LIMIT = 4 << 20
-IDLE_CHECKPOINT_BUSY_MS = 100  # an idle-time checkpoint gives way at once to a writer that turns up
-MAINTENANCE_INTERVAL_S = 1.0
-INDEX_BATCH = 200  # messages indexed per transaction: ~3 ms of write lock for 200 messages of 120 words
 MESSAGE_COLUMNS = ("id, conversation_id, role, content, provider, model, system_prompt, params, prompt_tokens, "
                    "completion_tokens, precached_prompt_tokens, latency_ms, finish_reason, status, error, created_at, "
                    "question_id")
@@ -109,7 +108,7 @@ class _Pool:
             conn = self.idle.pop() if self.idle else None
         self.on_change(self.in_use)
         if conn is None:
-            start_maintenance(self.path)  # once per process; checked only when a connection is opened
+            start_maintenance(self.path, connect)  # once per process; checked when a connection is opened
             conn = connect(self.path)
         return conn
 
@@ -151,28 +150,6 @@ def init_app(app):
     app.teardown_appcontext(close_db)
 
 
-# -- maintenance, off the request path -------------------------------------------------------------
-
-def index_pending(db, batch=INDEX_BATCH) -> int:
-    """Moves queued messages (fts_pending) into the full-text index, one short transaction per batch;
-    returns how many."""
-    done = 0
-    while True:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute("INSERT INTO messages_fts (rowid, content) SELECT m.id, m.content FROM messages m "
-                       "JOIN (SELECT id FROM fts_pending ORDER BY id LIMIT ?) p ON m.id = p.id", (batch,))
-            n = db.execute("DELETE FROM fts_pending WHERE id IN (SELECT id FROM fts_pending ORDER BY id LIMIT ?)",
-                           (batch,)).rowcount
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        done += n
-        if n < batch:
-            return done
-
-
 def _index_for_search(db):
     """A search sees every saved message: index what is still queued first (usually nothing)."""
     if db.execute("SELECT 1 FROM fts_pending LIMIT 1").fetchone():
@@ -180,52 +157,6 @@ def _index_for_search(db):
             index_pending(db)
         except sqlite3.OperationalError as e:  # locked for 5 s: search what is indexed so far
             log.warning("search without indexing the newest messages: %s", e)
-
-
-_maintainers, _maintainers_lock = {}, threading.Lock()
-
-
-def _maintain(path):
-    """Full-text indexing and WAL checkpoints for one database, every MAINTENANCE_INTERVAL_S, so that
-    requests only append rows (a checkpoint copies pages into the database file and fsyncs it)."""
-    conn = connect(path)
-    seen, emptied = None, False
-    while True:
-        time.sleep(MAINTENANCE_INTERVAL_S)
-        try:
-            if conn.execute("SELECT 1 FROM fts_pending LIMIT 1").fetchone():
-                index_pending(conn)
-            version = conn.execute("PRAGMA data_version").fetchone()[0]  # changes when others commit
-            if version != seen:
-                seen, emptied = version, False
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            elif not emptied:  # no one wrote for a whole round: empty the WAL file
-                emptied = _truncate_wal(conn)
-        except sqlite3.Error as e:  # busy or a full disk: the next round tries again
-            log.warning("history maintenance of %s: %s", path, e)
-
-
-def _truncate_wal(conn) -> bool:
-    """A TRUNCATE checkpoint (copies the WAL into the database and cuts the file to 0 bytes) that
-    waits at most IDLE_CHECKPOINT_BUSY_MS for readers and writers; True when it got through."""
-    conn.execute(f"PRAGMA busy_timeout = {IDLE_CHECKPOINT_BUSY_MS}")
-    try:
-        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-    finally:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    return busy == 0
-
-
-def start_maintenance(path):
-    """One maintenance thread per process and database (started in the process that serves: a
-    gunicorn worker, not a master that forks)."""
-    key = (os.getpid(), path)
-    if key not in _maintainers:
-        with _maintainers_lock:
-            if key not in _maintainers:
-                _maintainers[key] = threading.Thread(target=_maintain, args=(path,), daemon=True,
-                                                     name="history-maintenance")
-                _maintainers[key].start()
 
 
 # -- conversations and messages ------------------------------------------------------------------
