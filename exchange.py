@@ -156,7 +156,11 @@ def open_stream(ctx):
     except Exception as e:
         upstream.close()
         raise _save_failure(ctx, e)
-    conn, give_back = db.borrow()
+    try:
+        conn, give_back = db.borrow()
+    except BaseException:
+        upstream.close()
+        raise
     return AnswerStream(dict(ctx, conn=conn, give_back=give_back), upstream, first)
 
 

@@ -287,6 +287,9 @@ def report(args, load, ran, rss, statuses, n_msg, in_use, streams, wal, contexts
             ("gateway RSS MB after 1 min → end", f"{c.fmt(warm[0][1], 1)} → {c.fmt(rss[-1][1], 1)}"),
             ("qwen_server RSS MB after 1 min → end", f"{c.fmt(warm[0][2], 1)} → {c.fmt(rss[-1][2], 1)}")]
     print(c.md_table(["", ""], rows))
+    marks = [r for i, r in enumerate(rss) if i == len(rss) - 1 or int(r[0]) != int(rss[i + 1][0])]
+    print("\nRSS MB (gateway / qwen_server) by minute:",
+          ", ".join(f"{m:.0f}: {g:.0f} / {q:.0f}" for m, g, q in marks))
     print("\nBy route and hang-up:", ", ".join(f"{k}: {v}" for k, v in sorted(load.counts.items())))
     for line in problems[:20]:
         print("PROBLEM:", line)
