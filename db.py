@@ -103,10 +103,10 @@ class _Pool:
         self.on_change = lambda in_use: None  # told in_use whenever it changes (a metrics gauge)
 
     def get(self):
-        with self.lock:
+        with self.lock:  # (the gauge is set under the lock: its last value is the true count)
             self.in_use += 1
             conn = self.idle.pop() if self.idle else None
-        self.on_change(self.in_use)
+            self.on_change(self.in_use)
         if conn is None:
             start_maintenance(self.path, connect)  # once per process; checked when a connection is opened
             conn = connect(self.path)
@@ -120,7 +120,7 @@ class _Pool:
             keep = len(self.idle) < POOL_SIZE
             if keep:
                 self.idle.append(conn)
-        self.on_change(self.in_use)
+            self.on_change(self.in_use)
         if not keep:
             conn.close()
 
