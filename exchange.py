@@ -189,6 +189,9 @@ class AnswerStream:
                 else:
                     self.info.update(ev)
         except Exception as e:  # noqa: BLE001 - the headers are gone: the error goes in-band
+            if self.ctx["cancel"].is_set():  # our own abort, for a client that left just as the text began
+                self._settle("cancelled", CANCELLED)
+                return
             if not isinstance(e, ApiError):
                 log.exception("stream of session %s failed", self.ctx["sid"])
                 e = ApiError(500, f"Internal error while streaming ({type(e).__name__}); the partial answer "
