@@ -4,6 +4,7 @@ The question is saved before the upstream call; exactly one answer row, naming i
 saved however the exchange ends: answered (`ok`, `blocked`), failed (`error`), or left by its
 client (`cancelled`): before the first token, mid-stream, while waiting in a queue, or before a
 streamed response was ever read. Only a conversation deleted meanwhile gets no answer row."""
+import contextlib
 import itertools
 import logging
 import threading
@@ -190,7 +191,8 @@ class AnswerStream:
                     self.info.update(ev)
         except Exception as e:  # noqa: BLE001 - the headers are gone: the error goes in-band
             if self.ctx["cancel"].is_set():  # our own abort, for a client that left just as the text began
-                self._settle("cancelled", CANCELLED)
+                with contextlib.suppress(ApiError):  # (deleted meanwhile: nothing to keep)
+                    self._settle("cancelled", CANCELLED)
                 return
             if not isinstance(e, ApiError):
                 log.exception("stream of session %s failed", self.ctx["sid"])
@@ -227,10 +229,8 @@ class AnswerStream:
     def close(self):
         self._events.close()
         if not self.settled:  # the client left: keep what was said
-            try:
+            with contextlib.suppress(ApiError):  # (deleted meanwhile: nothing to keep, and no one to tell)
                 self._settle("cancelled", CANCELLED)
-            except ApiError:  # deleted meanwhile: nothing to keep, and no one to tell
-                pass
 
 
 class closing_iter:
