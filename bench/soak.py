@@ -16,8 +16,10 @@ import json
 import os
 import random
 import re
+import signal
 import socket
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -238,6 +240,7 @@ def main():
     p.add_argument("--workers", type=int, default=2, help="gunicorn workers")
     p.add_argument("--seed", type=int, default=11)
     args = p.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the servers on `kill` too
     from tools.make_models import ensure_tiny_qwen
     tmp = c.tmpdir("soak-")
     with c.Servers() as servers:
