@@ -107,6 +107,8 @@ class Load:
                 return
         status = int(buf.split(b" ", 2)[1]) if buf.startswith(b"HTTP/") else 0
         self.counts[f"status {status}"] += 1
+        if status == 500:
+            self.errors.append(buf[-400:].decode("utf-8", "replace"))
         m = DONE_RE.search(buf) or re.search(rb'"message_id":(\d+)', buf)
         if status == 200 and m:
             with self.lock:
@@ -268,6 +270,11 @@ def main():
         wal = os.path.getsize(db_path + "-wal") if os.path.exists(db_path + "-wal") else 0
         contexts, bad_contexts = check_contexts(fake)
         problems, statuses, n_msg = check_history(db_path, load)
+        with open(gw.log_path, encoding="utf-8", errors="replace") as f:
+            log = f.read()
+        problems += [f"gateway log: {block[:1500]}" for block in log.split("\n2")
+                     if "Traceback" in block or " ERROR " in block][:3]
+        problems += [f"a 500 answer: {body}" for body in load.errors[:3]]
     c.rmtree(tmp)
     report(args, load, ran, rss, statuses, n_msg, in_use, streams, wal, contexts, bad_contexts, problems)
     return 1 if problems or bad_contexts or in_use or streams else 0
