@@ -5,7 +5,6 @@ every exchange saved to SQLite.
     gunicorn chat:app                                      # deployment (see gunicorn.conf.py)
 """
 import argparse
-import contextlib
 import hmac
 import json
 import os
@@ -13,7 +12,9 @@ import re
 import sqlite3
 
 from flask import Flask, Response, jsonify, make_response, render_template, request
+from prometheus_client import Gauge
 
+import client_watch
 import db
 import exchange
 import openapi
@@ -25,7 +26,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MAX_QUESTION_CHARS = 100_000
 PUBLIC_PATHS = ("/health", "/", "/config", "/favicon.ico")  # the page itself asks for the key; it holds no data
 PROVIDERS = ("gigachat", "qwen")
-SESSION_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")
+# What the page can open (#c/<id>, GET /history/<id>): not "." or ".." (dot segments a URL drops).
+SESSION_ID = re.compile(r"(?!\.+$)[A-Za-z0-9._-]{1,100}")
 PAGE_CSP = ("default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
             "frame-ancestors 'none'; form-action 'self'")
 
@@ -58,6 +60,9 @@ def create_app(config=None, providers=None):
     install_common(app, metrics, "chat", app.config["ALLOWED_HOSTS"], "CHAT_ALLOWED_HOSTS")
     openapi.register(app, "gateway")  # GET /openapi.json
     db.init_app(app)
+    in_use = Gauge("chat_history_connections_in_use", "History DB connections handed out and not yet given back",
+                   registry=metrics.registry, multiprocess_mode="livesum")
+    app.extensions["db_pool"].on_change = in_use.set
     if providers is None:
         from gigachat_client import GigaChatProvider
         from qwen_client import QwenProvider
@@ -75,9 +80,11 @@ def create_app(config=None, providers=None):
 
     def begin(ctx, stream):
         """The answer's event stream, or the whole answer. The session exists from here on, so an
-        upstream failure tells the client its id."""
+        upstream failure tells the client its id. Until then nothing is written to the client, so a
+        watcher notices one that hangs up, and the upstream call is aborted (its answer: cancelled)."""
         try:
-            return exchange.open_stream(ctx) if stream else exchange.answer(ctx)
+            with client_watch.watching(request.environ, on_leave=ctx["cancel"].set):
+                return exchange.open_stream(ctx) if stream else exchange.answer(ctx)
         except ApiError as e:
             e.headers["X-Session-ID"] = ctx["sid"]
             raise
@@ -126,8 +133,8 @@ def create_app(config=None, providers=None):
 
     # -- the seed's endpoints: /gigachat and /qwen -------------------------------------------------
     def ask(name):
-        src = request.args.to_dict() if request.method == "GET" else {**request.args.to_dict(), **json_body()}
-        from_query = request.method == "GET"
+        from_query = request.method in ("GET", "HEAD")
+        src = request.args.to_dict() if from_query else {**request.args.to_dict(), **json_body()}
         q = src.get("q")
         if not isinstance(q, str) or not q.strip():
             raise ApiError(400, "Ask something: add ?q=your+question (or {\"q\": ...} in a POST body).",
@@ -162,7 +169,7 @@ def create_app(config=None, providers=None):
         ctx = exchange.start(conn, provider, sid, q, messages, system, params, title=title)
         r = begin(ctx, stream)
         if stream:
-            return sse_response(tracked(page_events(r, ctx, sid)))
+            return sse_response(exchange.closing_iter(tracked(page_events(r, ctx, sid)), r.close))
         record_usage(name, r.get("usage"))
         return jsonify({"answer": r["answer"], "model": r.get("model"), "provider": name, "session": sid,
                         "message_id": r["message_id"], "finish_reason": r.get("finish_reason"),
@@ -171,19 +178,18 @@ def create_app(config=None, providers=None):
     def page_events(events, ctx, sid):
         """SSE for browsers (EventSource) and curl -N: start, delta..., then done or error."""
         yield sse({"type": "start", "session": sid, "provider": ctx["provider"].name})
-        with contextlib.closing(events):  # a client that hangs up closes this, and so the upstream
-            for kind, value in events:
-                if kind == "delta":
-                    yield sse({"type": "delta", "text": value})
-                elif kind == "done":
-                    record_usage(ctx["provider"].name, value.get("usage"))
-                    yield sse({"type": "done", "session": sid, "message_id": value["message_id"],
-                               "model": value.get("model"), "finish_reason": value.get("finish_reason"),
-                               "blocked": value["status"] == "blocked", "usage": value.get("usage"),
-                               "elapsed_ms": value["elapsed_ms"]})
-                else:
-                    yield sse(dict(value.body(), type="error", status=value.status, session=sid,
-                                   message_id=getattr(value, "message_id", None)))
+        for kind, value in events:  # (a client that hangs up: the response's close() settles `events`)
+            if kind == "delta":
+                yield sse({"type": "delta", "text": value})
+            elif kind == "done":
+                record_usage(ctx["provider"].name, value.get("usage"))
+                yield sse({"type": "done", "session": sid, "message_id": value["message_id"],
+                           "model": value.get("model"), "finish_reason": value.get("finish_reason"),
+                           "blocked": value["status"] == "blocked", "usage": value.get("usage"),
+                           "elapsed_ms": value["elapsed_ms"]})
+            else:
+                yield sse(dict(value.body(), type="error", status=value.status, session=sid,
+                               message_id=getattr(value, "message_id", None)))
 
     app.add_url_rule("/gigachat", "gigachat", lambda: ask("gigachat"), methods=["GET", "POST"])
     app.add_url_rule("/qwen", "qwen", lambda: ask("qwen"), methods=["GET", "POST"])
@@ -237,13 +243,8 @@ def create_app(config=None, providers=None):
         session = request.args.get("session") or None
         conn, give_back = db.borrow()  # the stream outlives the request and its connection
 
-        def lines():
-            try:
-                for row in db.iter_messages(conn, session):
-                    yield json.dumps(db.message_dict(row), ensure_ascii=False) + "\n"
-            finally:
-                give_back(conn)
-        return Response(lines(), mimetype="application/x-ndjson",
+        lines = (json.dumps(db.message_dict(row), ensure_ascii=False) + "\n" for row in db.iter_messages(conn, session))
+        return Response(exchange.closing_iter(lines, lambda: give_back(conn)), mimetype="application/x-ndjson",
                         headers={"Content-Disposition": "attachment; filename=chat-history.jsonl"})
 
     def conversation_or_404(sid):
@@ -290,8 +291,9 @@ def create_app(config=None, providers=None):
         conn = db.get_db()
         sid = request.headers.get("X-Session-ID") or db.new_session_id()
         if not SESSION_ID.fullmatch(sid):
-            raise ApiError(400, "X-Session-ID must be 1-100 letters, digits, '.', '_' or '-'.",
-                           code="invalid_session_id", param="X-Session-ID")
+            raise ApiError(400, "X-Session-ID must be 1-100 letters, digits, '.', '_' or '-', and not only dots "
+                                "('.' and '..' cannot be opened as /history/<id>).", code="invalid_session_id",
+                           param="X-Session-ID")
         ctx = exchange.start(conn, providers[name], sid, question, messages, system, params, gc_model,
                              title=question.strip() or "(no question)")
         model_out = body.get("model")
@@ -311,19 +313,18 @@ def create_app(config=None, providers=None):
 
         def frames(events):
             yield sse(chunk(cid, model_out, delta={"role": "assistant", "content": ""}))
-            with contextlib.closing(events):
-                for kind, value in events:
-                    if kind == "delta":
-                        yield sse(chunk(cid, model_out, delta={"content": value}))
-                    elif kind == "done":
-                        record_usage(name, value.get("usage"))
-                        yield sse(chunk(cid, model_out, finish_reason=value.get("finish_reason") or "stop"))
-                        if req["include_usage"]:
-                            yield sse(chunk(cid, model_out, usage=value.get("usage") or {}))
-                    else:
-                        yield sse(value.body())
+            for kind, value in events:  # (a client that hangs up: the response's close() settles `events`)
+                if kind == "delta":
+                    yield sse(chunk(cid, model_out, delta={"content": value}))
+                elif kind == "done":
+                    record_usage(name, value.get("usage"))
+                    yield sse(chunk(cid, model_out, finish_reason=value.get("finish_reason") or "stop"))
+                    if req["include_usage"]:
+                        yield sse(chunk(cid, model_out, usage=value.get("usage") or {}))
+                else:
+                    yield sse(value.body())
             yield sse("[DONE]")
-        resp = sse_response(tracked(frames(r)))
+        resp = sse_response(exchange.closing_iter(tracked(frames(r)), r.close))
         resp.headers["X-Session-ID"] = sid
         return resp
 

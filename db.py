@@ -10,15 +10,19 @@ import uuid
 
 from flask import current_app, g
 
+from db_maintenance import MAINTENANCE_INTERVAL_S, index_pending, start_maintenance  # noqa: F401
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCHEMA_VERSION = 2
-SCHEMA_PATH = os.path.join(HERE, "schema.sql")  # version 1; migrate_<n>.sql each go one version up
+SCHEMA_VERSION = 3  # schema.sql is this version; migrate_<n>.sql brings a file from n-1 to n
 BUSY_TIMEOUT_MS = 5000
 WAL_AUTOCHECKPOINT_PAGES = 10000  # a safety net: the maintenance thread checkpoints every second
-MAINTENANCE_INTERVAL_S = 1.0
-INDEX_BATCH = 200  # messages indexed per transaction: ~3 ms of write lock for 200 messages of 120 words
+# The -wal file is cut back to this size whenever it starts over (journal_size_limit); and when no one
+# has written for a maintenance round, a TRUNCATE checkpoint empties it. (Without both, a burst left
+# a 58 MB WAL beside a 1.6 MB database for good.)
+WAL_SIZE_LIMIT = 4 << 20
 MESSAGE_COLUMNS = ("id, conversation_id, role, content, provider, model, system_prompt, params, prompt_tokens, "
-                   "completion_tokens, precached_prompt_tokens, latency_ms, finish_reason, status, error, created_at")
+                   "completion_tokens, precached_prompt_tokens, latency_ms, finish_reason, status, error, created_at, "
+                   "question_id")
 
 log = logging.getLogger(__name__)
 
@@ -32,27 +36,57 @@ def connect(path) -> sqlite3.Connection:
     # WAL + NORMAL: a committed row survives a killed process; readers never block the writer.
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+    conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
     return conn
 
 
 def init_db(path):
-    """Creates the schema on first use and migrates older files forward."""
+    """Creates the schema on first use (schema.sql) and migrates older files forward (migrate_<n>.sql),
+    each step one transaction that re-reads the version first: gunicorn workers may start together."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    _create_private(path)
     conn = connect(path)
     try:
         conn.execute("PRAGMA journal_mode = WAL")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"{path} was written by a newer version (schema {version}); upgrade the app")
-        if version < 1:
-            with open(SCHEMA_PATH, encoding="utf-8") as f:
-                conn.executescript(f.read())
-            conn.execute("PRAGMA user_version = 1")
-        for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
-            with open(os.path.join(HERE, f"migrate_{v}.sql"), encoding="utf-8") as f:
-                conn.executescript(f.read())  # one transaction that also sets user_version
+        steps = [(0, "schema.sql", SCHEMA_VERSION)] if version == 0 else \
+            [(v - 1, f"migrate_{v}.sql", v) for v in range(version + 1, SCHEMA_VERSION + 1)]
+        for was, name, becomes in steps:
+            with open(os.path.join(HERE, name), encoding="utf-8") as f:
+                script = f.read()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if conn.execute("PRAGMA user_version").fetchone()[0] == was:  # not done by another process
+                    for statement in _statements(script):
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {becomes}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
     finally:
         conn.close()
+
+
+def _statements(script):
+    """An SQL script's statements one by one (executescript() would commit the caller's transaction)."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            yield statement
+            statement = ""
+
+
+def _create_private(path):
+    """A new history file is readable by its owner only (0600); SQLite gives its -wal and -shm
+    files the database file's permissions."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
 
 
 POOL_SIZE = 32  # idle connections kept per app: at least the server's threads per process
@@ -65,22 +99,30 @@ class _Pool:
 
     def __init__(self, path):
         self.path, self.idle, self.lock = path, [], threading.Lock()
+        self.in_use = 0  # connections handed out and not yet given back (0 when idle: none leaked)
+        self.on_change = lambda in_use: None  # told in_use whenever it changes (a metrics gauge)
 
     def get(self):
-        with self.lock:
-            if self.idle:
-                return self.idle.pop()
-        start_maintenance(self.path)  # once per process; checked only when a connection is opened
-        return connect(self.path)
+        with self.lock:  # (the gauge is set under the lock: its last value is the true count)
+            self.in_use += 1
+            conn = self.idle.pop() if self.idle else None
+            self.on_change(self.in_use)
+        if conn is None:
+            start_maintenance(self.path, connect)  # once per process; checked when a connection is opened
+            conn = connect(self.path)
+        return conn
 
     def put(self, conn):
         if conn.in_transaction:  # a request that failed inside BEGIN ... COMMIT
             conn.rollback()
         with self.lock:
-            if len(self.idle) < POOL_SIZE:
+            self.in_use -= 1
+            keep = len(self.idle) < POOL_SIZE
+            if keep:
                 self.idle.append(conn)
-                return
-        conn.close()
+            self.on_change(self.in_use)
+        if not keep:
+            conn.close()
 
 
 def get_db() -> sqlite3.Connection:
@@ -108,28 +150,6 @@ def init_app(app):
     app.teardown_appcontext(close_db)
 
 
-# -- maintenance, off the request path -------------------------------------------------------------
-
-def index_pending(db, batch=INDEX_BATCH) -> int:
-    """Moves queued messages (fts_pending) into the full-text index, one short transaction per batch;
-    returns how many."""
-    done = 0
-    while True:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute("INSERT INTO messages_fts (rowid, content) SELECT m.id, m.content FROM messages m "
-                       "JOIN (SELECT id FROM fts_pending ORDER BY id LIMIT ?) p ON m.id = p.id", (batch,))
-            n = db.execute("DELETE FROM fts_pending WHERE id IN (SELECT id FROM fts_pending ORDER BY id LIMIT ?)",
-                           (batch,)).rowcount
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        done += n
-        if n < batch:
-            return done
-
-
 def _index_for_search(db):
     """A search sees every saved message: index what is still queued first (usually nothing)."""
     if db.execute("SELECT 1 FROM fts_pending LIMIT 1").fetchone():
@@ -137,35 +157,6 @@ def _index_for_search(db):
             index_pending(db)
         except sqlite3.OperationalError as e:  # locked for 5 s: search what is indexed so far
             log.warning("search without indexing the newest messages: %s", e)
-
-
-_maintainers, _maintainers_lock = {}, threading.Lock()
-
-
-def _maintain(path):
-    """Full-text indexing and WAL checkpoints for one database, every MAINTENANCE_INTERVAL_S, so that
-    requests only append rows (a checkpoint copies pages into the database file and fsyncs it)."""
-    conn = connect(path)
-    while True:
-        time.sleep(MAINTENANCE_INTERVAL_S)
-        try:
-            if conn.execute("SELECT 1 FROM fts_pending LIMIT 1").fetchone():
-                index_pending(conn)
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error as e:  # busy or a full disk: the next round tries again
-            log.warning("history maintenance of %s: %s", path, e)
-
-
-def start_maintenance(path):
-    """One maintenance thread per process and database (started in the process that serves: a
-    gunicorn worker, not a master that forks)."""
-    key = (os.getpid(), path)
-    if key not in _maintainers:
-        with _maintainers_lock:
-            if key not in _maintainers:
-                _maintainers[key] = threading.Thread(target=_maintain, args=(path,), daemon=True,
-                                                     name="history-maintenance")
-                _maintainers[key].start()
 
 
 # -- conversations and messages ------------------------------------------------------------------
@@ -178,10 +169,16 @@ def get_conversation(db, conv_id):
     return db.execute("SELECT * FROM conversations WHERE id = ?", (conv_id,)).fetchone()
 
 
+class ConversationGone(Exception):
+    """The conversation (or the question an answer names) was deleted before this row was saved."""
+
+
 def add_message(db, conv_id, role, content, provider, model=None, system_prompt=None, params=None,
-                usage=None, latency_ms=None, finish_reason=None, status="ok", error=None, title=None) -> int:
+                usage=None, latency_ms=None, finish_reason=None, status="ok", error=None, title=None,
+                question_id=None) -> int:
     """Inserts one message and bumps its conversation; returns the message id. With a title, the
-    conversation is created first if it does not exist yet, in the same transaction (one commit)."""
+    conversation is created first if it does not exist yet, in the same transaction (one commit).
+    An answer names its question (question_id). Raises ConversationGone when either was deleted."""
     usage = usage or {}
     now = time.time()
     db.execute("BEGIN IMMEDIATE")
@@ -193,18 +190,32 @@ def add_message(db, conv_id, role, content, provider, model=None, system_prompt=
         cur = db.execute(
             "INSERT INTO messages (conversation_id, role, content, provider, model, system_prompt, params, "
             "prompt_tokens, completion_tokens, precached_prompt_tokens, latency_ms, finish_reason, status, error, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "created_at, question_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (conv_id, role, content, provider, model, system_prompt,
              json.dumps(params, ensure_ascii=False) if params is not None else None,
              usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("precached_prompt_tokens"),
-             latency_ms, finish_reason, status, error, now))
+             latency_ms, finish_reason, status, error, now, question_id))
         if not created:  # (a conversation created just now is up to date)
             db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conv_id))
         db.execute("COMMIT")
+    except sqlite3.IntegrityError as e:
+        db.execute("ROLLBACK")
+        if "FOREIGN KEY" in str(e):
+            raise ConversationGone(conv_id) from e
+        raise
     except BaseException:
         db.execute("ROLLBACK")
         raise
     return cur.lastrowid
+
+
+def answered_pairs(db, conv_id):
+    """(question, answer) rows of a conversation's answered exchanges, in the order of the questions'
+    ids: the order the questions were saved in, whatever order their answers finished in."""
+    return db.execute(
+        "SELECT q.content AS question, a.content AS answer, a.status AS status FROM messages a "
+        "JOIN messages q ON q.id = a.question_id WHERE a.conversation_id = ? AND a.role = 'assistant' "
+        "ORDER BY q.id", (conv_id,)).fetchall()
 
 
 def conversation_messages(db, conv_id):

@@ -1,24 +1,75 @@
 """One question -> one answer, with the conversation's context, saved to history.
 
-The user's message is saved before the upstream call and the answer after it; an
-upstream failure or a stream that ends early is saved too, with its status."""
+The question is saved before the upstream call; exactly one answer row, naming its question, is
+saved however the exchange ends: answered (`ok`, `blocked`), failed (`error`), or left by its
+client (`cancelled`): before the first token, mid-stream, while waiting in a queue, or before a
+streamed response was ever read. Only a conversation deleted meanwhile gets no answer row."""
+import contextlib
 import itertools
+import logging
+import threading
 import time
 
 import db
 from api_common import ApiError
 
 ANSWER_RESERVE = 1024  # tokens kept free for the answer when max_tokens is not given
+CANCELLED = "client disconnected"
+
+log = logging.getLogger(__name__)
+
+
+class ClientGone(ApiError):
+    """The client hung up before its answer: the answer was saved as cancelled; nobody reads this."""
+
+    def __init__(self):
+        super().__init__(499, "The client closed the connection before the answer.", code="client_closed_request")
+
+
+def session_deleted():
+    return ApiError(409, "The conversation was deleted while this answer was being written, so the answer was not "
+                         "saved; ask again to start a new conversation.", code="session_deleted")
+
+
+class Cancel:
+    """Set when the client has gone. Providers register how to abort their upstream call (shut its
+    socket) with on_cancel(); set() runs those, from whatever thread notices the hang-up."""
+
+    def __init__(self):
+        self._set, self._aborts, self._lock = False, [], threading.Lock()
+
+    def is_set(self):
+        return self._set
+
+    def on_cancel(self, abort):
+        """Runs abort() when the client goes (now, if it is gone); returns the function that
+        unregisters it, to call once the upstream call is over."""
+        with self._lock:
+            if not self._set:
+                self._aborts.append(abort)
+                return lambda: self._off(abort)
+        abort()
+        return lambda: None
+
+    def _off(self, abort):
+        with self._lock:
+            if abort in self._aborts:
+                self._aborts.remove(abort)
+
+    def set(self):
+        with self._lock:
+            self._set, aborts, self._aborts = True, self._aborts, []
+        for abort in aborts:
+            abort()
 
 
 def past_turns(conn, session_id):
-    """Earlier (question, answer) pairs that were answered: failed exchanges are not replayed."""
-    rows = db.conversation_messages(conn, session_id)
+    """Earlier exchanges that were answered, as pairs in the order of their questions: failed
+    exchanges are not replayed, and an exchange still in flight has no answer yet."""
     turns = []
-    for q, a in zip(rows, rows[1:]):
-        if q["role"] == "user" and a["role"] == "assistant" and a["content"] and \
-                a["status"] in ("ok", "cancelled"):
-            turns += [{"role": "user", "content": q["content"]}, {"role": "assistant", "content": a["content"]}]
+    for row in db.answered_pairs(conn, session_id):
+        if row["answer"] and row["status"] in ("ok", "cancelled"):
+            turns += [{"role": "user", "content": row["question"]}, {"role": "assistant", "content": row["answer"]}]
     return turns
 
 
@@ -48,26 +99,46 @@ def _elapsed_ms(ctx):
 
 
 def _save_answer(ctx, text, info, status, error=None):
-    return db.add_message(ctx["conn"], ctx["sid"], "assistant", text, ctx["provider"].name,
-                          ctx["model"] or info.get("model"), ctx["system"], ctx["params"], usage=info.get("usage"),
-                          latency_ms=_elapsed_ms(ctx), finish_reason=info.get("finish_reason"), status=status,
-                          error=error)
+    """The answer row; ApiError 409 when the conversation was deleted meanwhile."""
+    try:
+        return db.add_message(ctx["conn"], ctx["sid"], "assistant", text, ctx["provider"].name,
+                              ctx["model"] or info.get("model"), ctx["system"], ctx["params"],
+                              usage=info.get("usage"), latency_ms=_elapsed_ms(ctx),
+                              finish_reason=info.get("finish_reason"), status=status, error=error,
+                              question_id=ctx["question_id"])
+    except db.ConversationGone:
+        raise session_deleted() from None
 
 
 def start(conn, provider, sid, question, messages, system, params, model=None, title=None):
     """Saves the question (creating the conversation when a title is given); returns the context
     for the answer functions."""
-    db.add_message(conn, sid, "user", question, provider.name, model, system, params, title=title)
+    try:
+        qid = db.add_message(conn, sid, "user", question, provider.name, model, system, params, title=title)
+    except db.ConversationGone:
+        raise ApiError(404, f"Session {sid!r} was deleted: omit 'session' to start a new conversation.",
+                       code="unknown_session", param="session") from None
     return {"conn": conn, "provider": provider, "sid": sid, "messages": messages, "system": system,
-            "params": params, "model": model, "t0": time.perf_counter()}
+            "params": params, "model": model, "t0": time.perf_counter(), "question_id": qid, "cancel": Cancel()}
+
+
+def _save_failure(ctx, e):
+    """The answer row for an upstream call that raised; returns the exception to raise."""
+    if ctx["cancel"].is_set():  # the failure is our own abort of the upstream, for a client that left
+        _save_answer(ctx, "", {}, "cancelled", CANCELLED)
+        return ClientGone()
+    if not isinstance(e, ApiError):
+        _save_answer(ctx, "", {}, "error", f"internal error: {type(e).__name__}")
+        return e
+    _save_answer(ctx, "", {}, "error", e.message)
+    return e
 
 
 def answer(ctx) -> dict:
     try:
-        result = ctx["provider"].complete(ctx["messages"], ctx["params"], ctx["sid"])
-    except ApiError as e:
-        _save_answer(ctx, "", {}, "error", e.message)
-        raise
+        result = ctx["provider"].complete(ctx["messages"], ctx["params"], ctx["sid"], cancel=ctx["cancel"])
+    except Exception as e:
+        raise _save_failure(ctx, e)
     status = "blocked" if result.get("blocked") else "ok"
     mid = _save_answer(ctx, result["answer"], result, status)
     return dict(result, message_id=mid, status=status, elapsed_ms=_elapsed_ms(ctx))
@@ -76,45 +147,109 @@ def answer(ctx) -> dict:
 def open_stream(ctx):
     """Starts the upstream stream and waits for its first event, so that a failure before any
     text (bad key, server down) gets a real HTTP status instead of an error inside a 200 stream.
-    Returns the event iterator for answer_stream(), which saves through a connection borrowed
-    from the pool (the stream outlives the request and its connection)."""
-    upstream = ctx["provider"].stream(ctx["messages"], ctx["params"], ctx["sid"])
+    Returns an AnswerStream, which saves through a connection borrowed from the pool (the stream
+    outlives the request and its connection)."""
+    upstream = ctx["provider"].stream(ctx["messages"], ctx["params"], ctx["sid"], cancel=ctx["cancel"])
     try:
         first = next(upstream)
     except StopIteration:
         first = None
-    except ApiError as e:
-        _save_answer(ctx, "", {}, "error", e.message)
-        raise
-    conn, give_back = db.borrow()
-    return answer_stream(dict(ctx, conn=conn, give_back=give_back), upstream, first)
-
-
-def answer_stream(ctx, upstream, first):
-    """Yields ("delta", text) events, then ("done", info) or ("error", ApiError). The answer is saved
-    however the stream ends: completed, failed upstream, or cancelled by the client hanging up."""
-    parts, info, result = [], {}, None
+    except Exception as e:
+        upstream.close()
+        raise _save_failure(ctx, e)
     try:
+        conn, give_back = db.borrow()
+    except BaseException:
+        upstream.close()
+        raise
+    return AnswerStream(dict(ctx, conn=conn, give_back=give_back), upstream, first)
+
+
+class AnswerStream:
+    """The events of one streamed answer: ("delta", text)..., then ("done", info) or ("error", ApiError).
+
+    The exchange is settled exactly once (answer row saved, upstream closed, connection given back)
+    when the events end, or by close() at whatever point the WSGI server calls it: mid-stream, or
+    before the first event was ever pulled (a client gone before the first write; a generator's own
+    try/finally never runs if it is closed before it starts). Iterate and close from one thread."""
+
+    def __init__(self, ctx, upstream, first):
+        self.ctx, self.upstream, self.first = ctx, upstream, first
+        self.parts, self.info, self.settled = [], {}, False
+        self._events = self._run()
+
+    def __iter__(self):
+        return self._events
+
+    def _run(self):
         try:
-            for ev in itertools.chain([first] if first else [], upstream):
+            for ev in itertools.chain([self.first] if self.first else [], self.upstream):
                 if "delta" in ev:
-                    parts.append(ev["delta"])
+                    self.parts.append(ev["delta"])
                     yield "delta", ev["delta"]
                 else:
-                    info.update(ev)
-        except ApiError as e:
-            e.message_id = _save_answer(ctx, "".join(parts), info, "error", e.message)
-            result = ("error", e)
-        except GeneratorExit:  # the client hung up: stop the upstream, keep what was said
-            upstream.close()
-            _save_answer(ctx, "".join(parts), info, "cancelled", "client disconnected")
-            raise
-        if result is None:
-            status = "blocked" if info.get("blocked") else "ok"
-            mid = _save_answer(ctx, "".join(parts), info, status)
-            result = ("done", dict(info, message_id=mid, status=status, answer="".join(parts),
-                                   elapsed_ms=_elapsed_ms(ctx)))
-        yield result
-    finally:
-        upstream.close()
-        ctx["give_back"](ctx["conn"])
+                    self.info.update(ev)
+        except Exception as e:  # noqa: BLE001 - the headers are gone: the error goes in-band
+            if self.ctx["cancel"].is_set():  # our own abort, for a client that left just as the text began
+                with contextlib.suppress(ApiError):  # (deleted meanwhile: nothing to keep)
+                    self._settle("cancelled", CANCELLED)
+                return
+            if not isinstance(e, ApiError):
+                log.exception("stream of session %s failed", self.ctx["sid"])
+                e = ApiError(500, f"Internal error while streaming ({type(e).__name__}); the partial answer "
+                                  f"was saved.", type="server_error", code="internal_error")
+            yield self._ending("error", e)
+            return
+        status = "blocked" if self.info.get("blocked") else "ok"
+        yield self._ending("done", status)
+
+    def _ending(self, kind, value):
+        """The last event, after settling; a conversation deleted meanwhile ends in its 409 error."""
+        try:
+            if kind == "error":
+                value.message_id = self._settle("error", value.message)
+                return "error", value
+            mid = self._settle(value)
+        except ApiError as e:  # (session_deleted)
+            e.message_id = None
+            return "error", e
+        text = "".join(self.parts)
+        return "done", dict(self.info, message_id=mid, status=value, answer=text, elapsed_ms=_elapsed_ms(self.ctx))
+
+    def _settle(self, status, error=None):
+        if self.settled:
+            return None
+        self.settled = True
+        try:
+            self.upstream.close()  # stops the generation if it is still running
+            return _save_answer(self.ctx, "".join(self.parts), self.info, status, error)
+        finally:
+            self.ctx["give_back"](self.ctx["conn"])
+
+    def close(self):
+        self._events.close()
+        if not self.settled:  # the client left: keep what was said
+            with contextlib.suppress(ApiError):  # (deleted meanwhile: nothing to keep, and no one to tell)
+                self._settle("cancelled", CANCELLED)
+
+
+class closing_iter:
+    """`frames` for a WSGI response whose close() also calls `finalize` (once), even when the
+    server closes the response before the first frame was pulled."""
+
+    def __init__(self, frames, finalize):
+        self.frames, self.finalize = iter(frames), finalize
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self.frames)
+
+    def close(self):
+        try:
+            getattr(self.frames, "close", lambda: None)()
+        finally:
+            finalize, self.finalize = self.finalize, None
+            if finalize is not None:
+                finalize()

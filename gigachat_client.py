@@ -9,6 +9,7 @@ import logging
 import os
 import ssl
 import threading
+import time
 
 import httpx
 import pydantic
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "GigaChat"
 MIN_TEMPERATURE = 1e-3  # GigaChat answers 422 "temperature must be in range (0, +inf)" to 0
 RETRY_AFTER_S = 5  # when neither GigaChat nor our queue knows better
+QUEUE_POLL_S = 0.05  # how soon a queued request whose client left gives up its place
 UPSTREAM = "upstream_error"
 ROLES = ("system", "user", "assistant")
 _NOT_CONFIGURED = ("GigaChat is not configured: set GIGACHAT_CREDENTIALS in .env "
@@ -134,10 +136,10 @@ class GigaChatProvider:
         return self.context_tokens
 
     # ---- public API -------------------------------------------------------------------------
-    def complete(self, messages, params=None, session_id=None):
+    def complete(self, messages, params=None, session_id=None, cancel=None):
         client = self._sdk()
         payload = self._payload(messages, params)
-        with self._slot(), _session(session_id):
+        with self._slot(cancel), _session(session_id):
             try:
                 resp = client.chat(payload)  # v1: POST {base_url}/chat/completions
             except Exception as e:
@@ -147,18 +149,19 @@ class GigaChatProvider:
         return {"answer": choice.message.content if choice else "", "finish_reason": finish,
                 "usage": _usage(resp.usage), "model": resp.model, "blocked": finish == "blacklist"}
 
-    def stream(self, messages, params=None, session_id=None):
+    def stream(self, messages, params=None, session_id=None, cancel=None):
         """Yield {"delta": text}..., then {"finish_reason", "usage", "model", "blocked"}.
 
         Lazy: nothing is sent before the first next(), and errors (ApiError) come from next();
         pull the first item before sending response headers to answer them with a real status.
         After text went out, a failure raises ApiError code "gigachat_stream_interrupted": the
         stream is never restarted (that would repeat text). The queue slot is held until the
-        stream ends or the generator is closed."""
+        stream ends or the generator is closed. A request whose client leaves (`cancel`, an
+        exchange.Cancel) leaves the queue; one already sent runs to its end (GIGACHAT_TIMEOUT)."""
         client = self._sdk()
         payload = self._payload(messages, params)
         chars, finish, usage, model = 0, None, None, None
-        with self._slot():
+        with self._slot(cancel):
             chunks = client.stream(payload)  # v1 SSE; SDK retries are off (see _sdk), so no replay
             try:
                 while True:
@@ -235,12 +238,13 @@ class GigaChatProvider:
         return payload
 
     @contextlib.contextmanager
-    def _slot(self):
-        """GigaChat allows few parallel requests per key (1 for personal keys): queue, don't 429."""
+    def _slot(self, cancel=None):
+        """GigaChat allows few parallel requests per key (1 for personal keys): queue, don't 429.
+        A waiter whose client left gives up its place (ApiError 499) instead of being sent later."""
         if not self._slots.acquire(blocking=False):
             self._count_waiting(+1)
             try:
-                got = self._slots.acquire(timeout=self.queue_timeout)
+                got = self._wait_for_slot(cancel)
             finally:
                 self._count_waiting(-1)
             if not got:
@@ -251,6 +255,17 @@ class GigaChatProvider:
             yield
         finally:
             self._slots.release()
+
+    def _wait_for_slot(self, cancel) -> bool:
+        if cancel is None:
+            return self._slots.acquire(timeout=self.queue_timeout)
+        deadline = time.monotonic() + self.queue_timeout
+        while not self._slots.acquire(timeout=max(0.0, min(QUEUE_POLL_S, deadline - time.monotonic()))):
+            if cancel.is_set():
+                raise ApiError(499, "The client left while waiting for GigaChat.", code="client_closed_request")
+            if time.monotonic() >= deadline:
+                return False
+        return True
 
     def _count_waiting(self, delta):
         with self._lock:

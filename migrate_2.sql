@@ -2,8 +2,7 @@
 -- id in fts_pending; db.index_pending() moves queued messages into messages_fts in batches, from a
 -- background thread and before every search. (In version 1 a trigger indexed each message inside
 -- the request's own transaction: +0.06 ms a message at the median, and every few dozen commits
--- an FTS segment merge of several ms.) Idempotent: gunicorn workers may run it at the same time.
-BEGIN IMMEDIATE;
+-- an FTS segment merge of several ms.) db.init_db runs it in one transaction and sets user_version.
 CREATE TABLE IF NOT EXISTS fts_pending (id INTEGER PRIMARY KEY);
 DROP TRIGGER IF EXISTS messages_ai;
 DROP TRIGGER IF EXISTS messages_ad;
@@ -22,5 +21,3 @@ CREATE TRIGGER messages_au AFTER UPDATE OF content ON messages BEGIN
         SELECT 'delete', old.id, old.content WHERE NOT EXISTS (SELECT 1 FROM fts_pending WHERE id = old.id);
     INSERT OR IGNORE INTO fts_pending (id) VALUES (new.id);
 END;
-PRAGMA user_version = 2;
-COMMIT;

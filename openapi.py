@@ -117,6 +117,7 @@ ERRORS = {
     402: "GigaChat: the token package is used up.",
     404: "Unknown endpoint, session or model.",
     405: "Method not allowed on this path.",
+    409: "The conversation was deleted while its answer was being written (the answer was not saved).",
     413: "Request body over 1 MiB, or a question over 100,000 characters.",
     415: "The body is not sent as `Content-Type: application/json` (refused so that web pages cannot post).",
     429: "GigaChat's rate limit for the key was hit (see Retry-After).",
@@ -250,7 +251,7 @@ def gateway_spec():
     answer = obj(["answer", "provider", "session", "message_id", "blocked", "elapsed_ms"],
                  answer=STR, model=nullable(STR), provider=string(enum=["gigachat", "qwen"]), session=STR,
                  message_id=INT, finish_reason=nullable(STR), blocked=BOOL, usage=nullable(USAGE), elapsed_ms=NUM)
-    ask_errors = (400, 401, 402, 404, 413, 429, 502, 503, 504)
+    ask_errors = (400, 401, 402, 404, 409, 413, 429, 502, 503, 504)
 
     def ask(provider):
         answered = ok("The answer, saved to history (or, with stream, its events).", answer, stream=True)
@@ -268,7 +269,8 @@ def gateway_spec():
                   params=nullable(obj(description="The sampling parameters sent upstream.")),
                   prompt_tokens=nullable(INT), completion_tokens=nullable(INT),
                   precached_prompt_tokens=nullable(INT), latency_ms=nullable(NUM), finish_reason=nullable(STR),
-                  status=string(enum=["ok", "error", "cancelled", "blocked"]), error=nullable(STR), created_at=NUM)
+                  status=string(enum=["ok", "error", "cancelled", "blocked"]), error=nullable(STR), created_at=NUM,
+                  question_id=nullable({**INT, "description": "The id of the question an answer answers; null for a question."}))
     conversation_props = dict(id=STR, provider=string(enum=["gigachat", "qwen"]), model=nullable(STR),
                               system_prompt=nullable(STR), title=nullable(STR), created_at=NUM, updated_at=NUM)
     conv_required = ["id", "provider", "created_at", "updated_at"]
@@ -314,12 +316,13 @@ def gateway_spec():
                        COMPLETION, stream=True,
                        headers={"X-Session-ID": {"description": "The history session of this exchange.",
                                                  "required": True, "schema": STR}})},
-            [param("X-Session-ID", STR, "header",
-                   description="Save into this history session (created when new; first 100 characters).")],
+            [param("X-Session-ID", string(pattern=r"^(?!\.+$)[A-Za-z0-9._-]{1,100}$"), "header",
+                   description="Save into this history session (created when new): 1-100 letters, digits, "
+                               "'.', '_' or '-', not only dots.")],
             body=obj(["model", "messages"], model=string(description="gigachat, GigaChat-*, or qwen*; "
                                                                      "anything else is a 404."),
                      **CHAT_REQUEST_PROPS),
-            errors=(400, 401, 402, 404, 413, 429, 502, 503, 504), tag="openai")},
+            errors=(400, 401, 402, 404, 409, 413, 429, 502, 503, 504), tag="openai")},
         "/v1/models": {"get": op("Models this gateway routes.", {"200": ok("OpenAI model list.", MODEL_LIST)},
                                  errors=(401,), tag="openai")},
         "/config": {"get": op("What the web page needs (no secrets).", {"200": ok("Public settings.", obj(

@@ -1,5 +1,5 @@
--- Dual AI Chat API history, version 1 (PRAGMA user_version). db.init_db creates it, then applies
--- migrate_<n>.sql in turn up to the current version.
+-- Dual AI Chat API history: the current schema (version 3, PRAGMA user_version), which db.init_db
+-- gives a new file in one go. Older files are brought up to it by migrate_<n>.sql in turn.
 CREATE TABLE IF NOT EXISTS conversations (
     id            TEXT PRIMARY KEY,
     provider      TEXT NOT NULL CHECK (provider IN ('gigachat', 'qwen')),
@@ -27,24 +27,35 @@ CREATE TABLE IF NOT EXISTS messages (
     status                  TEXT NOT NULL DEFAULT 'ok'
                             CHECK (status IN ('ok', 'error', 'cancelled', 'blocked')),
     error                   TEXT,
-    created_at              REAL NOT NULL
+    created_at              REAL NOT NULL,
+    -- An answer names the question it answers (version 3); NULL for questions.
+    question_id             INTEGER REFERENCES messages (id) ON DELETE CASCADE
 );
 
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages (conversation_id, id);
 CREATE INDEX IF NOT EXISTS messages_by_provider ON messages (provider, id);
 CREATE INDEX IF NOT EXISTS conversations_by_update ON conversations (updated_at);
+-- At most one answer a question; also the index the ON DELETE CASCADE above looks up.
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_question ON messages (question_id);
 
--- Full-text search over message text (external content: no second copy of the text).
+-- Full-text search over message text (external content: no second copy of the text). Saving a
+-- message only queues its id in fts_pending; db.index_pending() moves queued messages into
+-- messages_fts in batches, off the request path (see migrate_2.sql).
 CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING fts5 (
     content, content = 'messages', content_rowid = 'id', tokenize = 'unicode61 remove_diacritics 2'
 );
+CREATE TABLE IF NOT EXISTS fts_pending (id INTEGER PRIMARY KEY);
 CREATE TRIGGER IF NOT EXISTS messages_ai AFTER INSERT ON messages BEGIN
-    INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+    INSERT INTO fts_pending (id) VALUES (new.id);
 END;
+-- Only an indexed message gets an FTS 'delete' (deleting what was never indexed corrupts FTS5).
 CREATE TRIGGER IF NOT EXISTS messages_ad AFTER DELETE ON messages BEGIN
-    INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
+    INSERT INTO messages_fts (messages_fts, rowid, content)
+        SELECT 'delete', old.id, old.content WHERE NOT EXISTS (SELECT 1 FROM fts_pending WHERE id = old.id);
+    DELETE FROM fts_pending WHERE id = old.id;
 END;
 CREATE TRIGGER IF NOT EXISTS messages_au AFTER UPDATE OF content ON messages BEGIN
-    INSERT INTO messages_fts (messages_fts, rowid, content) VALUES ('delete', old.id, old.content);
-    INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+    INSERT INTO messages_fts (messages_fts, rowid, content)
+        SELECT 'delete', old.id, old.content WHERE NOT EXISTS (SELECT 1 FROM fts_pending WHERE id = old.id);
+    INSERT OR IGNORE INTO fts_pending (id) VALUES (new.id);
 END;

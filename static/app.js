@@ -821,7 +821,7 @@
     setEmpty();
     pollStatus();
     await refreshSidebar();
-    const m = /^#c\/([\w-]{1,100})$/.exec(location.hash);
+    const m = /^#c\/((?!\.+$)[\w.-]{1,100})$/.exec(location.hash);  // chat.py SESSION_ID
     if (m) await openConversation(m[1]);
     document.body.dataset.ready = "1";
     $("input").focus();

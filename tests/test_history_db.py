@@ -1,6 +1,10 @@
 """db.py on real SQLite files: the full-text index filled off the request path (schema version 2),
-deletes that never corrupt it, and migration of a version 1 file."""
+deletes that never corrupt it, answers that name their questions (version 3), migration of older
+files, private file modes and a bounded WAL."""
+import os
 import sqlite3
+import stat
+import threading
 import time
 
 import pytest
@@ -8,7 +12,9 @@ import requests
 
 import db
 from conftest import start_gateway
-from helpers import stop_process
+from helpers import TESTS_DIR, stop_process
+
+V1_SCHEMA = os.path.join(TESTS_DIR, "schema_v1.sql")
 
 
 def fts_ids(conn, word):
@@ -69,13 +75,18 @@ def test_indexing_goes_in_batches_and_resumes(conn):
     assert fts_ids(conn, "common") == ids and fts_ok(conn)
 
 
-def test_version_1_file_is_migrated_and_keeps_its_index(tmp_path):
-    path = str(tmp_path / "v1.db")
+def make_v1(path):
     c = sqlite3.connect(path, isolation_level=None)
     c.execute("PRAGMA journal_mode = WAL")
-    with open(db.SCHEMA_PATH, encoding="utf-8") as f:
+    with open(V1_SCHEMA, encoding="utf-8") as f:
         c.executescript(f.read())
     c.execute("PRAGMA user_version = 1")
+    return c
+
+
+def test_version_1_file_is_migrated_and_keeps_its_index(tmp_path):
+    path = str(tmp_path / "v1.db")
+    c = make_v1(path)
     c.execute("INSERT INTO conversations VALUES ('v1', 'qwen', NULL, NULL, 't', 0, 0)")
     c.execute("INSERT INTO messages (conversation_id, role, content, provider, created_at) "
               "VALUES ('v1', 'user', 'старое сообщение', 'qwen', 0)")  # indexed by the version 1 trigger
@@ -83,7 +94,7 @@ def test_version_1_file_is_migrated_and_keeps_its_index(tmp_path):
     db.init_db(path)
     db.init_db(path)  # a second run (another worker) changes nothing
     conn = db.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION == 3
     new = save(conn, "v1", "новое сообщение")
     assert [r["content"] for r in db.list_messages(conn, q="сообщение")] == ["новое сообщение", "старое сообщение"]
     db.delete_conversation(conn, "v1")
@@ -110,4 +121,141 @@ def test_the_server_indexes_in_the_background(fake_gigachat, tmp_path):
         assert len(fts_ids(conn, "фоновый")) == 2 and fts_ok(conn)  # the question and its echo; no search ran
         conn.close()
     finally:
+        stop_process(gw)
+
+
+def shape(path):
+    """The schema as SQLite sees it: columns, foreign keys, indexes and trigger bodies."""
+    c = sqlite3.connect(path)
+    try:
+        out = {}
+        for (name, kind, sql) in c.execute("SELECT name, type, sql FROM sqlite_master WHERE name NOT LIKE "
+                                           "'sqlite_%' AND name NOT LIKE 'messages_fts_%'"):
+            if kind == "table":
+                out[name] = ([tuple(r) for r in c.execute(f"PRAGMA table_info({name})")],
+                             [tuple(r) for r in c.execute(f"PRAGMA foreign_key_list({name})")])
+            elif kind == "index":
+                out[name] = [tuple(r) for r in c.execute(f"PRAGMA index_info({name})")] + \
+                    [r[2] for r in c.execute("PRAGMA index_list(messages)") if r[1] == name]
+            else:
+                out[name] = " ".join(sql.replace("IF NOT EXISTS ", "").split())
+        return out
+    finally:
+        c.close()
+
+
+def test_a_new_file_and_a_migrated_one_have_the_same_schema(tmp_path):
+    new, old = str(tmp_path / "new.db"), str(tmp_path / "old.db")
+    db.init_db(new)
+    make_v1(old).close()
+    db.init_db(old)
+    assert shape(new) == shape(old)
+    assert "question_id" in [c[1] for c in shape(new)["messages"][0]]
+
+
+def test_version_2_answers_are_paired_with_the_question_just_before_them(tmp_path):
+    path = str(tmp_path / "v2.db")
+    c = make_v1(path)
+    with open(os.path.join(db.HERE, "migrate_2.sql"), encoding="utf-8") as f:
+        c.executescript("BEGIN;" + f.read() + "PRAGMA user_version = 2; COMMIT;")
+    c.execute("INSERT INTO conversations VALUES ('s', 'qwen', NULL, NULL, 't', 0, 0)")
+    rows = [("user", "q1"), ("assistant", "a1"), ("user", "q2"), ("user", "q3"), ("assistant", "a3"),
+            ("assistant", "stray")]
+    ids = [c.execute("INSERT INTO messages (conversation_id, role, content, provider, created_at) "
+                     "VALUES ('s', ?, ?, 'qwen', 0)", r).lastrowid for r in rows]
+    c.close()
+    db.init_db(path)
+    conn = db.connect(path)
+    got = dict(conn.execute("SELECT content, question_id FROM messages WHERE role = 'assistant'").fetchall())
+    assert got == {"a1": ids[0], "a3": ids[3], "stray": None}
+    assert [(r["question"], r["answer"]) for r in db.answered_pairs(conn, "s")] == [("q1", "a1"), ("q3", "a3")]
+    db.delete_conversation(conn, "s")
+    assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 0 and fts_ok(conn)
+
+
+def test_workers_migrating_at_once_migrate_once(tmp_path):
+    path = str(tmp_path / "race.db")
+    make_v1(path).close()
+    errors = []
+
+    def run():
+        try:
+            db.init_db(path)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION
+
+
+def test_answers_name_their_question_and_one_answer_a_question(conn):
+    q = save(conn, "p", "вопрос", title="t")
+    a = db.add_message(conn, "p", "assistant", "ответ", "qwen", question_id=q)
+    assert conn.execute("SELECT question_id FROM messages WHERE id = ?", (a,)).fetchone()[0] == q
+    with pytest.raises(sqlite3.IntegrityError):
+        db.add_message(conn, "p", "assistant", "второй ответ", "qwen", question_id=q)
+    db.delete_conversation(conn, "p")
+    with pytest.raises(db.ConversationGone):  # an answer that arrives after its conversation was deleted
+        db.add_message(conn, "p", "assistant", "поздно", "qwen", question_id=q)
+    assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
+
+
+def mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_history_files_are_private(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = str(tmp_path / "private.db")
+        db.init_db(path)
+        conn = db.connect(path)
+        save(conn, "m", "secret", title="t")
+        assert [mode(path + suffix) for suffix in ("", "-wal", "-shm")] == [0o600] * 3
+        conn.close()
+    finally:
+        os.umask(old)
+
+
+def test_the_wal_stays_bounded_after_a_burst_and_files_are_private(fake_gigachat, tmp_path):
+    old = os.umask(0o022)
+    try:
+        gw = start_gateway("http://127.0.0.1:9", fake_gigachat, tmp_path, gunicorn_workers=1,
+                           GIGACHAT_MAX_CONCURRENCY="8")
+    finally:
+        os.umask(old)
+    path = str(tmp_path / "history.db")
+    wal, peak, done = path + "-wal", [0], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], os.path.getsize(wal) if os.path.exists(wal) else 0)
+            time.sleep(0.01)
+
+    def burst(n):
+        s = requests.Session()
+        for i in range(10):
+            words = " ".join(f"слово{n}x{i}x{k}" for k in range(6000))  # ~100 KB, many distinct terms
+            assert s.post(gw.base_url + "/gigachat", json={"q": words}, timeout=60).status_code == 200
+    try:
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        writers = [threading.Thread(target=burst, args=(n,)) for n in range(4)]
+        for t in writers:
+            t.start()
+        for t in writers:
+            t.join()
+        deadline = time.monotonic() + 5 * db.MAINTENANCE_INTERVAL_S
+        while os.path.getsize(wal) > 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        done.set()
+        watcher.join()
+        assert peak[0] > db.WAL_SIZE_LIMIT, "the burst never grew the WAL: the test proves nothing"
+        assert os.path.getsize(wal) == 0, (os.path.getsize(wal), peak[0])  # emptied once idle
+        assert [mode(path + suffix) for suffix in ("", "-wal", "-shm")] == [0o600] * 3
+    finally:
+        done.set()
         stop_process(gw)
