@@ -14,13 +14,13 @@ import sqlite3
 from flask import Flask, Response, jsonify, make_response, render_template, request
 from prometheus_client import Gauge
 
-import client_watch
+from common import client_watch
 import db
-import exchange
-import openapi
-from api_common import (ApiError, Metrics, allowed_host_names, endpoint_list, install_common, json_body, load_env,
+from gateway import exchange
+from common import openapi
+from common.api_common import (ApiError, Metrics, allowed_host_names, endpoint_list, install_common, json_body, load_env,
                         setup_logging, sse, sse_response, warn_if_exposed)
-from openai_format import (chunk, completion, new_id, parse_chat_request, parse_params)
+from common.openai_format import (chunk, completion, new_id, parse_chat_request, parse_params)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MAX_QUESTION_CHARS = 100_000
@@ -64,8 +64,8 @@ def create_app(config=None, providers=None):
                    registry=metrics.registry, multiprocess_mode="livesum")
     app.extensions["db_pool"].on_change = in_use.set
     if providers is None:
-        from gigachat_client import GigaChatProvider
-        from qwen_client import QwenProvider
+        from providers.gigachat import GigaChatProvider
+        from providers.qwen import QwenProvider
         providers = {"gigachat": GigaChatProvider(),
                      "qwen": QwenProvider(app.config["QWEN_URL"], app.config["QWEN_TIMEOUT"])}
     app.extensions["providers"] = providers

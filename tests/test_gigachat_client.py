@@ -13,9 +13,9 @@ from helpers import REPO_ROOT, free_port, http, start_fake_gigachat, stop_proces
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from api_common import ApiError  # noqa: E402
+from common.api_common import ApiError  # noqa: E402
 from gigachat.context import session_id_cvar  # noqa: E402
-from gigachat_client import GigaChatProvider  # noqa: E402
+from providers.gigachat import GigaChatProvider  # noqa: E402
 
 USER = [{"role": "user", "content": "Привет, мир! Как дела?"}]
 

@@ -296,7 +296,7 @@ def test_client_watch_sees_a_hangup_on_a_descriptor_above_1024():
     import resource
     import sys
     sys.path.insert(0, REPO_ROOT)
-    import client_watch
+    from common import client_watch
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 2048:
         pytest.skip("cannot open descriptors above 1024 here")

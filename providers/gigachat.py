@@ -17,7 +17,7 @@ from gigachat import GigaChat
 from gigachat.context import session_id_cvar
 from gigachat.exceptions import ResponseError
 
-from api_common import ApiError
+from common.api_common import ApiError
 
 log = logging.getLogger(__name__)
 

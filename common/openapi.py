@@ -8,8 +8,8 @@ chat.py, qwen_server.py, api_common.py and openai_format.py (tests/test_schemath
 both servers from these documents and fails on any answer they do not describe)."""
 from flask import jsonify
 
-from api_common import MAX_BODY_BYTES
-from openai_format import MAX_STOP, PARAM_RANGES
+from common.api_common import MAX_BODY_BYTES
+from common.openai_format import MAX_STOP, PARAM_RANGES
 
 VERSION = "1.0.0"
 MAX_QUESTION_CHARS = 100_000  # chat.MAX_QUESTION_CHARS (not imported: chat.py imports this module)

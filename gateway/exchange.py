@@ -11,7 +11,7 @@ import threading
 import time
 
 import db
-from api_common import ApiError
+from common.api_common import ApiError
 
 ANSWER_RESERVE = 1024  # tokens kept free for the answer when max_tokens is not given
 CANCELLED = "client disconnected"

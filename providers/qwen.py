@@ -10,7 +10,7 @@ import urllib3
 from urllib3.exceptions import HTTPError, NewConnectionError
 from urllib3.exceptions import TimeoutError as UpstreamTimeout  # not the builtin of that name
 
-from api_common import ApiError
+from common.api_common import ApiError
 
 STATUS_TTL = 30  # seconds to trust a cached /status (the context size rarely changes)
 STATUS_TIMEOUT = urllib3.Timeout(connect=2.0, read=5.0)

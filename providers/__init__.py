@@ -1,0 +1,1 @@
+"""Upstream chat providers the gateway talks to."""
