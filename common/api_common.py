@@ -228,7 +228,7 @@ def load_env():
     if os.environ.get("NO_DOTENV") == "1":  # tests: a developer's .env must not leak into them
         return
     load_dotenv(find_dotenv(usecwd=True))
-    load_dotenv(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".env"))
+    load_dotenv(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".env"))  # the project root
 
 
 def setup_logging():
