@@ -18,6 +18,7 @@ from gigachat.context import session_id_cvar
 from gigachat.exceptions import ResponseError
 
 from common.api_common import ApiError
+from providers import Provider
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def _chain(e):
         e = e.__cause__ or e.__context__
 
 
-class GigaChatProvider:
+class GigaChatProvider(Provider):
     """One shared SDK client for all Flask threads.
 
     Thread safety (gigachat 0.2.x sync client): token refresh runs under the client's RLock with a
@@ -134,6 +135,11 @@ class GigaChatProvider:
     def max_seq_len(self):
         """Context size for trimming long conversations (GIGACHAT_CONTEXT_TOKENS)."""
         return self.context_tokens
+
+    def status(self):
+        """The configuration and the queue; no call to GigaChat (it has no status endpoint)."""
+        return {"model": self.model, "context_tokens": self.context_tokens,
+                "max_concurrency": self.max_concurrency, "waiting": self._waiting}
 
     # ---- public API -------------------------------------------------------------------------
     def complete(self, messages, params=None, session_id=None, cancel=None):
