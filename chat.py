@@ -16,6 +16,7 @@ from common import openapi
 from common.api_common import (Metrics, allowed_host_names, install_access, install_common, load_env, setup_logging,
                                warn_if_exposed)
 from gateway import ask, history, openai_api, page
+from gateway.openapi_spec import gateway_spec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -48,7 +49,7 @@ def create_app(config=None, providers=None):
     metrics = app.extensions["metrics"] = Metrics("chat")
     install_common(app, metrics, "chat", app.config["ALLOWED_HOSTS"], "CHAT_ALLOWED_HOSTS")
     install_access(app, page.PUBLIC_PATHS)  # API key and CORS
-    openapi.register(app, "gateway")  # GET /openapi.json
+    openapi.register(app, gateway_spec)  # GET /openapi.json
     db.init_app(app)
     in_use = Gauge("chat_history_connections_in_use", "History DB connections handed out and not yet given back",
                    registry=metrics.registry, multiprocess_mode="livesum")

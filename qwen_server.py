@@ -58,7 +58,7 @@ def create_app(engine, max_tokens_default=2048, allowed_hosts=LOOPBACK_NAMES):
     app = Flask(__name__)
     metrics = Metrics("qwen")
     install_common(app, metrics, "qwen_server", allowed_hosts, "QWEN_ALLOWED_HOSTS")
-    openapi.register(app, "qwen_server")  # GET /openapi.json
+    openapi.register(app, openapi.qwen_server_spec)  # GET /openapi.json
     stats = Stats()
 
     def budget(messages, max_tokens):
