@@ -44,7 +44,7 @@ COMPONENTS = [
     ("logging", lambda f, fn: "/logging/" in f),
     ("project code (chat, db, gateway/, common/, providers/)",
      lambda f, fn: os.path.basename(f) in ("chat.py", "db.py") or
-     any(f"/{pkg}/" in f for pkg in ("gateway", "common", "providers"))),
+     ("site-packages" not in f and any(f"/{pkg}/" in f for pkg in PROJECT_PACKAGES))),
 ]
 
 
