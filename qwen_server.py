@@ -12,13 +12,12 @@ import time
 
 from flask import Flask, jsonify, request
 
-from common import client_watch
-from common import openapi
-from common.api_common import (LOOPBACK_NAMES, ApiError, Metrics, allowed_host_names, endpoint_list, install_common, json_body,
-                        load_env, setup_logging, sse, sse_response, warn_if_exposed)
-from engines import CACHE_MODES, ENGINES, Chunk, EngineError, GenParams, create_engine
+from common import client_watch, openapi
+from common.api_common import (LOOPBACK_NAMES, ApiError, Metrics, allowed_host_names, endpoint_list, install_common,
+                               json_body, load_env, setup_logging, sse, sse_response, warn_if_exposed)
 from common.openai_format import (chunk, completion, new_id, parse_chat_request, parse_messages, usage_with_timings)
 from common.wsgi_server import StartupError, serve
+from engines import CACHE_MODES, ENGINES, Chunk, EngineError, GenParams, create_engine
 
 log = logging.getLogger("qwen_server")
 SEED_DEFAULTS = {"temperature": 0.4, "top_p": 0.9, "top_k": 60, "repetition_penalty": 1.1}
