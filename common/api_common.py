@@ -8,6 +8,7 @@ import logging
 import os
 import time
 import uuid
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from flask import Response, g, jsonify, request
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest,
@@ -168,10 +169,28 @@ def warn_if_exposed(service: str, bind_host: str, api_key_env: str = None):
         "127.0.0.1 behind a reverse proxy that authenticates (README: Deployment).", service, bind_host, guard)
 
 
+def raw_utf8_urls(wsgi_app):
+    """Werkzeug's development server (`python chat.py`) double-encodes raw non-ASCII bytes in a URL: http.server
+    reads the request line as latin-1 and werkzeug then encodes that text as UTF-8 again, so `?q=Привет` typed
+    raw arrived as `ÐŸÑ€Ð¸Ð²ÐµÑ‚`. Rebuild PATH_INFO and QUERY_STRING from the request line's own bytes,
+    latin-1-decoded as PEP 3333 says. Other servers pass these through (gunicorn refuses raw bytes with 400)."""
+    def app(environ, start_response):
+        raw = environ.get("REQUEST_URI", "")
+        if not raw.isascii() and environ.get("SERVER_SOFTWARE", "").startswith("Werkzeug/"):
+            raw = raw.encode("latin-1").decode("utf-8")  # undo the second encoding: one char a byte again
+            url = urlsplit(raw)
+            path = f"/{url.netloc}{url.path}" if not url.scheme and url.netloc else url.path  # as werkzeug splits
+            environ.update(PATH_INFO=unquote_to_bytes(path).decode("latin-1"), QUERY_STRING=url.query,
+                           REQUEST_URI=raw, RAW_URI=raw)
+        return wsgi_app(environ, start_response)
+    return app
+
+
 def install_common(app, metrics: Metrics, service: str, allowed_hosts=frozenset(LOOPBACK_NAMES),
                    hosts_env="ALLOWED_HOSTS"):
     """JSON errors, request ids, access log, browser-origin checks and /metrics for a Flask app."""
     app.config.setdefault("MAX_CONTENT_LENGTH", MAX_BODY_BYTES)
+    app.wsgi_app = raw_utf8_urls(app.wsgi_app)
     app.json.ensure_ascii = False  # Cyrillic in, Cyrillic out: raw UTF-8, not \\u escapes
     app.json.sort_keys = False
 
