@@ -30,8 +30,8 @@ run: install
 	exec $(PY) tools/demo.py start -m "$$MODEL" --engine $(ENGINE) --qwen-port $(QWEN_PORT) \
 	  --chat-port $(CHAT_PORT) $(if $(DETACH),--detach)
 
-start:
-	@$(MAKE) --no-print-directory run DETACH=1
+start: DETACH = 1
+start: run
 
 stop:
 	@$(PY) tools/demo.py stop
