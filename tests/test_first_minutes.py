@@ -120,7 +120,7 @@ def test_readme_curl_lines_work_on_the_demo(demo):
         r = subprocess.run(["bash", "-c", cmd], capture_output=True, timeout=150, env=demo["env"])
         out = r.stdout.decode("utf-8")
         assert r.returncode == 0 and out.strip(), f"{line}\n-> rc {r.returncode}: {out}{r.stderr.decode()}"
-        assert '"error"' not in out, f"{line}\n-> {out}"
+        assert '"error":{' not in out and '"type":"error"' not in out, f"{line}\n-> {out}"
         asked += re.findall(r"q=([^']+)'", line) + re.findall(r'"q": "([^"]+)"', line)
     questions = {m["content"] for m in history(demo["url"]) if m["role"] == "user"}
     cyrillic = [q for q in asked if CYRILLIC.search(q)]
