@@ -138,7 +138,7 @@ def test_raw_utf8_in_the_url_arrives_intact(demo):
         head, _, body = data.partition(b"\r\n\r\n")
         return int(head.split()[1]), json.loads(body)
 
-    status, body = raw_get("/qwen?q=Сырой запрос ёЁ!&max_tokens=4")
+    status, body = raw_get("/qwen?q=Сырой+запрос+ёЁ!&max_tokens=4")
     assert status == 200, body
     sid = body["session"]
     assert [m["content"] for m in history(demo["url"]) if m["session"] == sid][-1] == "Сырой запрос ёЁ!"
