@@ -180,7 +180,7 @@ def raw_utf8_urls(wsgi_app):
             raw = raw.encode("latin-1").decode("utf-8")  # undo the second encoding: one char a byte again
             url = urlsplit(raw)
             path = f"/{url.netloc}{url.path}" if not url.scheme and url.netloc else url.path  # as werkzeug splits
-            environ.update(PATH_INFO=unquote_to_bytes(path).decode("latin-1"), QUERY_STRING=url.query,
+            environ.update(PATH_INFO=unquote_to_bytes(path.encode("latin-1")).decode("latin-1"), QUERY_STRING=url.query,
                            REQUEST_URI=raw, RAW_URI=raw)
         return wsgi_app(environ, start_response)
     return app
