@@ -153,8 +153,8 @@ def test_terminal_chat(demo):
                        capture_output=True, timeout=120)
     assert r.returncode == 0 and r.stdout.decode("utf-8").strip(), r.stderr.decode()
     before = {m["id"] for m in history(demo["url"])}
-    r = subprocess.run([sys.executable, chat_py, "chat"], input="Меня зовут Ёжик.\nКак меня зовут?\n/quit\n".encode(),
-                       env=env, capture_output=True, timeout=120)
+    r = subprocess.run([sys.executable, chat_py, "chat"], env=env, capture_output=True, timeout=120,
+                       input="Меня зовут Ёжик.\nКак меня зовут?\n/quit\n".encode())
     assert r.returncode == 0, r.stderr.decode()
     new = [m for m in history(demo["url"]) if m["id"] not in before and m["role"] == "user"]
     assert sorted(m["content"] for m in new) == ["Как меня зовут?", "Меня зовут Ёжик."]
