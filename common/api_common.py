@@ -15,6 +15,8 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, 
                                multiprocess)
 from werkzeug.exceptions import HTTPException
 
+from common.env import load_env  # noqa: F401 - re-exported: the servers import it from here
+
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: far above any sane prompt, small enough to refuse abuse
 
 access_log = logging.getLogger("access")
@@ -270,15 +272,6 @@ def endpoint_list(app):
     """'METHOD /rule' for every route, for the services' index (read from the app, so never stale)."""
     return sorted(f"{method} {rule.rule}" for rule in app.url_map.iter_rules() if rule.endpoint != "static"
                   for method in rule.methods - {"HEAD", "OPTIONS"})
-
-
-def load_env():
-    """.env from the current directory, then the project's own; real environment variables win."""
-    from dotenv import find_dotenv, load_dotenv
-    if os.environ.get("NO_DOTENV") == "1":  # tests: a developer's .env must not leak into them
-        return
-    load_dotenv(find_dotenv(usecwd=True))
-    load_dotenv(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".env"))  # the project root
 
 
 def setup_logging():

@@ -15,7 +15,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from common.api_common import load_env
+from common.env import load_env
 
 PROVIDERS = ("gigachat", "qwen")  # the page's order: the first configured one is the default
 

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -194,3 +195,38 @@ def test_page_first_message_on_its_default_tab(demo, browser):  # noqa: F811
         assert status == "ok" and text.strip() and not error, (status, text, error)
     finally:
         web.close()
+
+
+def test_readme_gunicorn_command_reads_dotenv(demo, tmp_path):
+    """The README's gunicorn line, run as written (the venv's path) in the clone, binds the CHAT_PORT and
+    starts the GUNICORN_WORKERS that .env sets."""
+    (line,) = [ln.split("#")[0].strip() for b in fenced("bash") for ln in b.splitlines() if "chat:app" in ln]
+    assert line.startswith(".venv/bin/gunicorn "), line  # works without activating the venv
+    port = free_port()
+    dotenv = os.path.join(demo["clone"], ".env")
+    with open(dotenv, "w", encoding="utf-8") as f:
+        f.write(f"CHAT_PORT={port}\nGUNICORN_WORKERS=2\nQWEN_URL=http://127.0.0.1:{demo['qwen_port']}\n"
+                f"CHAT_DB={tmp_path / 'gunicorn.db'}\nQWEN_MAX_TOKENS=8\n")
+    proc = subprocess.Popen(["bash", "-c", "exec " + line.replace(".venv/", VENV + "/", 1)], cwd=demo["clone"],
+                            env=newcomer_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(300):
+            status, _, body = http("GET", f"http://127.0.0.1:{port}/health", timeout=1) if _port_open(port) \
+                else (None, None, None)
+            if status == 200 or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert status == 200, proc.stderr.read1().decode() if proc.poll() is not None else "no answer"
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+            assert len(f.read().split()) == 2  # GUNICORN_WORKERS from .env
+        status, _, body = http("GET", f"http://127.0.0.1:{port}/qwen?q=%D0%9F%D1%80%D0%B8%D0%B2%D0%B5%D1%82", timeout=60)
+        assert status == 200 and body["answer"], body
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        os.unlink(dotenv)
+
+
+def _port_open(port):
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
