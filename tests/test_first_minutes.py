@@ -219,7 +219,8 @@ def test_readme_gunicorn_command_reads_dotenv(demo, tmp_path):
         assert status == 200, proc.stderr.read1().decode() if proc.poll() is not None else "no answer"
         with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
             assert len(f.read().split()) == 2  # GUNICORN_WORKERS from .env
-        status, _, body = http("GET", f"http://127.0.0.1:{port}/qwen?q=%D0%9F%D1%80%D0%B8%D0%B2%D0%B5%D1%82", timeout=60)
+        q = "%D0%9F%D1%80%D0%B8%D0%B2%D0%B5%D1%82"  # Привет, as curl --data-urlencode sends it
+        status, _, body = http("GET", f"http://127.0.0.1:{port}/qwen?q={q}", timeout=60)
         assert status == 200 and body["answer"], body
     finally:
         proc.terminate()
