@@ -231,3 +231,28 @@ def test_readme_gunicorn_command_reads_dotenv(demo, tmp_path):
 def _port_open(port):
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_make_run_in_the_foreground_stops_on_ctrl_c(demo, smollm2_gguf, tmp_path):
+    run_dir = str(tmp_path / "run")
+    proc = subprocess.Popen(["make", "--no-print-directory", "-C", demo["clone"], "run", f"MODEL={smollm2_gguf}",
+                             f"CHAT_PORT={free_port()}", f"QWEN_PORT={free_port()}", *MAKE_VARS],
+                            env=newcomer_env(RUN_DIR=run_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # its own group: Ctrl-C goes to make and tools/demo.py
+    try:
+        out = b""
+        while b"Stop       Ctrl-C" not in out:
+            line = proc.stdout.readline()
+            assert line, out.decode()
+            out += line
+        pids = []
+        for name in ("qwen", "chat"):
+            with open(os.path.join(run_dir, f"{name}.pid")) as f:
+                pids.append(int(f.read()))
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(30)
+        assert not _group_members(pids), "servers left after Ctrl-C"
+        assert sorted(os.listdir(run_dir)) == ["chat.log", "qwen.log"]  # pid files gone, logs kept
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

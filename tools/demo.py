@@ -125,7 +125,10 @@ def start(args):
         raise
     if args.detach:
         return
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Ctrl-C, a kill or a closed terminal all stop both (set even when started with SIGINT ignored, as `&` does).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: sys.exit(0))
     try:
         while all(p.poll() is None for p in procs.values()):
             time.sleep(0.5)
