@@ -174,16 +174,18 @@ def warn_if_exposed(service: str, bind_host: str, api_key_env: str = None):
 def raw_utf8_urls(wsgi_app):
     """Werkzeug's development server (`python chat.py`) double-encodes raw non-ASCII bytes in a URL: http.server
     reads the request line as latin-1 and werkzeug then encodes that text as UTF-8 again, so `?q=Привет` typed
-    raw arrived as `ÐŸÑ€Ð¸Ð²ÐµÑ‚`. Rebuild PATH_INFO and QUERY_STRING from the request line's own bytes,
-    latin-1-decoded as PEP 3333 says. Other servers pass these through (gunicorn refuses raw bytes with 400)."""
+    raw arrived as `ÐŸÑ€Ð¸Ð²ÐµÑ‚`. Rebuild PATH_INFO (the bytes, latin-1-decoded as PEP 3333 says) and
+    QUERY_STRING (its raw bytes %-escaped, as a browser sends them: invalid UTF-8 then stays text, not a
+    crash) from the request line. Other servers pass these through (gunicorn refuses raw bytes with a 400)."""
     def app(environ, start_response):
         raw = environ.get("REQUEST_URI", "")
         if not raw.isascii() and environ.get("SERVER_SOFTWARE", "").startswith("Werkzeug/"):
             raw = raw.encode("latin-1").decode("utf-8")  # undo the second encoding: one char a byte again
             url = urlsplit(raw)
             path = f"/{url.netloc}{url.path}" if not url.scheme and url.netloc else url.path  # as werkzeug splits
-            environ.update(PATH_INFO=unquote_to_bytes(path.encode("latin-1")).decode("latin-1"), QUERY_STRING=url.query,
-                           REQUEST_URI=raw, RAW_URI=raw)
+            query = "".join(c if c.isascii() else f"%{ord(c):02X}" for c in url.query)
+            environ.update(PATH_INFO=unquote_to_bytes(path.encode("latin-1")).decode("latin-1"),
+                           QUERY_STRING=query, REQUEST_URI=raw, RAW_URI=raw)
         return wsgi_app(environ, start_response)
     return app
 
