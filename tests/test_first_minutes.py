@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from helpers import REPO_ROOT, free_port, http
+from helpers import REPO_ROOT, free_port, http, live_processes
 from test_web_page import Web, browser  # noqa: F401 - the module's Chromium fixture
 
 README = os.path.join(REPO_ROOT, "README.md")
@@ -81,17 +81,7 @@ def demo(smollm2_gguf, tmp_path_factory):
 
 def _group_members(pgids):
     """Live processes in the given process groups (a server and any worker it forked)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z" and int(fields[2]) in pgids:
-                found.append(int(entry))
-    return found
+    return [pid for pid, _, pgid in live_processes() if pgid in pgids]
 
 
 def history(url, limit=50):
