@@ -141,6 +141,8 @@ def start(args):
 
 def stop(_args=None):
     """Ends the processes in the pid files (gateway first), each with its group; removes the pid files."""
+    if _args is not None and not any(_running(name) for name in SERVICES):
+        print(f"Nothing to stop: no running demo in {os.path.relpath(RUN_DIR)}/")
     for name in ("chat", "qwen"):
         pid = _running(name)
         if pid:
