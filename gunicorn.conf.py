@@ -8,13 +8,17 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # common.wsgi_server, whichever way gunicorn is started
+from common.env import load_env  # noqa: E402 - light: prometheus_client must not be imported yet
 
-bind = f"{os.environ.get('CHAT_HOST', '127.0.0.1')}:{os.environ.get('CHAT_PORT', '5000')}"
+load_env()  # .env first: CHAT_HOST, CHAT_PORT and GUNICORN_* set there apply here, as they do to chat.py
+_env = os.environ.get
+
+bind = f"{_env('CHAT_HOST') or '127.0.0.1'}:{_env('CHAT_PORT') or '5000'}"
 # gthread whose threads never wait on a slow client's headers or body (they are read in the worker's poller,
 # common.wsgi_server.HEADER_TIMEOUT_S at most): 50 clients sending headers a byte at a time leave /health answering.
 worker_class = "common.wsgi_server.HeadersFirstWorker"
-workers = int(os.environ.get("GUNICORN_WORKERS", min(4, multiprocessing.cpu_count() * 2)))
-threads = int(os.environ.get("GUNICORN_THREADS", 16))
+workers = int(_env("GUNICORN_WORKERS") or min(4, multiprocessing.cpu_count() * 2))
+threads = int(_env("GUNICORN_THREADS") or 16)
 timeout = 120           # a worker is restarted only if its main loop hangs, not for long streams
 graceful_timeout = 30   # let streams finish on reload/stop
 keepalive = 5
@@ -45,8 +49,7 @@ def on_exit(server):
 
 
 def when_ready(server):
-    from common.api_common import load_env, warn_if_exposed
-    load_env()  # CHAT_API_KEY may come from .env, as the app reads it
+    from common.api_common import warn_if_exposed
     for address in server.cfg.address:
         if isinstance(address, tuple):  # (host, port); a unix socket is local
             warn_if_exposed("chat", address[0], "CHAT_API_KEY")

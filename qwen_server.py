@@ -186,7 +186,8 @@ def parse_args(argv=None):
                    help="KV cache precision (env QWEN_CACHE, default q4: about 1/4 the memory of fp16; llamacpp uses "
                         "f16/q8_0/q5_1/q4_0, transformers the model's dtype; /status says what is used)")
     p.add_argument("-l", "--max-seq-len", type=int, default=env("QWEN_MAX_SEQ_LEN") or None,
-                   help="context length in tokens (env QWEN_MAX_SEQ_LEN; default: the model's own, at most 16384)")
+                   help="context length in tokens (env QWEN_MAX_SEQ_LEN; default: the model's own, at most 16384; "
+                        "beyond the model's own it runs with a warning: answers degrade past that length)")
     p.add_argument("--engine", default=env("QWEN_ENGINE", "auto"), choices=ENGINES,
                    help="auto = llamacpp for a GGUF model; for a model dir exllamav2 when CUDA is present, "
                         "else transformers (env QWEN_ENGINE)")
@@ -230,8 +231,9 @@ def main(argv=None):
                  "load=%.1fs", st["model"], st["architecture"], st["engine"], st["cache_mode"], st["max_seq_len"],
                  st["device"], mem["kind"], mem["used_bytes"] / 2**30, mem["total_bytes"] / 2**30,
                  st["load_seconds"])
-        if st["cache_note"]:
-            log.warning("%s", st["cache_note"])
+        for note in (st["cache_note"], st["context_note"]):
+            if note:
+                log.warning("%s", note)
         log.info("serving on http://%s:%d (OpenAI base_url http://%s:%d/v1)", args.host, args.port, args.host,
                  args.port)
         return create_app(engine, args.max_tokens_default, allowed_host_names("QWEN_ALLOWED_HOSTS", args.host))

@@ -8,11 +8,14 @@ import logging
 import os
 import time
 import uuid
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from flask import Response, g, jsonify, request
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest,
                                multiprocess)
 from werkzeug.exceptions import HTTPException
+
+from common.env import load_env  # noqa: F401 - re-exported: the servers import it from here
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: far above any sane prompt, small enough to refuse abuse
 
@@ -168,10 +171,30 @@ def warn_if_exposed(service: str, bind_host: str, api_key_env: str = None):
         "127.0.0.1 behind a reverse proxy that authenticates (README: Deployment).", service, bind_host, guard)
 
 
+def raw_utf8_urls(wsgi_app):
+    """Werkzeug's development server (`python chat.py`) double-encodes raw non-ASCII bytes in a URL: http.server
+    reads the request line as latin-1 and werkzeug then encodes that text as UTF-8 again, so `?q=Привет` typed
+    raw arrived as `ÐŸÑ€Ð¸Ð²ÐµÑ‚`. Rebuild PATH_INFO (the bytes, latin-1-decoded as PEP 3333 says) and
+    QUERY_STRING (its raw bytes %-escaped, as a browser sends them: invalid UTF-8 then stays text, not a
+    crash) from the request line. Other servers pass these through (gunicorn refuses raw bytes with a 400)."""
+    def app(environ, start_response):
+        raw = environ.get("REQUEST_URI", "")
+        if not raw.isascii() and environ.get("SERVER_SOFTWARE", "").startswith("Werkzeug/"):
+            raw = raw.encode("latin-1").decode("utf-8")  # undo the second encoding: one char a byte again
+            url = urlsplit(raw)
+            path = f"/{url.netloc}{url.path}" if not url.scheme and url.netloc else url.path  # as werkzeug splits
+            query = "".join(c if c.isascii() else f"%{ord(c):02X}" for c in url.query)
+            environ.update(PATH_INFO=unquote_to_bytes(path.encode("latin-1")).decode("latin-1"),
+                           QUERY_STRING=query, REQUEST_URI=raw, RAW_URI=raw)
+        return wsgi_app(environ, start_response)
+    return app
+
+
 def install_common(app, metrics: Metrics, service: str, allowed_hosts=frozenset(LOOPBACK_NAMES),
                    hosts_env="ALLOWED_HOSTS"):
     """JSON errors, request ids, access log, browser-origin checks and /metrics for a Flask app."""
     app.config.setdefault("MAX_CONTENT_LENGTH", MAX_BODY_BYTES)
+    app.wsgi_app = raw_utf8_urls(app.wsgi_app)
     app.json.ensure_ascii = False  # Cyrillic in, Cyrillic out: raw UTF-8, not \\u escapes
     app.json.sort_keys = False
 
@@ -251,15 +274,6 @@ def endpoint_list(app):
     """'METHOD /rule' for every route, for the services' index (read from the app, so never stale)."""
     return sorted(f"{method} {rule.rule}" for rule in app.url_map.iter_rules() if rule.endpoint != "static"
                   for method in rule.methods - {"HEAD", "OPTIONS"})
-
-
-def load_env():
-    """.env from the current directory, then the project's own; real environment variables win."""
-    from dotenv import find_dotenv, load_dotenv
-    if os.environ.get("NO_DOTENV") == "1":  # tests: a developer's .env must not leak into them
-        return
-    load_dotenv(find_dotenv(usecwd=True))
-    load_dotenv(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".env"))  # the project root
 
 
 def setup_logging():

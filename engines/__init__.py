@@ -64,14 +64,22 @@ class Engine:
         self.cache_requested = cache_mode
         self.cache_mode = cache_mode  # what is really used; an engine may change it and say why in cache_note
         self.cache_note = None
+        self.context_note = None  # set when -l is beyond what the model was trained for
         self.device = "cpu"
         self.load_seconds = None
         self.turns = Turns()  # engines that run one request at a time queue them here
         self._last_prompt = threading.local()
 
     def fit_context(self, own_limit):
-        """-l if given, else the model's own context length, at most MAX_DEFAULT_SEQ_LEN."""
+        """-l if given, else the model's own context length, at most MAX_DEFAULT_SEQ_LEN.
+        An -l beyond the model's own length is a warning, not a refusal, on every engine: transformers,
+        llama.cpp and exllamav2 all run it (RoPE positions extrapolate), but answers degrade once the
+        conversation passes the trained length, and the KV cache is sized (and paid for) in full."""
         self.max_seq_len = int(self.requested_seq_len or min(own_limit or MAX_DEFAULT_SEQ_LEN, MAX_DEFAULT_SEQ_LEN))
+        if own_limit and self.max_seq_len > own_limit:
+            self.context_note = (f"-l {self.max_seq_len} is beyond the {own_limit} tokens {self.model_name} was "
+                                 f"trained for: it runs, but answers degrade once a conversation passes {own_limit} "
+                                 f"tokens. Use -l {own_limit} or less, or a model built for a longer context.")
 
     # -- to be provided by engines ------------------------------------------------------------
     def load(self):
@@ -120,6 +128,7 @@ class Engine:
         return {"engine": self.name, "model": self.model_name, "model_path": os.path.abspath(self.model_path),
                 "architecture": self.architecture, "cache_mode": self.cache_mode,
                 "cache_requested": self.cache_requested, "cache_note": self.cache_note,
+                "context_note": self.context_note,
                 "max_seq_len": self.max_seq_len, "device": self.device, "memory": self.memory(),
                 "load_seconds": self.load_seconds}
 

@@ -20,6 +20,13 @@ def read_model_config(path) -> dict:
         return json.load(f)
 
 
+def trained_context(config):
+    """The context the model was built for: max_position_embeddings, times a RoPE scaling factor if any."""
+    own = config.get("max_position_embeddings")
+    factor = (config.get("rope_scaling") or {}).get("factor") or 1
+    return int(own * max(1, factor)) if own else None
+
+
 class HFEngine(Engine):
     """An engine on a Hugging Face-format (or EXL2) model dir."""
 
@@ -27,7 +34,7 @@ class HFEngine(Engine):
         super().__init__(model_path, cache_mode, max_seq_len)
         self.model_config = read_model_config(model_path)
         self.architecture = (self.model_config.get("architectures") or ["?"])[0]
-        self.fit_context(self.model_config.get("max_position_embeddings"))
+        self.fit_context(trained_context(self.model_config))
         self.hf_tokenizer = None
 
     def load_tokenizer(self):

@@ -114,7 +114,8 @@ def _save_answer(ctx, text, info, status, error=None):
 
 def start(conn, provider, sid, question, messages, system, params, model=None, title=None):
     """Saves the question (creating the conversation when a title is given); returns the context
-    for the answer functions."""
+    for the answer functions. A provider that can't be asked at all is refused first: nothing is saved."""
+    provider.check_ready()
     try:
         qid = db.add_message(conn, sid, "user", question, provider.name, model, system, params, title=title)
     except db.ConversationGone:

@@ -17,7 +17,9 @@ def public_config():
     config = current_app.config
     return jsonify({"default_system_prompt": config["DEFAULT_SYSTEM_PROMPT"],
                     "qwen_defaults": config["QWEN_DEFAULTS"], "gigachat_model": config["GIGACHAT_MODEL"],
-                    "auth_required": bool(config["API_KEY"])})
+                    "auth_required": bool(config["API_KEY"]),
+                    "providers": {name: {"configured": provider.configured()}
+                                  for name, provider in current_app.extensions["providers"].items()}})
 
 
 @bp.get("/health")

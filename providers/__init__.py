@@ -19,6 +19,19 @@ class Provider:
         errors come from next(), so the first item can be pulled before any response header is sent."""
         raise NotImplementedError
 
+    def check_ready(self):
+        """Raises the ApiError to answer when the provider can't be asked at all (not configured), so the
+        gateway refuses before saving anything. Cheap: no network."""
+
+    def configured(self) -> bool:
+        """Whether check_ready() passes (GET /config tells the page which tab works)."""
+        from common.api_common import ApiError
+        try:
+            self.check_ready()
+            return True
+        except ApiError:
+            return False
+
     def status(self) -> dict:
         """What the upstream says about itself, for a status page; never raises."""
         raise NotImplementedError

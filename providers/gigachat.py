@@ -24,7 +24,8 @@ MIN_TEMPERATURE = 1e-3  # GigaChat answers 422 "temperature must be in range (0,
 QUEUE_POLL_S = 0.05  # how soon a queued request whose client left gives up its place
 ROLES = ("system", "user", "assistant")
 _NOT_CONFIGURED = ("GigaChat is not configured: set GIGACHAT_CREDENTIALS in .env "
-                   "(Authorization key from developers.sber.ru)")
+                   "(Authorization key from developers.sber.ru), or ask Qwen (/qwen, model \"qwen\").")
+NO_RETRY = {"x-should-retry": "false"}  # the openai SDK would otherwise retry a 503 that can't get better
 
 
 def _interrupted(err, chars):
@@ -175,6 +176,9 @@ class GigaChatProvider(Provider):
         except Exception as e:
             raise self._mapped(e) from e
 
+    def check_ready(self):
+        self._sdk()  # builds the SDK client (no network): raises the 503 that says what to set in .env
+
     # ---- plumbing ---------------------------------------------------------------------------
     def _sdk(self):
         with self._lock:
@@ -191,10 +195,11 @@ class GigaChatProvider(Provider):
                                    "gigachat_not_configured")
                 s = client._settings
                 if not (s.credentials or s.access_token or (s.user and s.password)):
-                    raise upstream(503, _NOT_CONFIGURED, "gigachat_not_configured")
+                    raise upstream(503, _NOT_CONFIGURED, "gigachat_not_configured", NO_RETRY)
                 if s.ca_bundle_file and not os.path.isfile(s.ca_bundle_file):
                     raise upstream(503, f"GIGACHAT_CA_BUNDLE_FILE={s.ca_bundle_file} does not exist: point it at the "
-                                        "Russian Trusted Root CA file (.crt/.pem).", "gigachat_not_configured")
+                                        "Russian Trusted Root CA file (.crt/.pem).", "gigachat_not_configured",
+                                   NO_RETRY)
                 self._client = client
             return self._client
 

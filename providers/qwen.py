@@ -210,7 +210,8 @@ class QwenProvider(Provider):
 
 def _unreachable(base_url):
     return ApiError(503, f"The Qwen server is not reachable at {base_url}: start it with "
-                         f"`python qwen_server.py -m MODEL_DIR`, or fix QWEN_URL in .env.",
+                         f"`python qwen_server.py -m MODEL` (`make start` runs the demo model and the gateway), "
+                         f"or fix QWEN_URL in .env.",
                     type="upstream_unavailable", code="qwen_unreachable")
 
 

@@ -411,6 +411,14 @@
     updatePlaceholder();
   }
 
+  // The tab a new page opens on: the current one if its provider is configured, else the first that is
+  // (GET /config says which; the demo has no GigaChat key, so it opens on Qwen).
+  function defaultModel() {
+    const providers = state.config.providers || {};
+    const works = (name) => !providers[name] || providers[name].configured;
+    return works(currentModel()) ? currentModel() : (Object.keys(PROVIDER_NAMES).find(works) || currentModel());
+  }
+
   function updatePlaceholder() {
     $("input").placeholder = `Message ${PROVIDER_NAMES[currentModel()]}…`;
   }
@@ -809,6 +817,7 @@
       if (resp.ok) state.config = { ...FALLBACK_CONFIG, ...(await resp.json()) };
     } catch (e) { /* keep the built-in defaults */ }
     fillParams(true);
+    setModel(defaultModel());
     $("system-prompt").value = state.config.default_system_prompt || "";
     if (state.config.auth_required && !storageGet(KEY_STORAGE)) {
       try {

@@ -27,6 +27,19 @@ def free_port(host=HOST) -> int:
         return s.getsockname()[1]
 
 
+def live_processes():
+    """(pid, ppid, pgid) of every live (not zombie) process (Linux /proc)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    state, ppid, pgid = f.read().rsplit(")", 1)[1].split()[:3]
+            except OSError:
+                continue
+            if state != "Z":
+                yield int(entry), int(ppid), int(pgid)
+
+
 def http(method, url, body=None, headers=None, timeout=5.0):
     """(status, headers, parsed JSON or text) without raising on HTTP errors; JSON bodies for dicts."""
     data = None

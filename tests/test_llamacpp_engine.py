@@ -142,3 +142,19 @@ def test_cli_errors_for_gguf_paths_are_one_line_and_exit_2(tmp_path, smollm2_dir
     (tmp_path / "second.gguf").write_bytes(b"GGUF")
     r = run("-m", str(tmp_path))
     assert r.returncode == 2 and "several GGUF files" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_context_beyond_the_model_runs_with_a_warning(smollm2_gguf, tiny_qwen_dir):
+    """-l above what the model was built for (SmolLM2's GGUF: 8192; the tiny Qwen2: 4096) is said out loud:
+    at start in the log and in /status, on the llamacpp engine (served) and the HF engines (from config.json)."""
+    proc = start_qwen(smollm2_gguf, "-l", "16384", engine="llamacpp", env={"LOG_LEVEL": "INFO"})
+    try:
+        st = requests.get(proc.base_url + "/status", timeout=10).json()
+        assert st["max_seq_len"] == 16384 and "beyond the 8192 tokens" in st["context_note"], st
+        with open(proc.log_path, encoding="utf-8") as f:
+            assert "WARNING" in f.read().split("beyond the 8192 tokens")[0].splitlines()[-1]
+    finally:
+        stop_process(proc)
+    from engines.transformers_engine import TransformersEngine
+    assert "beyond the 4096 tokens" in TransformersEngine(tiny_qwen_dir, "q4", 8192).context_note
+    assert TransformersEngine(tiny_qwen_dir, "q4", 4096).context_note is None

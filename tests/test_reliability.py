@@ -15,7 +15,7 @@ import requests
 
 import db
 from conftest import CLEAN_ENV, start_gateway
-from helpers import PYTHON, REPO_ROOT, free_port, start_process, stop_process
+from helpers import PYTHON, REPO_ROOT, free_port, live_processes, start_process, stop_process
 
 
 def start_qwen_on(model_dir, port):
@@ -187,18 +187,8 @@ def test_sqlite_locked_by_another_writer(fake_gigachat, tmp_path):
 # -- durability ------------------------------------------------------------------------------------
 
 def child_pids(pid):
-    """Live child processes of `pid` (Linux /proc)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
-            except OSError:
-                continue
-            if int(ppid) == pid and state != "Z":
-                out.append(int(entry))
-    return out
+    """Live child processes of `pid`."""
+    return [child for child, ppid, _ in live_processes() if ppid == pid]
 
 
 def test_gunicorn_workers_killed_under_load_lose_no_acknowledged_exchange(fake_gigachat, tmp_path):

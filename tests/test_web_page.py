@@ -317,6 +317,7 @@ def test_errors_are_shown_readably(browser, fake_gigachat, tmp_path):
     web = Web(browser, gw.base_url)
     try:
         page = web.open()
+        assert page.is_checked("input[name=model][value='qwen']")  # GigaChat has no key: the page opens on Qwen
         page.wait_for_selector("#qwen-status[data-state='offline']")
         assert "Qwen offline" in page.text_content("#qwen-status")
         assert dead in page.get_attribute("#qwen-status", "title")
@@ -331,6 +332,7 @@ def test_errors_are_shown_readably(browser, fake_gigachat, tmp_path):
         web.ask("hi gigachat")
         status, _, error, _ = web.wait_answer()
         assert status == "error" and "GIGACHAT_CREDENTIALS" in error, error
+        assert page.input_value("#input") == "hi gigachat"  # refused before anything was saved
         assert page.locator(".msg-assistant .badge-error").count() == 1
     finally:
         web.close()
