@@ -15,10 +15,26 @@ JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separ
 # No free whitespace: a weak model would otherwise fill max_tokens with spaces inside valid JSON.
 
 
-def json_grammar(schema) -> str:
+def closed(schema):
+    """The schema with every object that declares `properties` but says nothing of others closed to them
+    (additionalProperties: false, as OpenAI's strict mode requires): the model writes the declared keys
+    only, instead of inventing more until max_tokens (what a weak model does when it may)."""
+    if isinstance(schema, list):
+        return [closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: closed(v) if isinstance(v, (dict, list)) else v for k, v in schema.items()}
+    if isinstance(schema.get("properties"), dict):
+        out["properties"] = {k: closed(v) for k, v in schema["properties"].items()}
+        out.setdefault("additionalProperties", False)
+    return out
+
+
+def json_grammar(schema, close=True) -> str:
     """llguidance grammar text for a JSON schema (dict); {"type": "object"} for json_object."""
     import llguidance
-    return llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=JSON_OPTIONS)
+    return llguidance.LLMatcher.grammar_from_json_schema(closed(schema) if close else schema,
+                                                         overrides=JSON_OPTIONS)
 
 
 def lark_grammar(lark: str) -> str:
@@ -108,7 +124,7 @@ def tool_call_lark(tools, name=None) -> str:
         fn = t["function"]
         if name is not None and fn["name"] != name:
             continue
-        schema = fn.get("parameters") or {"type": "object"}
+        schema = closed(fn.get("parameters") or {"type": "object"})
         rules.append(f"args{i}: %json {json.dumps({**schema, 'x-guidance': JSON_OPTIONS})}")
         alts.append(f'"{{\\"name\\": " {json.dumps(json.dumps(fn["name"]))} ", \\"arguments\\": " args{i} "}}"')
     return ("start: \"<tool_call>\\n\" call \"\\n</tool_call>\"\n"

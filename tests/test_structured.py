@@ -175,3 +175,12 @@ def test_content_parts_are_joined_with_a_newline(qwen_tiny):
                     {"messages": [{"role": "user", "content": content}]})[2]["tokens"]
     parts = [{"type": "text", "text": "first part"}, {"type": "text", "text": "second part"}]
     assert ids(parts) == ids("first part\nsecond part") != ids("first partsecond part")
+
+
+def test_automatic_tools_text_answer_stays_content(qwen_llama):
+    """tool_choice auto: SmolLM2-135M answers this in prose (it is too small to call on its own); the text
+    must come back as content, not be swallowed by the <tool_call> parser, and finish is not tool_calls."""
+    res = ask(qwen_llama, tools=[WEATHER], max_tokens=24, temperature=0.0,
+              messages=[{"role": "user", "content": "Say hello."}])
+    c = res.choices[0]
+    assert c.message.tool_calls is None and c.message.content and c.finish_reason in ("stop", "length")
