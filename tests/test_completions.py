@@ -2,6 +2,8 @@
 with the model's FIM tokens, streamed and not, stop, max_tokens, logprobs; a 400 for a model without FIM
 tokens (SmolLM2). Real servers: SmolLM2 on both CPU engines, the tiny Qwen2 (which has Qwen2.5-Coder's
 FIM tokens)."""
+import time
+
 import pytest
 from openai import BadRequestError, OpenAI
 
@@ -85,3 +87,30 @@ def test_fim_without_fim_tokens_is_a_clear_400(qwen_smol, qwen_llama):
 def test_bad_completion_requests_are_400(qwen_tiny, body, param):
     status, _, out = http("POST", qwen_tiny.base_url + "/v1/completions", body)
     assert status == 400 and out["error"]["param"] == param, out
+
+
+def _hang_up_after_two_events(stream):
+    for i, _ in enumerate(stream):
+        if i == 1:
+            break
+    stream.close()
+
+
+@pytest.mark.parametrize("kind", ["fim", "json_schema"])
+def test_a_client_that_hangs_up_mid_stream_stops_its_generation(qwen_tiny_2k, qwen_llama, kind):
+    """A long constrained (or FIM) stream whose client leaves stops at once: the next request (engines
+    serve one at a time) does not wait for the abandoned one's ~1800 tokens (several seconds)."""
+    proc = qwen_tiny_2k if kind == "fim" else qwen_llama
+    if kind == "fim":
+        stream = complete(proc, prompt="def f(x):", suffix="\nprint(f(1))\n", max_tokens=1800, stream=True)
+    else:
+        schema = {"type": "array", "minItems": 1000, "items": {"type": "string", "maxLength": 20}}
+        stream = client(proc).chat.completions.create(
+            model="local", stream=True, max_tokens=1800, temperature=0.0,
+            messages=[{"role": "user", "content": "List words."}],
+            response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": schema}})
+    _hang_up_after_two_events(stream)
+    t0 = time.monotonic()
+    assert complete(proc, prompt="Hello", max_tokens=2).choices[0].finish_reason in ("stop", "length")
+    assert time.monotonic() - t0 < 2.0
+    assert http("GET", proc.base_url + "/status")[2]["active_requests"] == 0

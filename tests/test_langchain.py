@@ -8,8 +8,6 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
 
-from conftest import start_qwen
-from helpers import stop_process
 
 
 class City(BaseModel):
@@ -24,14 +22,7 @@ class get_weather(BaseModel):  # noqa: N801 - a tool's name as the model sees it
     city: str = Field(max_length=16)  # bounded: the random tiny Qwen2 never ends a string by itself
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_qwen_dir):
-    proc = start_qwen(tiny_qwen_dir, "-l", "2048")
-    yield proc
-    stop_process(proc)
-
-
-@pytest.fixture(scope="module", params=["qwen_smol", "qwen_llama", "tiny"])
+@pytest.fixture(scope="module", params=["qwen_smol", "qwen_llama", "qwen_tiny_2k"])
 def server(request):
     return request.getfixturevalue(request.param)
 

@@ -7,8 +7,7 @@ import jsonschema
 import pytest
 from openai import BadRequestError, OpenAI
 
-from conftest import start_qwen
-from helpers import http, stop_process
+from helpers import http
 
 PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age", "tags", "role"],
           "properties": {"name": {"type": "string", "maxLength": 12},
@@ -25,15 +24,7 @@ CLOCK = {"type": "function", "function": {
                                        "properties": {"zone": {"type": "string", "maxLength": 10}}}}}
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_qwen_dir):
-    """The tiny random Qwen2 with room for a tool list (its toy tokenizer spends many tokens on it)."""
-    proc = start_qwen(tiny_qwen_dir, "-l", "2048")
-    yield proc
-    stop_process(proc)
-
-
-@pytest.fixture(scope="module", params=["qwen_smol", "qwen_llama", "tiny"])
+@pytest.fixture(scope="module", params=["qwen_smol", "qwen_llama", "qwen_tiny_2k"])
 def server(request):
     return request.getfixturevalue(request.param)
 
