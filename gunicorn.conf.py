@@ -7,12 +7,12 @@ import shutil
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # wsgi_server, whichever way gunicorn is started
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # common.wsgi_server, whichever way gunicorn is started
 
 bind = f"{os.environ.get('CHAT_HOST', '127.0.0.1')}:{os.environ.get('CHAT_PORT', '5000')}"
 # gthread whose threads never wait on a slow client's headers or body (they are read in the worker's poller,
-# wsgi_server.HEADER_TIMEOUT_S at most): 50 clients sending headers a byte at a time leave /health answering.
-worker_class = "wsgi_server.HeadersFirstWorker"
+# common.wsgi_server.HEADER_TIMEOUT_S at most): 50 clients sending headers a byte at a time leave /health answering.
+worker_class = "common.wsgi_server.HeadersFirstWorker"
 workers = int(os.environ.get("GUNICORN_WORKERS", min(4, multiprocessing.cpu_count() * 2)))
 threads = int(os.environ.get("GUNICORN_THREADS", 16))
 timeout = 120           # a worker is restarted only if its main loop hangs, not for long streams
@@ -45,7 +45,7 @@ def on_exit(server):
 
 
 def when_ready(server):
-    from api_common import load_env, warn_if_exposed
+    from common.api_common import load_env, warn_if_exposed
     load_env()  # CHAT_API_KEY may come from .env, as the app reads it
     for address in server.cfg.address:
         if isinstance(address, tuple):  # (host, port); a unix socket is local

@@ -12,15 +12,14 @@ import time
 
 from flask import Flask, jsonify, request
 
-import client_watch
-import completions
-import openapi
-from api_common import (LOOPBACK_NAMES, ApiError, Metrics, allowed_host_names, endpoint_list, install_common, json_body,
-                        load_env, setup_logging, sse, sse_response, warn_if_exposed)
+from common import client_watch, openapi
+from common.api_common import (LOOPBACK_NAMES, ApiError, Metrics, allowed_host_names, endpoint_list, install_common,
+                               json_body, load_env, setup_logging, sse, sse_response, warn_if_exposed)
+from common.openai_format import (chunk, completion, new_id, parse_chat_request, parse_messages, usage_with_timings)
+from common.wsgi_server import StartupError, serve
 from engines import CACHE_MODES, ENGINES, EngineError, GenParams, create_engine
-from openai_format import (chunk, completion, new_id, parse_chat_request, parse_messages, usage_with_timings)
-from tool_calls import collect, deltas, parse_shaping
-from wsgi_server import StartupError, serve
+from qwen_api import completions
+from qwen_api.tool_calls import collect, deltas, parse_shaping
 
 log = logging.getLogger("qwen_server")
 SEED_DEFAULTS = {"temperature": 0.4, "top_p": 0.9, "top_k": 60, "repetition_penalty": 1.1}
@@ -60,7 +59,7 @@ def create_app(engine, max_tokens_default=2048, allowed_hosts=LOOPBACK_NAMES):
     app = Flask(__name__)
     metrics = Metrics("qwen")
     install_common(app, metrics, "qwen_server", allowed_hosts, "QWEN_ALLOWED_HOSTS")
-    openapi.register(app, "qwen_server")  # GET /openapi.json
+    openapi.register(app, openapi.qwen_server_spec)  # GET /openapi.json
     stats = Stats()
 
     def budget(messages, max_tokens, tools=None, prompt=None):

@@ -19,6 +19,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (CACHE_DIR, REPO_ROOT, Servers, fmt, gigachat_env, header, md_table, median,  # noqa: E402
                      rmtree, start_fake, start_qwen)
 
+# chat.py and the modules it imports, dropped from sys.modules before importing another checkout's
+PROJECT_MODULES = ("chat", "db", "db_maintenance", "exchange", "api_common", "openai_format", "openapi", "client_watch",
+                   "gigachat_client", "qwen_client")  # the last four: checkouts before the packages
+PROJECT_PACKAGES = ("common", "gateway", "providers")
+
 # (component, test on "file:function") in order; the first that matches wins.
 COMPONENTS = [
     ("upstream wait (socket reads: the upstream's own time)",
@@ -37,9 +42,9 @@ COMPONENTS = [
     ("prometheus_client", lambda f, fn: "/prometheus_client/" in f),
     ("json", lambda f, fn: "/json/" in f or "json" in fn),
     ("logging", lambda f, fn: "/logging/" in f),
-    ("project code (chat, db, exchange, api_common, clients)",
-     lambda f, fn: os.path.basename(f) in ("chat.py", "db.py", "exchange.py", "api_common.py", "openai_format.py",
-                                           "gigachat_client.py", "qwen_client.py")),
+    ("project code (chat, db, gateway/, common/, providers/)",
+     lambda f, fn: os.path.basename(f) in ("chat.py", "db.py") or
+     ("site-packages" not in f and any(f"/{pkg}/" in f for pkg in PROJECT_PACKAGES))),
 ]
 
 
@@ -82,8 +87,7 @@ def main():
             os.environ.update(gigachat_env(fake), NO_DOTENV="1", CHAT_DB=os.path.join(dbdir, "history.db"),
                               QWEN_URL=qwen.base_url)
             # chat.py and its modules from `repo`, not from this checkout
-            for m in [m for m in sys.modules if m in ("chat", "db", "exchange", "api_common", "openai_format",
-                                                      "gigachat_client", "qwen_client")]:
+            for m in [m for m in sys.modules if m in PROJECT_MODULES or m.split(".")[0] in PROJECT_PACKAGES]:
                 del sys.modules[m]
             sys.path.insert(0, repo)
             import chat

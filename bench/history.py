@@ -391,14 +391,15 @@ def main():
     p = pick(conn)
     reqs = requests_for(p)
     inner = internals_for(p)
-    import exchange
+    from gateway import exchange
     arms = [("this checkout", None, db, exchange)]
     if a.ab:
         other = os.path.abspath(a.ab)
         db_b = load_module("db_ab", os.path.join(other, "db.py"))
         saved = sys.modules.get("db")
         sys.modules["db"] = db_b  # exchange.py of the other checkout imports `db`
-        ex_b = load_module("exchange_ab", os.path.join(other, "exchange.py"))
+        ex_path = os.path.join(other, "gateway", "exchange.py")  # older checkouts: exchange.py at the top
+        ex_b = load_module("exchange_ab", ex_path if os.path.exists(ex_path) else os.path.join(other, "exchange.py"))
         sys.modules["db"] = saved
         arms.append((other, other, db_b, ex_b))
     http_ms = [[[] for _ in reqs] for _ in arms]

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-import client_watch
+from common import client_watch
 
 
 @pytest.fixture(params=["epoll", "polling"], autouse=True)

@@ -13,9 +13,9 @@ from helpers import REPO_ROOT, free_port, http, start_fake_gigachat, stop_proces
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from api_common import ApiError  # noqa: E402
+from common.api_common import ApiError  # noqa: E402
 from gigachat.context import session_id_cvar  # noqa: E402
-from gigachat_client import GigaChatProvider  # noqa: E402
+from providers.gigachat import GigaChatProvider  # noqa: E402
 
 USER = [{"role": "user", "content": "Привет, мир! Как дела?"}]
 
@@ -355,12 +355,15 @@ def test_requests_queue_instead_of_429(provider, fake):
     p.models()  # token first
     t0 = time.monotonic()
     results, threads = _parallel(p, 3, "x [[fault:slow=0.3]]")
-    longest_queue = 0
+    longest_queue = longest_in_status = 0
     while any(t.is_alive() for t in threads):
         longest_queue = max(longest_queue, p.queue_length)
+        longest_in_status = max(longest_in_status, p.status()["waiting"])
         time.sleep(0.01)
     assert all(isinstance(r, dict) and r["finish_reason"] == "stop" for r in results), results
     assert time.monotonic() - t0 >= 0.9 and longest_queue == 2 and p.queue_length == 0
+    assert longest_in_status == 2 and p.status() == {"model": "GigaChat", "context_tokens": 32768,
+                                                     "max_concurrency": 1, "waiting": 0}
     assert fake.stats()["max_active"] == 1
 
 

@@ -291,12 +291,15 @@ def test_gateway_warns_when_exposed_without_a_key(qwen_tiny, fake_gigachat, tmp_
         stop_process(proc)
 
 
-def test_client_watch_sees_a_hangup_on_a_descriptor_above_1024():
-    """select() refuses descriptors >= 1024, which a server with many connections reaches."""
+@pytest.mark.parametrize("use_epoll", [True, False], ids=["epoll", "polling"])
+def test_client_watch_sees_a_hangup_on_a_descriptor_above_1024(use_epoll, monkeypatch):
+    """select() refuses descriptors >= 1024, which a server with many connections reaches: both the
+    epoll watcher (Linux) and the polling fallback (elsewhere) must see such a socket's hang-up."""
     import resource
     import sys
     sys.path.insert(0, REPO_ROOT)
-    import client_watch
+    from common import client_watch
+    monkeypatch.setattr(client_watch, "USE_EPOLL", use_epoll)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 2048:
         pytest.skip("cannot open descriptors above 1024 here")

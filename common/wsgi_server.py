@@ -144,7 +144,7 @@ def serve(load_app, host, port, threads, log_level="info", graceful_timeout=10):
     """Run `load_app()`'s WSGI app on host:port until SIGTERM/SIGINT; returns the exit status (2 when the
     app could not load)."""
     options = {"bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}", "workers": 1,
-               "worker_class": "wsgi_server.HeadersFirstWorker", "threads": threads,
+               "worker_class": "common.wsgi_server.HeadersFirstWorker", "threads": threads,
                "timeout": 60,  # the worker's main loop is idle polling; 60 s silent means it hung
                "graceful_timeout": graceful_timeout, "keepalive": 5, "accesslog": None, "errorlog": "-",
                "loglevel": log_level.lower(), "proc_name": "qwen_server",

@@ -1,23 +1,17 @@
 """OpenAPI 3.0 descriptions of both HTTP APIs, served at GET /openapi.json.
 
-    openapi.register(app, "gateway")       # in chat.py's create_app
-    openapi.register(app, "qwen_server")   # in qwen_server.py's create_app
+    openapi.register(app, gateway_spec)       # in chat.py's create_app (gateway/openapi_spec.py)
+    openapi.register(app, qwen_server_spec)   # in qwen_server.py's create_app
 
 Built from small helpers so that each endpoint reads as one short entry; kept in step with
-chat.py, qwen_server.py, api_common.py and openai_format.py (tests/test_schemathesis.py fuzzes
+the gateway's blueprints, qwen_server.py, api_common.py and openai_format.py (tests/test_schemathesis.py fuzzes
 both servers from these documents and fails on any answer they do not describe)."""
 from flask import jsonify
 
-from api_common import MAX_BODY_BYTES
-from openai_format import MAX_STOP, PARAM_RANGES
+from common.api_common import MAX_BODY_BYTES
+from common.openai_format import MAX_STOP, PARAM_RANGES
 
 VERSION = "1.0.0"
-MAX_QUESTION_CHARS = 100_000  # chat.MAX_QUESTION_CHARS (not imported: chat.py imports this module)
-INT64_MAX = (1 << 63) - 1
-# Not blank for Python's str.strip(): one character that is neither regex whitespace nor the
-# separators \x1c-\x1f and \x85 (whitespace to Python, not to ECMAScript regexes).
-NOT_BLANK = r"[^\s\x1c-\x1f\x85]"
-MAX_GET_QUESTION_CHARS = 1000  # what surely fits a URL, even %-encoded Cyrillic, under gunicorn
 
 
 # -- schema helpers ----------------------------------------------------------------------------
@@ -269,125 +263,6 @@ def common_paths(service):
     }
 
 
-# -- the gateway (chat.py) ---------------------------------------------------------------------
-
-def gateway_spec():
-    ask_params = [
-        param("q", string(minLength=1, maxLength=MAX_GET_QUESTION_CHARS, pattern=NOT_BLANK), required=True,
-              description="The question (not blank). URLs are limited by the HTTP server (the request line: "
-                          "4 KiB under gunicorn's default, 64 KiB under `python chat.py`), so longer questions "
-                          "go in a POST body (up to 100,000 characters)."),
-        param("system", STR, description="System prompt; default: the session's, else DEFAULT_SYSTEM_PROMPT."),
-        param("session", STR, description="Continue this conversation (the `session` of an earlier answer); "
-                                          "unknown ids are a 404."),
-        param("stream", STR, description="1, true or yes: answer as Server-Sent Events (start, delta..., "
-                                         "then done or error)."),
-        *(param(name, schema) for name, schema in SAMPLING.items()),
-    ]
-    ask_body = obj(["q"], "The same fields as the GET query, as JSON; sampling parameters must be numbers.",
-                   q=string(minLength=1, maxLength=MAX_QUESTION_CHARS, pattern=NOT_BLANK), system=STR, session=STR,
-                   stream={"description": "true, 1, \"1\", \"true\" or \"yes\" streams."}, **SAMPLING)
-    answer = obj(["answer", "provider", "session", "message_id", "blocked", "elapsed_ms"],
-                 answer=STR, model=nullable(STR), provider=string(enum=["gigachat", "qwen"]), session=STR,
-                 message_id=INT, finish_reason=nullable(STR), blocked=BOOL, usage=nullable(USAGE), elapsed_ms=NUM)
-    ask_errors = (400, 401, 402, 404, 409, 413, 429, 502, 503, 504)
-
-    def ask(provider):
-        answered = ok("The answer, saved to history (or, with stream, its events).", answer, stream=True)
-        notes = "Errors after the session was created carry its id in an X-Session-ID header."
-        return {"get": op(f"Ask {provider} (the seed's endpoint).", {"200": answered}, ask_params, description=notes,
-                          errors=ask_errors, tag="chat"),
-                "post": op(f"Ask {provider} with a JSON body (query fields also read).", {"200": answered},
-                           body=ask_body, description=notes, errors=ask_errors, tag="chat")}
-
-    provider_filter = param("model", string(enum=["", "gigachat", "qwen"]), description="Only this provider.")
-    limit = param("limit", integer(1, 500), description="Page size (default 50).")
-    message = obj(["id", "session", "role", "content", "provider", "status", "created_at"],
-                  id=INT, session=STR, role=string(enum=["system", "user", "assistant"]), content=STR,
-                  provider=STR, model=nullable(STR), system_prompt=nullable(STR),
-                  params=nullable(obj(description="The sampling parameters sent upstream.")),
-                  prompt_tokens=nullable(INT), completion_tokens=nullable(INT),
-                  precached_prompt_tokens=nullable(INT), latency_ms=nullable(NUM), finish_reason=nullable(STR),
-                  status=string(enum=["ok", "error", "cancelled", "blocked"]), error=nullable(STR), created_at=NUM,
-                  question_id=nullable({**INT, "description": "The id of the question an answer answers; null for a question."}))
-    conversation_props = dict(id=STR, provider=string(enum=["gigachat", "qwen"]), model=nullable(STR),
-                              system_prompt=nullable(STR), title=nullable(STR), created_at=NUM, updated_at=NUM)
-    conv_required = ["id", "provider", "created_at", "updated_at"]
-    sid = param("sid", STR, "path", description="The session id.")
-
-    paths = {
-        "/gigachat": ask("GigaChat"),
-        "/qwen": ask("the local Qwen server"),
-        "/qwen/status": {"get": op("The Qwen server's /status as the gateway sees it; never fails.",
-                                   {"200": ok("`online` false with a `reason` when it is unreachable.",
-                                              obj(["online"], **{**QWEN_STATUS_PROPS, "max_seq_len": nullable(INT)},
-                                                  url=STR, reason=STR, gateway_rtt_ms=NUM))},
-                                   errors=(401,), tag="chat",
-                                   description="Another OpenAI-compatible server (no /status) shows as online "
-                                               "with its first model and max_seq_len null.")},
-        "/history": {"get": op("Messages, newest first, with filters and full-text search.", {
-            "200": ok("A page; pass next_before as `before` for the next one.",
-                      obj(["messages", "next_before"], messages=array(ref("Message")), next_before=nullable(INT)))},
-            [limit, param("before", integer(1, INT64_MAX, format="int64"), description="Messages with smaller ids."),
-             param("session", STR), provider_filter,
-             param("q", STR, description="Full-text search: messages with all these words.")],
-            errors=(400, 401, 503), tag="history")},
-        "/history/sessions": {"get": op("Conversations, most recently active first.", {
-            "200": ok("A page; pass next_before as `before` for the next one.",
-                      obj(["sessions", "next_before"], sessions=array(obj(conv_required, **conversation_props)),
-                          next_before=nullable(NUM)))},
-            [limit, param("before", NUM, description="updated_at timestamp (seconds)."), provider_filter],
-            errors=(400, 401, 503), tag="history")},
-        "/history/export": {"get": op("All messages (or one session's) as JSON Lines, oldest first.", {
-            "200": {**ok("One Message object per line."), "content": {"application/x-ndjson": {"schema": STR}}}},
-            [param("format", string(enum=["jsonl"])), param("session", STR)], errors=(400, 401, 503),
-            tag="history")},
-        "/history/{sid}": {
-            "get": op("One conversation with its messages.", {"200": ok("The conversation.", obj(
-                conv_required + ["messages"], messages=array(ref("Message")), **conversation_props))},
-                [sid], errors=(401, 404, 503), tag="history"),
-            "delete": op("Delete a conversation and its messages.", {
-                "200": ok("Deleted.", obj(["deleted"], deleted=STR))}, [sid], errors=(401, 404, 503),
-                tag="history")},
-        "/v1/chat/completions": {"post": op(
-            "OpenAI-compatible chat: model `gigachat`/`GigaChat-*` or `qwen*`; saved to history.",
-            {"200": ok("chat.completion, or chat.completion.chunk events ending with [DONE] when streaming.",
-                       COMPLETION, stream=True,
-                       headers={"X-Session-ID": {"description": "The history session of this exchange.",
-                                                 "required": True, "schema": STR}})},
-            [param("X-Session-ID", string(pattern=r"^(?!\.+$)[A-Za-z0-9._-]{1,100}$"), "header",
-                   description="Save into this history session (created when new): 1-100 letters, digits, "
-                               "'.', '_' or '-', not only dots.")],
-            body=obj(["model", "messages"], model=string(description="gigachat, GigaChat-*, or qwen*; "
-                                                                     "anything else is a 404."),
-                     **CHAT_REQUEST_PROPS),
-            errors=(400, 401, 402, 404, 409, 413, 429, 502, 503, 504), tag="openai")},
-        "/v1/models": {"get": op("Models this gateway routes.", {"200": ok("OpenAI model list.", MODEL_LIST)},
-                                 errors=(401,), tag="openai")},
-        "/config": {"get": op("What the web page needs (no secrets).", {"200": ok("Public settings.", obj(
-            ["default_system_prompt", "qwen_defaults", "gigachat_model", "auth_required"],
-            default_system_prompt=STR, gigachat_model=STR, auth_required=BOOL,
-            qwen_defaults=obj(["temperature", "top_p", "top_k", "repetition_penalty", "max_tokens"],
-                              temperature=NUM, top_p=NUM, top_k=INT, repetition_penalty=NUM,
-                              max_tokens=nullable(INT))))}, tag="service", secured=False)},
-        "/": {"get": op("The web page (Accept: text/html) or the endpoint list.", {"200": {
-            **ok("HTML page, or a JSON endpoint list."),
-            "content": {"text/html": {"schema": STR},
-                        "application/json": {"schema": obj(["service", "endpoints"], service=STR,
-                                                           endpoints=array(STR))}}}},
-            tag="service", secured=False)},
-        **common_paths("chat"),
-    }
-    security = ({"bearerAuth": {"type": "http", "scheme": "bearer",
-                                "description": "CHAT_API_KEY, when the gateway is started with one."},
-                 "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
-                [{"bearerAuth": []}, {"apiKeyHeader": []}, {}])  # {}: no key needed when CHAT_API_KEY is unset
-    return document("Dual AI Chat API gateway",
-                    "GigaChat and the local Qwen server behind one HTTP API; every exchange saved to SQLite. "
-                    "Errors are always `{\"error\": {\"message\", \"type\", \"code\"}}`.",
-                    paths, {"Message": message}, security)
-
-
 # -- qwen_server.py ----------------------------------------------------------------------------
 
 def qwen_server_spec():
@@ -433,10 +308,7 @@ def qwen_server_spec():
                                    f"`{{\"error\": {{\"message\", \"type\", \"code\"}}}}`.", paths, {})
 
 
-SPECS = {"gateway": gateway_spec, "qwen_server": qwen_server_spec}
-
-
-def register(app, which):
-    """GET /openapi.json on `app`; which is "gateway" or "qwen_server"."""
-    spec = SPECS[which]()
+def register(app, build):
+    """GET /openapi.json on `app`, the document that build() returns."""
+    spec = build()
     app.add_url_rule("/openapi.json", "openapi", lambda: jsonify(spec))

@@ -1,6 +1,7 @@
 """HTTP pieces both servers share: JSON errors, SSE framing, request ids,
-access logs and Prometheus metrics. Kept here so chat.py and qwen_server.py
+access logs, Prometheus metrics, the API key and CORS. Kept here so chat.py and qwen_server.py
 never copy code from each other."""
+import hmac
 import ipaddress
 import json
 import logging
@@ -216,6 +217,36 @@ def install_common(app, metrics: Metrics, service: str, allowed_hosts=frozenset(
     app.add_url_rule("/metrics", "metrics", metrics.response)
 
 
+def install_access(app, public_paths=()):
+    """The API key (app.config["API_KEY"], when set) on every path but public_paths and /static/, and CORS
+    for the origins listed in app.config["CORS_ORIGINS"]. Call after install_common: its checks run first."""
+
+    @app.before_request
+    def _guard():
+        if request.method == "OPTIONS" and request.headers.get("Origin"):
+            return Response(status=204)  # CORS preflight: headers are added in _cors
+        key = app.config["API_KEY"]
+        if key and request.path not in public_paths and not request.path.startswith("/static/"):
+            given = request.headers.get("X-API-Key") or ""
+            auth = request.headers.get("Authorization", "")
+            if auth.lower().startswith("bearer "):
+                given = auth[7:].strip()
+            if not hmac.compare_digest(given.encode(), key.encode()):
+                raise ApiError(401, "Missing or wrong API key: send 'Authorization: Bearer <CHAT_API_KEY>' or "
+                                    "'X-API-Key: <CHAT_API_KEY>'.", type="authentication_error",
+                               code="invalid_api_key")
+
+    @app.after_request
+    def _cors(resp):
+        origin = request.headers.get("Origin")
+        if origin and origin in app.config["CORS_ORIGINS"]:  # an explicit list only, never "*"
+            resp.headers["Access-Control-Allow-Origin"] = origin
+            resp.headers["Vary"] = "Origin"
+            resp.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, X-API-Key"
+            resp.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+        return resp
+
+
 def endpoint_list(app):
     """'METHOD /rule' for every route, for the services' index (read from the app, so never stale)."""
     return sorted(f"{method} {rule.rule}" for rule in app.url_map.iter_rules() if rule.endpoint != "static"
@@ -228,7 +259,7 @@ def load_env():
     if os.environ.get("NO_DOTENV") == "1":  # tests: a developer's .env must not leak into them
         return
     load_dotenv(find_dotenv(usecwd=True))
-    load_dotenv(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".env"))
+    load_dotenv(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".env"))  # the project root
 
 
 def setup_logging():

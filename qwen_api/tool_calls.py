@@ -4,7 +4,7 @@
 import json
 import uuid
 
-from api_common import ApiError
+from common.api_common import ApiError
 from engines.constrained import grammar_error, json_grammar, lark_grammar, tool_call_lark
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"

@@ -10,7 +10,8 @@ import urllib3
 from urllib3.exceptions import HTTPError, NewConnectionError
 from urllib3.exceptions import TimeoutError as UpstreamTimeout  # not the builtin of that name
 
-from api_common import ApiError
+from common.api_common import ApiError
+from providers import Provider
 
 STATUS_TTL = 30  # seconds to trust a cached /status (the context size rarely changes)
 STATUS_TIMEOUT = urllib3.Timeout(connect=2.0, read=5.0)
@@ -62,7 +63,7 @@ def _aborting(cancel):
         off()
 
 
-class QwenProvider:
+class QwenProvider(Provider):
     name = "qwen"
 
     def __init__(self, base_url, timeout=300.0, connect_timeout=3.0):

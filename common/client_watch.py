@@ -25,7 +25,7 @@ import socket
 import threading
 from dataclasses import dataclass, field
 
-POLL_S = 0.05  # how soon a hang-up is noticed; costs one select() wake-up per interval per request
+POLL_S = 0.05  # how soon a hang-up is noticed; costs one poll() wake-up per interval per request
 SOCKET_KEYS = ("gunicorn.socket", "werkzeug.socket")
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 USE_EPOLL = hasattr(select, "epoll")  # else a polling thread per block
@@ -181,12 +181,12 @@ def _polling(watch, poll_s):
     def poll():
         try:
             while True:
-                ready, _, _ = select.select([sock, wake_r], [], [], poll_s)
+                ready = _readable([sock.fileno(), wake_r], poll_s)
                 if wake_r in ready:
                     return
-                if sock in ready and peer_closed(sock):
+                if sock.fileno() in ready and peer_closed(sock):
                     break
-                if sock in ready:  # bytes wait unread (not ours to read): don't spin on them
+                if sock.fileno() in ready:  # bytes wait unread (not ours to read): don't spin on them
                     if _wait_wake(wake_r, poll_s):
                         return
         except (OSError, ValueError):  # the socket was closed under us: nothing left to watch
@@ -206,4 +206,13 @@ def _polling(watch, poll_s):
 
 
 def _wait_wake(wake_r, seconds) -> bool:
-    return bool(select.select([wake_r], [], [], seconds)[0])
+    return bool(_readable([wake_r], seconds))
+
+
+def _readable(fds, seconds) -> set:
+    """The descriptors of `fds` readable (or hung up) within `seconds`. poll(), not select(): select()
+    refuses descriptors >= 1024 (FD_SETSIZE), which a busy server reaches."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return {fd for fd, _ in poller.poll(seconds * 1000)}

@@ -11,7 +11,7 @@ import threading
 import time
 
 import db
-from api_common import ApiError
+from common.api_common import ApiError
 
 ANSWER_RESERVE = 1024  # tokens kept free for the answer when max_tokens is not given
 CANCELLED = "client disconnected"
@@ -85,10 +85,12 @@ def fit_context(provider, head, turns, tail, max_tokens):
     if not limit:
         return head + turns + tail
     budget = limit - (max_tokens or min(ANSWER_RESERVE, limit // 4))
-    exact = getattr(provider, "count_tokens", None)
     while turns:
         messages = head + turns + tail
-        if _upper_bound_tokens(messages) <= budget or (exact and exact(messages) <= budget):
+        if _upper_bound_tokens(messages) <= budget:
+            return messages
+        exact = provider.count_tokens(messages)  # None: the provider can't count; drop a turn
+        if exact is not None and exact <= budget:
             return messages
         turns = turns[2:]
     return head + tail  # the upstream says so if even the question alone is too long

@@ -5,7 +5,7 @@ import math
 import time
 import uuid
 
-from api_common import ApiError
+from common.api_common import ApiError
 
 ROLES = ("system", "user", "assistant")
 # name: (type, min, max). Ranges follow OpenAI where it has the parameter.

@@ -4,8 +4,8 @@ prompt continued, or fill-in-the-middle when `suffix` is sent, written with the 
 import time
 import uuid
 
-from api_common import ApiError
-from openai_format import parse_params, parse_stop, reject_unsupported
+from common.api_common import ApiError
+from common.openai_format import parse_params, parse_stop, reject_unsupported
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
 MAX_LOGPROBS = 5  # OpenAI's limit for the legacy `logprobs` integer

@@ -4,43 +4,33 @@ The SDK does OAuth and refreshes the token (before expiry, and once more on a 40
 GIGACHAT_* connection settings from the environment itself. Added here: GigaChat's message rules,
 a wait queue instead of 429s, X-Session-ID for prompt caching, and ApiErrors that say what to fix."""
 import contextlib
-import json
 import logging
 import os
-import ssl
 import threading
 import time
 
-import httpx
 import pydantic
 from gigachat import GigaChat
 from gigachat.context import session_id_cvar
-from gigachat.exceptions import ResponseError
 
-from api_common import ApiError
+from common.api_common import ApiError
+from providers import Provider
+from providers.gigachat_errors import RETRY_AFTER_S, map_error, upstream
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "GigaChat"
 MIN_TEMPERATURE = 1e-3  # GigaChat answers 422 "temperature must be in range (0, +inf)" to 0
-RETRY_AFTER_S = 5  # when neither GigaChat nor our queue knows better
 QUEUE_POLL_S = 0.05  # how soon a queued request whose client left gives up its place
-UPSTREAM = "upstream_error"
 ROLES = ("system", "user", "assistant")
 _NOT_CONFIGURED = ("GigaChat is not configured: set GIGACHAT_CREDENTIALS in .env "
                    "(Authorization key from developers.sber.ru)")
-_CHECK_KEY = ("check GIGACHAT_CREDENTIALS (the Authorization key from developers.sber.ru) and GIGACHAT_SCOPE "
-              "(GIGACHAT_API_PERS, GIGACHAT_API_B2B or GIGACHAT_API_CORP) in .env")
-
-
-def _upstream(status, message, code, headers=None):
-    return ApiError(status, message, type=UPSTREAM, code=code, headers=headers)
 
 
 def _interrupted(err, chars):
-    return _upstream(err.status, f"GigaChat stream broke after {chars} characters ({err.message.rstrip('.')}); the "
-                                 "partial answer was kept, ask again to get the rest.", "gigachat_stream_interrupted",
-                     err.headers)
+    return upstream(err.status, f"GigaChat stream broke after {chars} characters ({err.message.rstrip('.')}); the "
+                                "partial answer was kept, ask again to get the rest.", "gigachat_stream_interrupted",
+                    err.headers)
 
 
 def _env_number(name, default, cast):
@@ -88,25 +78,7 @@ def _usage(u):
     return {k: getattr(u, k, None) for k in keys}  # None = GigaChat did not say
 
 
-def _upstream_message(e: ResponseError):
-    """GigaChat's own words from an error body: {"status", "message"} (API) or {"code", "message"} (OAuth)."""
-    raw = (e.content or b"").decode("utf-8", "replace").strip()
-    try:
-        msg = json.loads(raw).get("message")
-    except (ValueError, AttributeError):
-        msg = None
-    return str(msg or raw[:200] or "no details")
-
-
-def _chain(e):
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        yield e
-        e = e.__cause__ or e.__context__
-
-
-class GigaChatProvider:
+class GigaChatProvider(Provider):
     """One shared SDK client for all Flask threads.
 
     Thread safety (gigachat 0.2.x sync client): token refresh runs under the client's RLock with a
@@ -134,6 +106,11 @@ class GigaChatProvider:
     def max_seq_len(self):
         """Context size for trimming long conversations (GIGACHAT_CONTEXT_TOKENS)."""
         return self.context_tokens
+
+    def status(self):
+        """The configuration and the queue; no call to GigaChat (it has no status endpoint)."""
+        return {"model": self.model, "context_tokens": self.context_tokens,
+                "max_concurrency": self.max_concurrency, "waiting": self._waiting}
 
     # ---- public API -------------------------------------------------------------------------
     def complete(self, messages, params=None, session_id=None, cancel=None):
@@ -184,8 +161,8 @@ class GigaChatProvider:
             finally:
                 chunks.close()  # closes the HTTP response if we stop early
             if finish is None:  # the connection closed cleanly, but before GigaChat finished
-                err = _upstream(502, "GigaChat ended the stream before the answer was complete; try again.",
-                                "gigachat_stream_interrupted")
+                err = upstream(502, "GigaChat ended the stream before the answer was complete; try again.",
+                               "gigachat_stream_interrupted")
                 raise _interrupted(err, chars) if chars else err
         # Slot released before the last yield: a caller that stops here must not block others.
         yield {"finish_reason": finish, "usage": _usage(usage), "model": model, "blocked": finish == "blacklist"}
@@ -210,14 +187,14 @@ class GigaChatProvider:
                 except pydantic.ValidationError as e:
                     bad = e.errors()[0]
                     name = "GIGACHAT_" + str(bad["loc"][0]).upper() if bad.get("loc") else "a GIGACHAT_* variable"
-                    raise _upstream(503, f"GigaChat settings are invalid: {name}: {bad['msg']}; fix it in .env.",
-                                    "gigachat_not_configured")
+                    raise upstream(503, f"GigaChat settings are invalid: {name}: {bad['msg']}; fix it in .env.",
+                                   "gigachat_not_configured")
                 s = client._settings
                 if not (s.credentials or s.access_token or (s.user and s.password)):
-                    raise _upstream(503, _NOT_CONFIGURED, "gigachat_not_configured")
+                    raise upstream(503, _NOT_CONFIGURED, "gigachat_not_configured")
                 if s.ca_bundle_file and not os.path.isfile(s.ca_bundle_file):
-                    raise _upstream(503, f"GIGACHAT_CA_BUNDLE_FILE={s.ca_bundle_file} does not exist: point it at the "
-                                         "Russian Trusted Root CA file (.crt/.pem).", "gigachat_not_configured")
+                    raise upstream(503, f"GIGACHAT_CA_BUNDLE_FILE={s.ca_bundle_file} does not exist: point it at the "
+                                        "Russian Trusted Root CA file (.crt/.pem).", "gigachat_not_configured")
                 self._client = client
             return self._client
 
@@ -248,9 +225,9 @@ class GigaChatProvider:
             finally:
                 self._count_waiting(-1)
             if not got:
-                raise _upstream(503, f"GigaChat is busy: {self.max_concurrency} request(s) running and this one "
-                                     f"waited {self.queue_timeout:g} s (GIGACHAT_QUEUE_TIMEOUT); try again shortly.",
-                                "gigachat_busy", {"Retry-After": str(RETRY_AFTER_S)})
+                raise upstream(503, f"GigaChat is busy: {self.max_concurrency} request(s) running and this one "
+                                    f"waited {self.queue_timeout:g} s (GIGACHAT_QUEUE_TIMEOUT); try again shortly.",
+                               "gigachat_busy", {"Retry-After": str(RETRY_AFTER_S)})
         try:
             yield
         finally:
@@ -275,82 +252,8 @@ class GigaChatProvider:
 
     def _mapped(self, e):
         """The ApiError for an SDK/httpx exception; anything else (a bug) is re-raised as is."""
-        err = self._map_error(e)
+        err = map_error(e, self._client, self.model)
         if err is None:
             raise e
         log.warning("GigaChat error %s: %s (%s)", err.status, err.message, type(e).__name__)
         return err
-
-    def _where(self, url):
-        """(setting, URL) of what failed: the OAuth server or the API."""
-        s = self._client._settings
-        auth = s.auth_url.rstrip("/")
-        return ("GIGACHAT_AUTH_URL", auth) if url and str(url).startswith(auth) else ("GIGACHAT_BASE_URL", s.base_url)
-
-    def _map_error(self, e):
-        if isinstance(e, ResponseError):
-            return self._map_status(e)
-        try:
-            var, url = self._where(e.request.url)
-        except (AttributeError, RuntimeError):  # httpx raises RuntimeError when no request is attached
-            var, url = self._where(None)
-        if isinstance(e, httpx.TimeoutException):
-            return _upstream(504, f"GigaChat did not answer within {self._client._settings.timeout:g} s "
-                                  f"(GIGACHAT_TIMEOUT) at {url}; try again, or raise GIGACHAT_TIMEOUT.",
-                             "gigachat_timeout")
-        tls = [x for x in _chain(e) if isinstance(x, ssl.SSLError)]
-        if tls or "CERTIFICATE_VERIFY_FAILED" in str(e):
-            return _upstream(503, f"TLS check of GigaChat at {url} failed ({tls[0] if tls else e}). GigaChat's "
-                                  "certificate is issued by the \"Russian Trusted Root CA\" (Минцифры), which Python "
-                                  "does not trust by default: download it from gosuslugi.ru/crt and set "
-                                  "GIGACHAT_CA_BUNDLE_FILE to that file (the right fix), or set "
-                                  "GIGACHAT_VERIFY_SSL_CERTS=false (development only).", "gigachat_tls_error")
-        if isinstance(e, httpx.ConnectError):  # refused, DNS, no route
-            return _upstream(503, f"Cannot reach GigaChat at {url} ({e}): check the network / {var}.",
-                             "gigachat_unreachable")
-        if isinstance(e, httpx.TransportError):  # reset, cut mid-answer, not SSE, ...
-            return _upstream(502, f"The connection to GigaChat failed ({e or type(e).__name__}); try again.",
-                             "gigachat_connection_lost")
-        if isinstance(e, (pydantic.ValidationError, json.JSONDecodeError)):
-            return _upstream(502, f"GigaChat sent an answer this gateway cannot read ({type(e).__name__}); try "
-                                  "again, and update the gigachat package if it persists.", "gigachat_bad_response")
-        return None
-
-    def _map_status(self, e: ResponseError):
-        status, msg = e.status_code, _upstream_message(e)
-        if status == 401 or (self._where(e.url)[0] == "GIGACHAT_AUTH_URL" and status in (400, 403)):
-            # An API 401 reaches us only after the SDK fetched a fresh token and retried: the key is bad.
-            extra = " (or renew GIGACHAT_ACCESS_TOKEN)" if self._client._settings.access_token else ""
-            return _upstream(502, f"GigaChat rejected the authorization ({status}: {msg}): {_CHECK_KEY}{extra}.",
-                             "gigachat_auth_failed")
-        if status == 402:
-            return _upstream(402, f"The GigaChat token package for model '{self.model}' is used up ({msg}): buy or "
-                                  "activate a package at developers.sber.ru, or set GIGACHAT_MODEL to a model you "
-                                  "still have tokens for.", "gigachat_quota_exceeded")
-        if status == 403:
-            return _upstream(502, f"GigaChat refused access ({msg}): check that GIGACHAT_SCOPE matches your key.",
-                             "gigachat_forbidden")
-        if status == 404:
-            return _upstream(502, self._not_found(e, msg), "gigachat_model_not_found")
-        if status == 413:
-            return ApiError(413, f"The request is too large for GigaChat ({msg}); shorten the conversation.",
-                            code="request_too_large")
-        if status in (400, 422):
-            return ApiError(400, f"GigaChat rejected the request: {msg}", code="gigachat_invalid_request")
-        if status == 429:
-            retry = (e.headers or {}).get("retry-after") or str(RETRY_AFTER_S)
-            return ApiError(429, f"GigaChat's rate limit for this key is hit ({msg}); retry in {retry} s.",
-                            type="rate_limit_error", code="gigachat_rate_limited", headers={"Retry-After": retry})
-        if status >= 500:
-            return _upstream(502, f"GigaChat failed (status {status}): {msg}; try again.", "gigachat_server_error")
-        return _upstream(502, f"GigaChat answered {status}: {msg}.", "gigachat_error")
-
-    def _not_found(self, e, msg):
-        try:  # one cheap call tells a wrong model from a wrong base URL
-            names = [m.id_ for m in self._client.get_models().data]
-        except Exception:
-            names = None
-        if names and self.model not in names:
-            return f"Unknown model '{self.model}': set GIGACHAT_MODEL to one of {', '.join(names)}."
-        return (f"GigaChat answered 404 ({msg}) at {e.url}: check GIGACHAT_MODEL ('{self.model}', see "
-                "GET /v1/models) and GIGACHAT_BASE_URL (it should end in /api/v1).")

@@ -1,0 +1,1 @@
+"""The gateway (chat.py): blueprints and the exchange (one question, one saved answer)."""

@@ -1,0 +1,45 @@
+"""What the answering routes (/gigachat, /qwen, /v1/chat/completions) share: waiting for the first
+piece of an answer while watching the client, and the token and stream metrics."""
+from flask import current_app, request
+
+from common import client_watch
+from common.api_common import ApiError
+from gateway import exchange
+
+
+def providers() -> dict:
+    return current_app.extensions["providers"]
+
+
+def metrics():
+    """The app's Metrics; take it during the request: a streamed body is sent after the app context ends."""
+    return current_app.extensions["metrics"]
+
+
+def record_usage(metrics, name, usage):
+    usage = usage or {}
+    metrics.tokens.labels(name).inc(usage.get("completion_tokens") or 0)
+    tps = (usage.get("timings") or {}).get("tokens_per_second")
+    if tps:
+        metrics.tok_per_s.labels(name).set(tps)
+
+
+def begin(ctx, stream):
+    """The answer's event stream, or the whole answer. The session exists from here on, so an
+    upstream failure tells the client its id. Until then nothing is written to the client, so a
+    watcher notices one that hangs up, and the upstream call is aborted (its answer: cancelled)."""
+    try:
+        with client_watch.watching(request.environ, on_leave=ctx["cancel"].set):
+            return exchange.open_stream(ctx) if stream else exchange.answer(ctx)
+    except ApiError as e:
+        e.headers["X-Session-ID"] = ctx["sid"]
+        raise
+
+
+def tracked(metrics, frames):
+    """Counts an SSE stream as active while it is being sent."""
+    metrics.active_streams.inc()
+    try:
+        yield from frames
+    finally:
+        metrics.active_streams.dec()

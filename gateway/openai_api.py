@@ -1,0 +1,100 @@
+"""The OpenAI-compatible side: POST /v1/chat/completions (the model name picks the provider; every
+exchange is saved like the spec's endpoints') and GET /v1/models."""
+import re
+
+from flask import Blueprint, current_app, jsonify, request
+
+import db
+from common.api_common import ApiError, json_body, sse, sse_response
+from common.openai_format import chunk, completion, new_id, parse_chat_request
+from gateway import exchange
+from gateway.delivery import begin, metrics, providers, record_usage, tracked
+
+# What the page can open (#c/<id>, GET /history/<id>): not "." or ".." (dot segments a URL drops).
+SESSION_ID = re.compile(r"(?!\.+$)[A-Za-z0-9._-]{1,100}")
+
+bp = Blueprint("openai", __name__)
+
+
+def route_model(model):
+    """(provider name, GigaChat model to ask for or None) for the request's model."""
+    m = model.lower() if isinstance(model, str) else ""  # a non-string model is a 404 too, not a crash
+    if m.startswith("qwen"):
+        return "qwen", None
+    if m.startswith("gigachat"):
+        return "gigachat", None if m == "gigachat" else model
+    raise ApiError(404, f"Unknown model {str(model)[:60]!r}: use 'gigachat' (or a GigaChat-* name) or "
+                        f"'qwen'. GET /v1/models lists them.", code="model_not_found", param="model")
+
+
+def with_default_system(messages):
+    system_prompt = current_app.config["DEFAULT_SYSTEM_PROMPT"]
+    if not any(m["role"] == "system" for m in messages) and system_prompt:
+        return [{"role": "system", "content": system_prompt}] + messages
+    return messages
+
+
+def session_id():
+    sid = request.headers.get("X-Session-ID") or db.new_session_id()
+    if not SESSION_ID.fullmatch(sid):
+        raise ApiError(400, "X-Session-ID must be 1-100 letters, digits, '.', '_' or '-', and not only dots "
+                            "('.' and '..' cannot be opened as /history/<id>).", code="invalid_session_id",
+                       param="X-Session-ID")
+    return sid
+
+
+@bp.post("/v1/chat/completions")
+def v1_chat():
+    body = json_body()
+    name, gc_model = route_model(body.get("model"))
+    req = parse_chat_request(body, current_app.config["QWEN_DEFAULTS"] if name == "qwen" else {})
+    params = req["params"]
+    if gc_model:
+        params["model"] = gc_model
+    messages = with_default_system(req["messages"])
+    system = next((m["content"] for m in messages if m["role"] == "system"), None)
+    question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    conn = db.get_db()
+    sid = session_id()
+    ctx = exchange.start(conn, providers()[name], sid, question, messages, system, params, gc_model,
+                         title=question.strip() or "(no question)")
+    model_out, cid, m = body.get("model"), new_id(), metrics()
+    try:
+        r = begin(ctx, req["stream"])
+    except ApiError as e:
+        if gc_model and e.code == "gigachat_model_not_found":  # the client's choice, not the config's
+            raise ApiError(404, f"GigaChat has no model {gc_model!r}: GET /v1/models lists the models.",
+                           code="model_not_found", param="model", headers=e.headers)
+        raise
+    if req["stream"]:
+        frames = completion_chunks(m, name, r, cid, model_out, req["include_usage"])
+        resp = sse_response(exchange.closing_iter(tracked(m, frames), r.close))
+    else:
+        record_usage(m, name, r.get("usage"))
+        resp = jsonify(completion(cid, model_out, r["answer"], r.get("finish_reason"), r.get("usage")))
+    resp.headers["X-Session-ID"] = sid
+    return resp
+
+
+def completion_chunks(metrics, name, events, cid, model, include_usage):
+    """OpenAI's chat.completion.chunk frames for an answer's events, then [DONE]."""
+    yield sse(chunk(cid, model, delta={"role": "assistant", "content": ""}))
+    for kind, value in events:  # (a client that hangs up: the response's close() settles `events`)
+        if kind == "delta":
+            yield sse(chunk(cid, model, delta={"content": value}))
+        elif kind == "done":
+            record_usage(metrics, name, value.get("usage"))
+            yield sse(chunk(cid, model, finish_reason=value.get("finish_reason") or "stop"))
+            if include_usage:
+                yield sse(chunk(cid, model, usage=value.get("usage") or {}))
+        else:
+            yield sse(value.body())
+    yield sse("[DONE]")
+
+
+@bp.get("/v1/models")
+def v1_models():
+    ids = ["gigachat", current_app.config["GIGACHAT_MODEL"], "qwen"] + \
+          [m for m in providers()["qwen"].models() if m.lower().startswith("qwen")]
+    return jsonify({"object": "list", "data": [{"id": i, "object": "model", "owned_by": "dual-ai-chat"}
+                                               for i in dict.fromkeys(ids)]})

@@ -1,0 +1,54 @@
+"""Upstream chat providers the gateway talks to, behind one small interface (Provider), built from the
+gateway's config by REGISTRY. Another provider (or a second upstream of one kind) is a module with a
+Provider subclass and one more line in REGISTRY."""
+
+
+class Provider:
+    """What the gateway asks of an upstream. `cancel` is a gateway.exchange.Cancel: a provider aborts
+    (or leaves its queue) when it is set. Errors are common.api_common.ApiError with the status to answer."""
+
+    name = ""
+    on_queue_change = staticmethod(lambda n: None)  # told how many wait for the upstream (a metrics gauge)
+
+    def complete(self, messages, params, session_id=None, cancel=None) -> dict:
+        """The whole answer: {"answer", "finish_reason", "usage", "model", "blocked"}."""
+        raise NotImplementedError
+
+    def stream(self, messages, params, session_id=None, cancel=None):
+        """Lazily yields {"delta": text}..., then one {"finish_reason", "usage", "model", "blocked"};
+        errors come from next(), so the first item can be pulled before any response header is sent."""
+        raise NotImplementedError
+
+    def status(self) -> dict:
+        """What the upstream says about itself, for a status page; never raises."""
+        raise NotImplementedError
+
+    def models(self) -> list:
+        """Model names the upstream offers (for /v1/models)."""
+        return []
+
+    def max_seq_len(self):
+        """The context size in tokens, to trim long conversations; None when unknown (nothing is trimmed)."""
+        return None
+
+    def count_tokens(self, messages):
+        """Exact prompt tokens for messages, or None when only the cheap upper bound is known."""
+        return None
+
+
+def _gigachat(config):
+    from providers.gigachat import GigaChatProvider  # imported when used: the SDK is heavy
+    return GigaChatProvider()
+
+
+def _qwen(config):
+    from providers.qwen import QwenProvider
+    return QwenProvider(config["QWEN_URL"], config["QWEN_TIMEOUT"])
+
+
+REGISTRY = {"gigachat": _gigachat, "qwen": _qwen}  # name -> factory(config) -> Provider
+
+
+def build(config) -> dict:
+    """{name: Provider} for every registered provider, from the gateway's config."""
+    return {name: make(config) for name, make in REGISTRY.items()}
