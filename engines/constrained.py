@@ -3,9 +3,9 @@
 the tokens allowed next) and OpenAI logprobs.
 
 Why llguidance: it builds its token trie from a Hugging Face tokenizer *or* straight from a llama.cpp
-vocab (llguidance.llamacpp), computes a mask in ~50 us a token on the CPU with no per-schema warm-up
-(xgrammar and outlines-core precompile per schema), and its masks are plain bitmasks that any logits
-array takes; exllamav2's filter API wants the allowed-token set the same mask gives."""
+vocab (llguidance.llamacpp: the GGUF engine needs no HF files), computes a mask in ~0.1 ms a token for
+a 49k vocabulary with no per-schema precompilation, and its masks are plain bitmasks that any logits
+array takes (an exllamav2 filter could hand back the same allowed set)."""
 import json
 import threading
 
