@@ -17,7 +17,9 @@ from common.api_common import (LOOPBACK_NAMES, ApiError, Metrics, allowed_host_n
                                json_body, load_env, setup_logging, sse, sse_response, warn_if_exposed)
 from common.openai_format import (chunk, completion, new_id, parse_chat_request, parse_messages, usage_with_timings)
 from common.wsgi_server import StartupError, serve
-from engines import CACHE_MODES, ENGINES, Chunk, EngineError, GenParams, create_engine
+from engines import CACHE_MODES, ENGINES, EngineError, GenParams, create_engine
+from qwen_api import completions
+from qwen_api.tool_calls import collect, deltas, parse_shaping
 
 log = logging.getLogger("qwen_server")
 SEED_DEFAULTS = {"temperature": 0.4, "top_p": 0.9, "top_k": 60, "repetition_penalty": 1.1}
@@ -60,9 +62,9 @@ def create_app(engine, max_tokens_default=2048, allowed_hosts=LOOPBACK_NAMES):
     openapi.register(app, openapi.qwen_server_spec)  # GET /openapi.json
     stats = Stats()
 
-    def budget(messages, max_tokens):
+    def budget(messages, max_tokens, tools=None, prompt=None):
         """Prompt tokens and the max_tokens that fits the context, or a 400 with the counts."""
-        prompt = engine.count_tokens(messages)
+        prompt = engine.count_tokens(messages, tools) if prompt is None else prompt
         room = engine.max_seq_len - prompt
         if max_tokens is None:  # no answer runs to the end of the context unasked
             max_tokens = max(1, min(max_tokens_default, room))
@@ -74,25 +76,28 @@ def create_app(engine, max_tokens_default=2048, allowed_hosts=LOOPBACK_NAMES):
 
     @app.post("/v1/chat/completions")
     def chat_completions():
-        req = parse_chat_request(json_body(), SEED_DEFAULTS)
-        params = req["params"]
-        _, params["max_tokens"] = budget(req["messages"], params.get("max_tokens"))
+        body = json_body()
+        req = parse_chat_request(body, SEED_DEFAULTS, tools_ok=True)
+        shape = parse_shaping(body, engine.features)  # response_format, tools, logprobs
+        params = {**req["params"], "grammar": shape["grammar"], "logprobs": shape["logprobs"],
+                  "top_logprobs": shape["top_logprobs"]}
+        _, params["max_tokens"] = budget(req["messages"], params.get("max_tokens"), shape["tools"])
         model, cid, cancel = engine.model_name, new_id(), threading.Event()
-        chunks = engine.generate(req["messages"], GenParams(**params), cancel)
+        chunks = engine.generate(req["messages"], GenParams(**params), cancel, tools=shape["tools"])
         if req["stream"]:
-            return sse_response(stream_frames(chunks, cid, model, req["include_usage"], request.environ, cancel))
+            frames = stream_chunks(deltas(chunks, shape["tool_mode"]), cid, model, req["include_usage"])
+            first = chunk(cid, model, delta={"role": "assistant", "content": ""})
+            return sse_response(stream_frames(frames, chunks, request.environ, cancel, first))
         stats.busy(+1)
         try:  # a client that hangs up stops its generation, or takes it out of the queue before its prefill
             with client_watch.watching(request.environ, on_leave=cancel.set):
-                parts, last = [], Chunk()
-                for last in chunks:
-                    parts.append(last.text)
+                content, calls, lps, finish, usage = collect(chunks, shape["tool_mode"])
         finally:
             stats.busy(-1)
             chunks.close()
-        usage = usage_with_timings(last.usage or {})
+        usage = usage_with_timings(usage)
         finished(model, usage)
-        return jsonify(completion(cid, model, "".join(parts), last.finish_reason, usage))
+        return jsonify(completion(cid, model, content, finish, usage, lps if shape["logprobs"] else None, calls))
 
     def finished(model, usage):
         stats.record(usage)
@@ -100,15 +105,16 @@ def create_app(engine, max_tokens_default=2048, allowed_hosts=LOOPBACK_NAMES):
         if usage["timings"]["tokens_per_second"]:
             metrics.tok_per_s.labels(model).set(usage["timings"]["tokens_per_second"])
 
-    def stream_frames(chunks, cid, model, include_usage, environ, cancel):
+    def stream_frames(frames, chunks, environ, cancel, first=None):
         stats.busy(+1)
         metrics.active_streams.inc()
         try:
-            yield sse(chunk(cid, model, delta={"role": "assistant", "content": ""}))
+            if first is not None:
+                yield sse(first)
             # A write fails only when there is something to write: a stream waiting in the queue (or in its
             # prefill) would not notice its client leaving. The watcher does, and cancels it.
             with client_watch.watching(environ, on_leave=cancel.set):
-                yield from stream_chunks(chunks, cid, model, include_usage)
+                yield from frames
             yield sse("[DONE]")
         except Exception as e:  # noqa: BLE001 - headers are gone: report in-band, as OpenAI does
             log.exception("generation failed")
@@ -119,16 +125,50 @@ def create_app(engine, max_tokens_default=2048, allowed_hosts=LOOPBACK_NAMES):
             metrics.active_streams.dec()
             chunks.close()  # a client that hung up cancels its job here
 
-    def stream_chunks(chunks, cid, model, include_usage):
-        for c in chunks:
-            if c.text:
-                yield sse(chunk(cid, model, delta={"content": c.text}))
-            if c.finish_reason:
-                usage = usage_with_timings(c.usage or {})
+    def stream_chunks(events, cid, model, include_usage):
+        for delta, logprobs, finish_reason, usage in events:
+            if delta is not None:
+                yield sse(chunk(cid, model, delta=delta, logprobs=logprobs))
+            if finish_reason:
+                usage = usage_with_timings(usage)
                 finished(model, usage)
-                yield sse(chunk(cid, model, finish_reason=c.finish_reason))
+                yield sse(chunk(cid, model, finish_reason=finish_reason))
                 if include_usage:
                     yield sse(chunk(cid, model, usage=usage))
+
+    @app.post("/v1/completions")
+    def text_completions():  # a prompt continued, or fill-in-the-middle with `suffix` (editor plugins)
+        req = completions.parse_completion_request(json_body(), SEED_DEFAULTS)
+        params = req["params"]
+        if params["logprobs"] and "logprobs" not in engine.features:
+            raise ApiError(400, "This engine does not report logprobs.", code="invalid_parameter", param="logprobs")
+        ids = completions.prompt_ids(engine, req["prompt"], req["suffix"])
+        _, params["max_tokens"] = budget(None, params["max_tokens"], prompt=len(ids))
+        model, cid, cancel = engine.model_name, completions.new_completion_id(), threading.Event()
+        chunks = engine.generate_ids(ids, GenParams(**params), cancel)
+        if req["stream"]:
+            frames = completion_frames(chunks, cid, model, params["logprobs"], req["include_usage"])
+            return sse_response(stream_frames(frames, chunks, request.environ, cancel))
+        stats.busy(+1)
+        try:
+            with client_watch.watching(request.environ, on_leave=cancel.set):
+                text, entries, finish, usage = completions.collect(chunks)
+        finally:
+            stats.busy(-1)
+            chunks.close()
+        usage = usage_with_timings(usage)
+        finished(model, usage)
+        lp = completions.legacy_logprobs(entries) if params["logprobs"] else None
+        return jsonify(completions.text_completion(cid, model, text, finish, lp, usage))
+
+    def completion_frames(chunks, cid, model, want_logprobs, include_usage):
+        for frame, usage in completions.stream_events(chunks, cid, model, want_logprobs):
+            yield sse(frame)
+            if usage is not None:
+                usage = usage_with_timings(usage)
+                finished(model, usage)
+                if include_usage:
+                    yield sse(completions.text_completion(cid, model, None, None, usage=usage))
 
     def messages_from_body():
         body = json_body()

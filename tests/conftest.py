@@ -69,6 +69,14 @@ def qwen_tiny(tiny_qwen_dir):
 
 
 @pytest.fixture(scope="session")
+def qwen_tiny_2k(tiny_qwen_dir):
+    """The tiny Qwen2 with room for a tool list (its toy tokenizer spends many tokens on one)."""
+    proc = start_qwen(tiny_qwen_dir, "-l", "2048")
+    yield proc
+    stop_process(proc)
+
+
+@pytest.fixture(scope="session")
 def fake_gigachat():
     proc = start_fake_gigachat()
     yield proc
