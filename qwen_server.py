@@ -18,6 +18,7 @@ from common.api_common import (LOOPBACK_NAMES, ApiError, Metrics, allowed_host_n
 from common.openai_format import (chunk, completion, new_id, parse_chat_request, parse_messages, usage_with_timings)
 from common.wsgi_server import StartupError, serve
 from engines import CACHE_MODES, ENGINES, Chunk, EngineError, GenParams, create_engine
+from tool_calls import collect, deltas, parse_shaping
 
 log = logging.getLogger("qwen_server")
 SEED_DEFAULTS = {"temperature": 0.4, "top_p": 0.9, "top_k": 60, "repetition_penalty": 1.1}
@@ -60,9 +61,9 @@ def create_app(engine, max_tokens_default=2048, allowed_hosts=LOOPBACK_NAMES):
     openapi.register(app, openapi.qwen_server_spec)  # GET /openapi.json
     stats = Stats()
 
-    def budget(messages, max_tokens):
+    def budget(messages, max_tokens, tools=None):
         """Prompt tokens and the max_tokens that fits the context, or a 400 with the counts."""
-        prompt = engine.count_tokens(messages)
+        prompt = engine.count_tokens(messages, tools)
         room = engine.max_seq_len - prompt
         if max_tokens is None:  # no answer runs to the end of the context unasked
             max_tokens = max(1, min(max_tokens_default, room))
@@ -74,25 +75,27 @@ def create_app(engine, max_tokens_default=2048, allowed_hosts=LOOPBACK_NAMES):
 
     @app.post("/v1/chat/completions")
     def chat_completions():
-        req = parse_chat_request(json_body(), SEED_DEFAULTS)
-        params = req["params"]
-        _, params["max_tokens"] = budget(req["messages"], params.get("max_tokens"))
+        body = json_body()
+        req = parse_chat_request(body, SEED_DEFAULTS, tools_ok=True)
+        shape = parse_shaping(body, engine.features)  # response_format, tools, logprobs
+        params = {**req["params"], "grammar": shape["grammar"], "logprobs": shape["logprobs"],
+                  "top_logprobs": shape["top_logprobs"]}
+        _, params["max_tokens"] = budget(req["messages"], params.get("max_tokens"), shape["tools"])
         model, cid, cancel = engine.model_name, new_id(), threading.Event()
-        chunks = engine.generate(req["messages"], GenParams(**params), cancel)
+        chunks = engine.generate(req["messages"], GenParams(**params), cancel, tools=shape["tools"])
         if req["stream"]:
-            return sse_response(stream_frames(chunks, cid, model, req["include_usage"], request.environ, cancel))
+            return sse_response(stream_frames(deltas(chunks, shape["tool_mode"]), chunks, cid, model,
+                                              req["include_usage"], request.environ, cancel))
         stats.busy(+1)
         try:  # a client that hangs up stops its generation, or takes it out of the queue before its prefill
             with client_watch.watching(request.environ, on_leave=cancel.set):
-                parts, last = [], Chunk()
-                for last in chunks:
-                    parts.append(last.text)
+                content, calls, lps, finish, usage = collect(chunks, shape["tool_mode"])
         finally:
             stats.busy(-1)
             chunks.close()
-        usage = usage_with_timings(last.usage or {})
+        usage = usage_with_timings(usage)
         finished(model, usage)
-        return jsonify(completion(cid, model, "".join(parts), last.finish_reason, usage))
+        return jsonify(completion(cid, model, content, finish, usage, lps if shape["logprobs"] else None, calls))
 
     def finished(model, usage):
         stats.record(usage)
@@ -100,7 +103,7 @@ def create_app(engine, max_tokens_default=2048, allowed_hosts=LOOPBACK_NAMES):
         if usage["timings"]["tokens_per_second"]:
             metrics.tok_per_s.labels(model).set(usage["timings"]["tokens_per_second"])
 
-    def stream_frames(chunks, cid, model, include_usage, environ, cancel):
+    def stream_frames(events, chunks, cid, model, include_usage, environ, cancel):
         stats.busy(+1)
         metrics.active_streams.inc()
         try:
@@ -108,7 +111,7 @@ def create_app(engine, max_tokens_default=2048, allowed_hosts=LOOPBACK_NAMES):
             # A write fails only when there is something to write: a stream waiting in the queue (or in its
             # prefill) would not notice its client leaving. The watcher does, and cancels it.
             with client_watch.watching(environ, on_leave=cancel.set):
-                yield from stream_chunks(chunks, cid, model, include_usage)
+                yield from stream_chunks(events, cid, model, include_usage)
             yield sse("[DONE]")
         except Exception as e:  # noqa: BLE001 - headers are gone: report in-band, as OpenAI does
             log.exception("generation failed")
@@ -119,14 +122,14 @@ def create_app(engine, max_tokens_default=2048, allowed_hosts=LOOPBACK_NAMES):
             metrics.active_streams.dec()
             chunks.close()  # a client that hung up cancels its job here
 
-    def stream_chunks(chunks, cid, model, include_usage):
-        for c in chunks:
-            if c.text:
-                yield sse(chunk(cid, model, delta={"content": c.text}))
-            if c.finish_reason:
-                usage = usage_with_timings(c.usage or {})
+    def stream_chunks(events, cid, model, include_usage):
+        for delta, logprobs, finish_reason, usage in events:
+            if delta is not None:
+                yield sse(chunk(cid, model, delta=delta, logprobs=logprobs))
+            if finish_reason:
+                usage = usage_with_timings(usage)
                 finished(model, usage)
-                yield sse(chunk(cid, model, finish_reason=c.finish_reason))
+                yield sse(chunk(cid, model, finish_reason=finish_reason))
                 if include_usage:
                     yield sse(chunk(cid, model, usage=usage))
 

@@ -1,5 +1,6 @@
 """OpenAI wire format, shared by qwen_server.py and the gateway's /v1 endpoints:
 request validation with errors that say what to fix, and response/chunk builders."""
+import json
 import math
 import time
 import uuid
@@ -56,12 +57,56 @@ def content_text(content, where):
         return content
     if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
                                          and isinstance(p.get("text"), str) for p in content):
-        return "".join(p["text"] for p in content)
+        return "\n".join(p["text"] for p in content)
     raise ApiError(400, f"{where}.content must be a string or a list of text parts.",
                    code="invalid_message", param="messages")
 
 
-def parse_messages(raw) -> list:
+# Fields that would change the answer and that no model here honours: a 400, never a silent drop.
+# name -> the values that are the same as leaving the field out.
+UNSUPPORTED = {"n": (None, 1), "best_of": (None, 1), "logit_bias": (None, {}), "presence_penalty": (None, 0),
+               "frequency_penalty": (None, 0), "functions": (None, []), "function_call": (None,),
+               "audio": (None,), "prediction": (None,), "modalities": (None, ["text"]), "web_search_options": (None,)}
+# Accepted and ignored: they do not change the answer (bookkeeping, routing, caching hints).
+HARMLESS = ("user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
+            "safety_identifier", "reasoning_effort", "verbosity")
+
+
+def reject_unsupported(body: dict):
+    for name, neutral in UNSUPPORTED.items():
+        value = body.get(name)
+        if value not in neutral:
+            hint = " Use 'tools' instead." if name in ("functions", "function_call") else ""
+            raise ApiError(400, f"'{name}' is not supported here (got {str(value)[:40]}): leave it out.{hint}",
+                           code="unsupported_parameter", param=name)
+
+
+def parse_tool_message(m: dict, where: str) -> dict:
+    """qwen_server only: a `tool` result, or an assistant message that made tool calls."""
+    if m.get("role") == "tool":
+        return {"role": "tool", "content": content_text(m.get("content"), where),
+                "tool_call_id": str(m.get("tool_call_id") or "")}
+    calls = m.get("tool_calls")
+    if not isinstance(calls, list) or not all(isinstance(c, dict) and isinstance(c.get("function"), dict)
+                                              for c in calls):
+        raise ApiError(400, f"{where}.tool_calls must be a list of {{id, type, function: {{name, arguments}}}}.",
+                       code="invalid_message", param="messages")
+    out = []
+    for c in calls:
+        args = c["function"].get("arguments") or "{}"
+        try:
+            args = json.loads(args) if isinstance(args, str) else args
+        except ValueError:
+            raise ApiError(400, f"{where}.tool_calls: arguments must be a JSON object as a string.",
+                           code="invalid_message", param="messages") from None
+        out.append({"id": c.get("id"), "type": "function",
+                    "function": {"name": str(c["function"].get("name")), "arguments": args}})
+    content = m.get("content")
+    return {"role": "assistant", "content": content_text(content, where) if content is not None else "",
+            "tool_calls": out}
+
+
+def parse_messages(raw, tools_ok=False) -> list:
     if raw is None:
         raise ApiError(400, "'messages' is required: a list like [{\"role\": \"user\", \"content\": \"...\"}].",
                        code="missing_messages", param="messages")
@@ -77,6 +122,9 @@ def parse_messages(raw) -> list:
         role = m.get("role")
         if role == "developer":  # newer OpenAI clients send this for system prompts
             role = "system"
+        if tools_ok and (role == "tool" or role == "assistant" and m.get("tool_calls")):
+            out.append(parse_tool_message(m, where))
+            continue
         if role not in ROLES:
             raise ApiError(400, f"{where}.role {str(role)[:40]!r} is unknown: use system, user or assistant.",
                            code="invalid_role", param="messages")
@@ -97,10 +145,10 @@ def parse_stop(raw) -> list:
     return stops
 
 
-def parse_chat_request(body: dict, defaults: dict) -> dict:
-    """A /v1/chat/completions body -> messages, params, stream flags; 400 on anything wrong."""
-    if body.get("n") not in (None, 1):
-        raise ApiError(400, "Only n=1 is supported.", code="invalid_parameter", param="n")
+def parse_chat_request(body: dict, defaults: dict, tools_ok=False) -> dict:
+    """A /v1/chat/completions body -> messages, params, stream flags; 400 on anything wrong.
+    tools_ok: `tool` messages and assistant tool_calls are accepted (the server renders them)."""
+    reject_unsupported(body)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be true or false.", code="invalid_parameter", param="stream")
@@ -112,7 +160,7 @@ def parse_chat_request(body: dict, defaults: dict) -> dict:
         raise ApiError(400, "'model' must be a string.", code="invalid_parameter", param="model")
     params = parse_params(body, defaults)
     params["stop"] = parse_stop(body.get("stop"))
-    return {"messages": parse_messages(body.get("messages")), "params": params, "stream": stream,
+    return {"messages": parse_messages(body.get("messages"), tools_ok), "params": params, "stream": stream,
             "include_usage": bool(opts.get("include_usage")), "model": model}
 
 
@@ -120,18 +168,24 @@ def new_id():
     return "chatcmpl-" + uuid.uuid4().hex[:24]
 
 
-def completion(cid, model, text, finish_reason, usage):
+def completion(cid, model, text, finish_reason, usage, logprobs=None, tool_calls=None):
+    message = {"role": "assistant", "content": text}
+    if tool_calls:
+        message.update(content=text or None, tool_calls=tool_calls)
+    choice = {"index": 0, "message": message, "finish_reason": finish_reason}
+    if logprobs is not None:
+        choice["logprobs"] = {"content": logprobs}
     return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": finish_reason}],
-            "usage": usage}
+            "choices": [choice], "usage": usage}
 
 
-def chunk(cid, model, delta=None, finish_reason=None, usage=None):
+def chunk(cid, model, delta=None, finish_reason=None, usage=None, logprobs=None):
     """One chat.completion.chunk; with usage and no delta it is the usage-only last chunk."""
     out = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
            "choices": [] if usage is not None else [{"index": 0, "delta": delta or {},
                                                      "finish_reason": finish_reason}]}
+    if logprobs is not None and out["choices"]:
+        out["choices"][0]["logprobs"] = {"content": logprobs}
     if usage is not None:
         out["usage"] = usage
     return out

@@ -34,6 +34,9 @@ class GenParams:
     max_tokens: int = 512
     stop: list = field(default_factory=list)
     seed: Optional[int] = None
+    logprobs: bool = False  # OpenAI logprobs: each token's log-probability (+ top_logprobs alternatives)
+    top_logprobs: int = 0
+    grammar: Optional[str] = None  # llguidance grammar the answer must match (engines/constrained.py)
 
     @property
     def greedy(self) -> bool:
@@ -45,6 +48,7 @@ class Chunk:
     text: str = ""
     finish_reason: Optional[str] = None  # "stop" | "length" | "cancelled"
     usage: Optional[dict] = None  # prompt_tokens, completion_tokens, prefill_ms, decode_ms
+    logprobs: Optional[list] = None  # OpenAI logprobs.content entries of the tokens since the last chunk
 
 
 class Engine:
@@ -52,6 +56,8 @@ class Engine:
     provides load, generate, render (messages -> prompt text) and tokenize (text -> ids)."""
 
     name = "base"
+    # GenParams fields beyond sampling that this engine honours; the server answers 400 for the others.
+    features = frozenset()
 
     def __init__(self, model_path, cache_mode="q4", max_seq_len=None):
         if cache_mode not in CACHE_MODES:
@@ -77,11 +83,12 @@ class Engine:
     def load(self):
         raise NotImplementedError
 
-    def generate(self, messages, params: GenParams, cancel: threading.Event) -> Iterator[Chunk]:
+    def generate(self, messages, params: GenParams, cancel: threading.Event, tools=None) -> Iterator[Chunk]:
         raise NotImplementedError
 
-    def render(self, messages) -> str:
-        """The prompt text: messages through the model's own chat template, generation prompt added."""
+    def render(self, messages, tools=None) -> str:
+        """The prompt text: messages (and tools) through the model's own chat template, generation prompt
+        added."""
         raise NotImplementedError
 
     def tokenize(self, text) -> list:
@@ -103,18 +110,30 @@ class Engine:
         return self.turns.waiting()
 
     # -- shared ---------------------------------------------------------------------------------
-    def encode(self, messages) -> list:
+    def encode(self, messages, tools=None) -> list:
         """Prompt token ids. The last prompt is remembered per thread: the server counts a prompt (does it
         fit?) and then generates from it, and tokenizing a long conversation twice costs milliseconds."""
-        key = json.dumps(messages, ensure_ascii=False, sort_keys=True)
+        key = json.dumps([messages, tools], ensure_ascii=False, sort_keys=True)
         last = getattr(self._last_prompt, "value", None)
         if last is None or last[0] != key:
             # The template already holds any BOS/special tokens as text.
-            last = self._last_prompt.value = (key, self.tokenize(self.render(messages)))
+            last = self._last_prompt.value = (key, self.tokenize(self.render_with_tools(messages, tools)))
         return list(last[1])
 
-    def count_tokens(self, messages) -> int:
-        return len(self.encode(messages))
+    def count_tokens(self, messages, tools=None) -> int:
+        return len(self.encode(messages, tools))
+
+    def template_has_tools(self) -> bool:
+        return False
+
+    def render_with_tools(self, messages, tools=None) -> str:
+        """Tools and tool turns through the template if it knows them, else written as plain messages."""
+        from engines.tool_prompt import plain_messages, uses_tools
+        if not uses_tools(messages, tools):
+            return self.render(messages)
+        if self.template_has_tools():
+            return self.render(messages, tools or None)
+        return self.render(plain_messages(messages, tools))
 
     def status(self) -> dict:
         return {"engine": self.name, "model": self.model_name, "model_path": os.path.abspath(self.model_path),
@@ -210,13 +229,15 @@ def ms_since(t0):
     return round((time.perf_counter() - t0) * 1000, 2)
 
 
-def decode_loop(sample, feed, is_eos, decode, params: GenParams, cancel, usage) -> Iterator[Chunk]:
+def decode_loop(sample, feed, is_eos, decode, params: GenParams, cancel, usage, guide=None) -> Iterator[Chunk]:
     """The token loop of the engines that decode one token at a time, after their prefill: `sample()`
     gives the next token id, `is_eos(id)` ends the answer, `feed(id)` runs the forward pass that the
     next sample needs (never after the last token). Text goes out through TextStream (whole UTF-8
     characters, stop strings never sent in part); a cancel is seen between tokens. The last chunk
-    has the finish reason and `usage` plus completion_tokens and decode_ms."""
+    has the finish reason and `usage` plus completion_tokens and decode_ms. `guide` (a TokenGuide, whose
+    mask `sample` applies) is told each token; `sample` may return (id, logprobs entry)."""
     stream = TextStream(decode, params.stop)
+    entries = [] if params.logprobs else None
     t0 = time.perf_counter()
     n, finish, hit_stop = 0, "length", False
     while n < params.max_tokens:
@@ -224,13 +245,20 @@ def decode_loop(sample, feed, is_eos, decode, params: GenParams, cancel, usage) 
             finish = "cancelled"
             break
         tid = sample()
+        if isinstance(tid, tuple):
+            tid, entry = tid
+            if entries is not None and entry is not None and not is_eos(tid):
+                entries.append(entry)
         n += 1
         if is_eos(tid):
             finish = "stop"
             break
+        if guide is not None:
+            guide.accept(tid)
         delta, hit_stop = stream.push(tid)
         if delta:
-            yield Chunk(text=delta)
+            yield Chunk(text=delta, logprobs=entries)
+            entries = [] if entries is not None else None
         if hit_stop:
             finish = "stop"
             break
@@ -239,8 +267,10 @@ def decode_loop(sample, feed, is_eos, decode, params: GenParams, cancel, usage) 
     if not hit_stop:  # text held back for a stop string that never came
         tail = stream.flush()
         if tail:
-            yield Chunk(text=tail)
-    yield Chunk(finish_reason=finish, usage={**usage, "completion_tokens": n, "decode_ms": ms_since(t0)})
+            yield Chunk(text=tail, logprobs=entries)
+            entries = [] if entries is not None else None
+    yield Chunk(finish_reason=finish, usage={**usage, "completion_tokens": n, "decode_ms": ms_since(t0)},
+                logprobs=entries or None)
 
 
 def find_gguf(path):

@@ -31,11 +31,16 @@ class HFEngine(Engine):
         self.hf_tokenizer = None
 
     def load_tokenizer(self):
+        from llguidance import hf as llguidance_hf
         from transformers import AutoTokenizer
+
+        from engines.constrained import Vocab
         try:
             self.hf_tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         except Exception as e:  # noqa: BLE001 - transformers raises many types here
             raise EngineError(f"cannot load the tokenizer from {self.model_path!r}: {e}") from e
+        self.ll_vocab = Vocab(lambda: llguidance_hf.from_tokenizer(
+            self.hf_tokenizer, n_vocab=self.model_config.get("vocab_size"), eos_token=self.stop_token_ids()))
         if not self.hf_tokenizer.chat_template:
             raise EngineError(f"{self.model_path!r} has no chat template (tokenizer_config.json "
                               f"'chat_template'): an instruct model is needed")
@@ -55,8 +60,11 @@ class HFEngine(Engine):
         ids.update(vocab[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab)
         return sorted(ids)
 
-    def render(self, messages) -> str:
-        return self.hf_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    def render(self, messages, tools=None) -> str:
+        return self.hf_tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+
+    def template_has_tools(self) -> bool:
+        return "tools" in self.hf_tokenizer.chat_template
 
     def tokenize(self, text) -> list:
         return self.hf_tokenizer(text, add_special_tokens=False)["input_ids"]

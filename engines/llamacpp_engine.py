@@ -13,6 +13,7 @@ import time
 
 from engines import (Chunk, Engine, EngineError, GenParams, cancelled_before_start, decode_loop, find_gguf,
                      ms_since)
+from engines.constrained import TokenGuide, Vocab
 
 # -cache -> llama.cpp KV cache type. llama.cpp has no 6-bit cache type: q6 gets q5_1 (5 bits + a
 # 16-bit scale and minimum per 32 values = 6.0 bits a value, the memory of a 6-bit cache).
@@ -67,6 +68,7 @@ def gguf_context_length(path):
 
 class LlamaCppEngine(Engine):
     name = "llamacpp"
+    features = frozenset({"logprobs", "grammar"})
 
     def __init__(self, model_path, cache_mode="q4", max_seq_len=None, threads=None):
         super().__init__(model_path, cache_mode, max_seq_len)
@@ -116,6 +118,7 @@ class LlamaCppEngine(Engine):
         self.template_extras = specials  # unk_token, pad_token
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self.extra_stops = {ids[0] for ids in (self.tokenize(t) for t in CHATML_STOPS) if len(ids) == 1}
+        self.ll_vocab = Vocab(self._ll_tokenizer)
         self.load_seconds = round(time.perf_counter() - t0, 2)
         log.info("llama.cpp: %s, K and V cache %s (asked: %s), flash attention %s, %d threads, OMP_WAIT_POLICY=%s",
                  os.path.basename(self.gguf_path), self.cache_mode, self.cache_requested,
@@ -132,14 +135,23 @@ class LlamaCppEngine(Engine):
         return out
 
     # -- text ---------------------------------------------------------------------------------------
-    def render(self, messages) -> str:
-        return self.formatter(messages=messages, **self.template_extras).prompt
+    def render(self, messages, tools=None) -> str:
+        return self.formatter(messages=messages, tools=tools, **self.template_extras).prompt
+
+    def template_has_tools(self) -> bool:
+        return "tools" in self.formatter.template
 
     def tokenize(self, text) -> list:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def decode(self, ids) -> str:
         return self.llm.detokenize(ids).decode("utf-8", "replace")
+
+    def _ll_tokenizer(self):
+        """llguidance's tokenizer straight from the GGUF's vocab (no Hugging Face files needed)."""
+        from llguidance.llamacpp import lltokenizer_from_vocab
+        eos = sorted(t for t in range(self.llm.n_vocab()) if self._is_eos(t))
+        return lltokenizer_from_vocab(self.vocab, n_vocab=self.llm.n_vocab(), eos_token=eos)
 
     def _is_eos(self, tid) -> bool:
         """llama.cpp's end-of-generation tokens, plus ChatML's ends as the HF engines have them."""
@@ -154,8 +166,8 @@ class LlamaCppEngine(Engine):
         return st
 
     # -- generation ---------------------------------------------------------------------------------
-    def generate(self, messages, params: GenParams, cancel: threading.Event):
-        prompt_ids = self.encode(messages)
+    def generate(self, messages, params: GenParams, cancel: threading.Event, tools=None):
+        prompt_ids = self.encode(messages, tools)
         with self.turns.turn(cancel) as my_turn:  # one context, one KV cache: one request at a time
             if not my_turn:
                 yield cancelled_before_start(len(prompt_ids))
@@ -205,9 +217,24 @@ class LlamaCppEngine(Engine):
                 return
             llm.eval(prompt_ids[at:at + llm.n_batch])
         sampler = self._sampler(params, prompt_ids)
+        guide = TokenGuide(params, self.ll_vocab, llm.n_vocab())
         usage = {"prompt_tokens": len(prompt_ids), "cached_tokens": cached, "prefill_ms": ms_since(t0)}
+        sample = (lambda: lc.llama_sampler_sample(sampler, llm.ctx, -1)) if not guide.active else \
+            (lambda: self._guided_sample(sampler, guide))
         try:
-            yield from decode_loop(lambda: lc.llama_sampler_sample(sampler, llm.ctx, -1), lambda tid: llm.eval([tid]),
-                                   self._is_eos, self.decode, params, cancel, usage)
+            yield from decode_loop(sample, lambda tid: llm.eval([tid]), self._is_eos, self.decode, params, cancel,
+                                   usage, guide)
         finally:
             lc.llama_sampler_free(sampler)
+
+    def _guided_sample(self, sampler, guide):
+        """Sampling with a grammar mask written into llama.cpp's own logits, and/or a logprobs entry."""
+        import llama_cpp as lc
+        import numpy as np
+        logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(self.llm.ctx, -1), shape=(self.llm.n_vocab(),))
+        raw = logits.copy() if guide.want_logprobs else None
+        blocked = guide.blocked()
+        if blocked is not None:
+            logits[blocked] = -np.inf
+        tid = lc.llama_sampler_sample(sampler, self.llm.ctx, -1)
+        return (tid, guide.logprob(raw, tid)) if raw is not None else tid

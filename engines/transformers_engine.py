@@ -8,11 +8,13 @@ import time
 import torch
 
 from engines import EngineError, GenParams, cancelled_before_start, decode_loop, ms_since
+from engines.constrained import TokenGuide
 from engines.hf import HFEngine
 
 
 class TransformersEngine(HFEngine):
     name = "transformers"
+    features = frozenset({"logprobs", "grammar"})
 
     def load(self):
         from transformers import AutoModelForCausalLM
@@ -53,8 +55,8 @@ class TransformersEngine(HFEngine):
         return procs
 
     @torch.inference_mode()
-    def generate(self, messages, params: GenParams, cancel: threading.Event):
-        prompt_ids = self.encode(messages)
+    def generate(self, messages, params: GenParams, cancel: threading.Event, tools=None):
+        prompt_ids = self.encode(messages, tools)
         with self.turns.turn(cancel) as my_turn:  # the model and its cache are not shared
             if not my_turn:
                 yield cancelled_before_start(len(prompt_ids))
@@ -69,6 +71,7 @@ class TransformersEngine(HFEngine):
         else:  # this generator only: torch.seed() would reseed the global RNG of every device, each request
             rng.seed()
         procs = self._processors(params)
+        guide = TokenGuide(params, self.ll_vocab, self.model.config.vocab_size)
         state = {"ids": torch.tensor([prompt_ids], device=self.device)}
         # logits_to_keep=1: the head runs on the last position only, not the whole prompt (for SmolLM2 the
         # 49k-word head is ~20% of prefill compute; the other rows were thrown away).
@@ -77,12 +80,19 @@ class TransformersEngine(HFEngine):
         usage = {"prompt_tokens": len(prompt_ids), "prefill_ms": ms_since(t0)}
 
         def sample():
-            scores = procs(state["ids"], state["logits"].float())
+            scores = state["logits"].float()
+            blocked = guide.blocked()
+            if blocked is not None:  # before top-k/top-p: they must choose among the allowed tokens
+                scores = scores.masked_fill(torch.from_numpy(blocked).to(scores.device), float("-inf"))
+            scores = procs(state["ids"], scores)
             if not params.greedy:
                 state["token"] = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=rng)
             else:
                 state["token"] = scores.argmax(dim=-1, keepdim=True)
-            return int(state["token"])
+            tid = int(state["token"])
+            if guide.want_logprobs:
+                return tid, guide.logprob(state["logits"][0].float().cpu().numpy(), tid)
+            return tid
 
         def feed(_tid):
             token = state["token"]
@@ -90,4 +100,4 @@ class TransformersEngine(HFEngine):
             out = self.model(input_ids=token, past_key_values=state["past"], use_cache=True)
             state.update(past=out.past_key_values, logits=out.logits[:, -1, :])
 
-        yield from decode_loop(sample, feed, self.eos_ids.__contains__, self.decode, params, cancel, usage)
+        yield from decode_loop(sample, feed, self.eos_ids.__contains__, self.decode, params, cancel, usage, guide)
