@@ -17,7 +17,7 @@ from common.api_common import (LOOPBACK_NAMES, ApiError, Metrics, allowed_host_n
                                json_body, load_env, setup_logging, sse, sse_response, warn_if_exposed)
 from common.openai_format import (chunk, completion, new_id, parse_chat_request, parse_messages, usage_with_timings)
 from common.wsgi_server import StartupError, serve
-from engines import CACHE_MODES, ENGINES, Chunk, EngineError, GenParams, create_engine
+from engines import CACHE_MODES, ENGINES, EngineError, GenParams, create_engine
 from tool_calls import collect, deltas, parse_shaping
 
 log = logging.getLogger("qwen_server")
