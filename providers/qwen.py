@@ -117,8 +117,9 @@ class QwenProvider(Provider):
 
     @staticmethod
     def _body(messages, params, stream):
-        body = {"model": "qwen", "messages": messages, "stream": stream}
-        body.update({k: v for k, v in params.items() if v is not None and v != []})
+        body = {"model": "qwen", "messages": [_wire(m) for m in messages], "stream": stream}
+        body.update({k: v for k, v in params.items() if v is not None and v != [] and k != "openai"})
+        body.update(params.get("openai") or {})  # tools, response_format, logprobs...: passed on as sent
         if stream:
             body["stream_options"] = {"include_usage": True}
         return body
@@ -128,7 +129,9 @@ class QwenProvider(Provider):
             data = self._json("POST", "/v1/chat/completions", self._body(messages, params, False), abort=abort)
         choice = data["choices"][0]
         return {"answer": choice["message"]["content"] or "", "finish_reason": choice.get("finish_reason"),
-                "usage": data.get("usage") or {}, "model": data.get("model"), "blocked": False}
+                "usage": data.get("usage") or {}, "model": data.get("model"), "blocked": False,
+                "tool_calls": choice["message"].get("tool_calls"),
+                "logprobs": (choice.get("logprobs") or {}).get("content")}
 
     def stream(self, messages, params, session_id=None, cancel=None):
         """Yields {"delta": text}..., then {"finish_reason", "usage", "model", "blocked"}."""
@@ -155,9 +158,14 @@ class QwenProvider(Provider):
                 final["model"] = obj.get("model") or final["model"]
                 final["usage"] = obj.get("usage") or final["usage"]
                 for choice in obj.get("choices") or ():
-                    text = (choice.get("delta") or {}).get("content")
-                    if text:
-                        yield {"delta": text}
+                    delta = choice.get("delta") or {}
+                    ev = {"delta": delta["content"]} if delta.get("content") else {}
+                    if delta.get("tool_calls"):
+                        ev["tool_calls"] = delta["tool_calls"]
+                    if (choice.get("logprobs") or {}).get("content"):
+                        ev["logprobs"] = choice["logprobs"]["content"]
+                    if ev:
+                        yield ev
                     final["finish_reason"] = choice.get("finish_reason") or final["finish_reason"]
         except UpstreamTimeout:
             raise ApiError(504, f"The Qwen server at {self.base_url} stopped sending mid-answer: raise "
@@ -206,6 +214,17 @@ class QwenProvider(Provider):
             return [m["id"] for m in self._json("GET", "/v1/models", timeout=STATUS_TIMEOUT)["data"]]
         except (ApiError, ValueError, KeyError):
             return []
+
+
+def _wire(message):
+    """A parsed message back in OpenAI's wire shape: tool call arguments as a JSON string."""
+    if not message.get("tool_calls"):
+        return message
+    calls = [dict(c, function=dict(c["function"], arguments=c["function"]["arguments"]
+                                   if isinstance(c["function"]["arguments"], str)
+                                   else json.dumps(c["function"]["arguments"], ensure_ascii=False)))
+             for c in message["tool_calls"]]
+    return dict(message, tool_calls=calls)
 
 
 def _unreachable(base_url):
