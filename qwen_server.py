@@ -12,6 +12,7 @@ import time
 
 from flask import Flask, jsonify, request
 
+import completions
 from common import client_watch, openapi
 from common.api_common import (LOOPBACK_NAMES, ApiError, Metrics, allowed_host_names, endpoint_list, install_common,
                                json_body, load_env, setup_logging, sse, sse_response, warn_if_exposed)
@@ -61,9 +62,9 @@ def create_app(engine, max_tokens_default=2048, allowed_hosts=LOOPBACK_NAMES):
     openapi.register(app, openapi.qwen_server_spec)  # GET /openapi.json
     stats = Stats()
 
-    def budget(messages, max_tokens, tools=None):
+    def budget(messages, max_tokens, tools=None, prompt=None):
         """Prompt tokens and the max_tokens that fits the context, or a 400 with the counts."""
-        prompt = engine.count_tokens(messages, tools)
+        prompt = engine.count_tokens(messages, tools) if prompt is None else prompt
         room = engine.max_seq_len - prompt
         if max_tokens is None:  # no answer runs to the end of the context unasked
             max_tokens = max(1, min(max_tokens_default, room))
@@ -84,8 +85,9 @@ def create_app(engine, max_tokens_default=2048, allowed_hosts=LOOPBACK_NAMES):
         model, cid, cancel = engine.model_name, new_id(), threading.Event()
         chunks = engine.generate(req["messages"], GenParams(**params), cancel, tools=shape["tools"])
         if req["stream"]:
-            return sse_response(stream_frames(deltas(chunks, shape["tool_mode"]), chunks, cid, model,
-                                              req["include_usage"], request.environ, cancel))
+            frames = stream_chunks(deltas(chunks, shape["tool_mode"]), cid, model, req["include_usage"])
+            first = chunk(cid, model, delta={"role": "assistant", "content": ""})
+            return sse_response(stream_frames(frames, chunks, request.environ, cancel, first))
         stats.busy(+1)
         try:  # a client that hangs up stops its generation, or takes it out of the queue before its prefill
             with client_watch.watching(request.environ, on_leave=cancel.set):
@@ -103,15 +105,16 @@ def create_app(engine, max_tokens_default=2048, allowed_hosts=LOOPBACK_NAMES):
         if usage["timings"]["tokens_per_second"]:
             metrics.tok_per_s.labels(model).set(usage["timings"]["tokens_per_second"])
 
-    def stream_frames(events, chunks, cid, model, include_usage, environ, cancel):
+    def stream_frames(frames, chunks, environ, cancel, first=None):
         stats.busy(+1)
         metrics.active_streams.inc()
         try:
-            yield sse(chunk(cid, model, delta={"role": "assistant", "content": ""}))
+            if first is not None:
+                yield sse(first)
             # A write fails only when there is something to write: a stream waiting in the queue (or in its
             # prefill) would not notice its client leaving. The watcher does, and cancels it.
             with client_watch.watching(environ, on_leave=cancel.set):
-                yield from stream_chunks(events, cid, model, include_usage)
+                yield from frames
             yield sse("[DONE]")
         except Exception as e:  # noqa: BLE001 - headers are gone: report in-band, as OpenAI does
             log.exception("generation failed")
@@ -132,6 +135,40 @@ def create_app(engine, max_tokens_default=2048, allowed_hosts=LOOPBACK_NAMES):
                 yield sse(chunk(cid, model, finish_reason=finish_reason))
                 if include_usage:
                     yield sse(chunk(cid, model, usage=usage))
+
+    @app.post("/v1/completions")
+    def text_completions():  # a prompt continued, or fill-in-the-middle with `suffix` (editor plugins)
+        req = completions.parse_completion_request(json_body(), SEED_DEFAULTS)
+        params = req["params"]
+        if params["logprobs"] and "logprobs" not in engine.features:
+            raise ApiError(400, "This engine does not report logprobs.", code="invalid_parameter", param="logprobs")
+        ids = completions.prompt_ids(engine, req["prompt"], req["suffix"])
+        _, params["max_tokens"] = budget(None, params["max_tokens"], prompt=len(ids))
+        model, cid, cancel = engine.model_name, completions.new_completion_id(), threading.Event()
+        chunks = engine.generate_ids(ids, GenParams(**params), cancel)
+        if req["stream"]:
+            frames = completion_frames(chunks, cid, model, params["logprobs"], req["include_usage"])
+            return sse_response(stream_frames(frames, chunks, request.environ, cancel))
+        stats.busy(+1)
+        try:
+            with client_watch.watching(request.environ, on_leave=cancel.set):
+                text, entries, finish, usage = completions.collect(chunks)
+        finally:
+            stats.busy(-1)
+            chunks.close()
+        usage = usage_with_timings(usage)
+        finished(model, usage)
+        lp = completions.legacy_logprobs(entries) if params["logprobs"] else None
+        return jsonify(completions.text_completion(cid, model, text, finish, lp, usage))
+
+    def completion_frames(chunks, cid, model, want_logprobs, include_usage):
+        for frame, usage in completions.stream_events(chunks, cid, model, want_logprobs):
+            yield sse(frame)
+            if usage is not None:
+                usage = usage_with_timings(usage)
+                finished(model, usage)
+                if include_usage:
+                    yield sse(completions.text_completion(cid, model, None, None, usage=usage))
 
     def messages_from_body():
         body = json_body()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 CACHE_MODES = ("fp16", "q8", "q6", "q4")
+FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")  # Qwen2.5-Coder's
 MAX_DEFAULT_SEQ_LEN = 16384
 
 
@@ -83,8 +84,18 @@ class Engine:
     def load(self):
         raise NotImplementedError
 
-    def generate(self, messages, params: GenParams, cancel: threading.Event, tools=None) -> Iterator[Chunk]:
+    def generate_ids(self, prompt_ids, params: GenParams, cancel: threading.Event) -> Iterator[Chunk]:
+        """Chunks of the answer to a prompt given as token ids (a chat prompt, a completion, a FIM)."""
         raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------------
+    def generate(self, messages, params: GenParams, cancel: threading.Event, tools=None) -> Iterator[Chunk]:
+        return self.generate_ids(self.encode(messages, tools), params, cancel)
+
+    def fim_ids(self):
+        """(prefix, suffix, middle) token ids of the model's fill-in-the-middle tokens, or None."""
+        ids = [self.tokenize(t) for t in FIM_TOKENS]
+        return tuple(i[0] for i in ids) if all(len(i) == 1 for i in ids) else None
 
     def render(self, messages, tools=None) -> str:
         """The prompt text: messages (and tools) through the model's own chat template, generation prompt

@@ -153,8 +153,7 @@ class ExLlamaV2Engine(HFEngine):
     def queue_length(self):
         return self.inbox.qsize() + len(self.generator.pending_jobs)
 
-    def generate(self, messages, params: GenParams, cancel: threading.Event, tools=None):
-        ids = self.encode(messages, tools)
+    def generate_ids(self, ids, params: GenParams, cancel: threading.Event):
         room = self.max_seq_len - len(ids)
         if room < 1:
             raise ValueError(f"the prompt has {len(ids)} tokens and the context is {self.max_seq_len}: "

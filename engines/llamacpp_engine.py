@@ -166,8 +166,7 @@ class LlamaCppEngine(Engine):
         return st
 
     # -- generation ---------------------------------------------------------------------------------
-    def generate(self, messages, params: GenParams, cancel: threading.Event, tools=None):
-        prompt_ids = self.encode(messages, tools)
+    def generate_ids(self, prompt_ids, params: GenParams, cancel: threading.Event):
         with self.turns.turn(cancel) as my_turn:  # one context, one KV cache: one request at a time
             if not my_turn:
                 yield cancelled_before_start(len(prompt_ids))

