@@ -146,7 +146,8 @@ def start(conn, provider, sid, question, messages, system, params, model=None, t
     """Saves the question (creating the conversation when a title is given); returns the context
     for the answer functions."""
     try:
-        qid = db.add_message(conn, sid, "user", question, provider.name, model, system, params, title=title)
+        saved = {k: v for k, v in params.items() if k != "completion"}  # (its prompt is the question)
+        qid = db.add_message(conn, sid, "user", question, provider.name, model, system, saved, title=title)
     except db.ConversationGone:
         raise ApiError(404, f"Session {sid!r} was deleted: omit 'session' to start a new conversation.",
                        code="unknown_session", param="session") from None

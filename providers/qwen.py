@@ -117,27 +117,30 @@ class QwenProvider(Provider):
 
     @staticmethod
     def _body(messages, params, stream):
-        body = {"model": "qwen", "messages": [_wire(m) for m in messages], "stream": stream}
-        body.update({k: v for k, v in params.items() if v is not None and v != [] and k != "openai"})
+        """(path, body): a chat, or with params["completion"] (prompt, suffix...) a text completion."""
+        text = params.get("completion")
+        body = dict(text) if text else {"messages": [_wire(m) for m in messages]}
+        body.update(model="qwen", stream=stream)
+        body.update({k: v for k, v in params.items() if v is not None and v != [] and k not in ("openai", "completion")})
         body.update(params.get("openai") or {})  # tools, response_format, logprobs...: passed on as sent
         if stream:
             body["stream_options"] = {"include_usage": True}
-        return body
+        return ("/v1/completions" if text else "/v1/chat/completions"), body
 
     def complete(self, messages, params, session_id=None, cancel=None):
         with _aborting(cancel) as abort:
-            data = self._json("POST", "/v1/chat/completions", self._body(messages, params, False), abort=abort)
+            data = self._json("POST", *self._body(messages, params, False), abort=abort)
         choice = data["choices"][0]
-        return {"answer": choice["message"]["content"] or "", "finish_reason": choice.get("finish_reason"),
-                "usage": data.get("usage") or {}, "model": data.get("model"), "blocked": False,
-                "tool_calls": choice["message"].get("tool_calls"),
-                "logprobs": (choice.get("logprobs") or {}).get("content")}
+        message, logprobs = choice.get("message") or {}, choice.get("logprobs")
+        return {"answer": choice["text"] if "text" in choice else message.get("content") or "",
+                "finish_reason": choice.get("finish_reason"), "usage": data.get("usage") or {},
+                "model": data.get("model"), "blocked": False, "tool_calls": message.get("tool_calls"),
+                "logprobs": logprobs.get("content") if logprobs and "message" in choice else logprobs}
 
     def stream(self, messages, params, session_id=None, cancel=None):
         """Yields {"delta": text}..., then {"finish_reason", "usage", "model", "blocked"}."""
         with _aborting(cancel) as abort:
-            r = self._request("POST", "/v1/chat/completions", self._body(messages, params, True), stream=True,
-                              abort=abort)
+            r = self._request("POST", *self._body(messages, params, True), stream=True, abort=abort)
             yield from self._events(r)
 
     def _events(self, r):
@@ -159,11 +162,13 @@ class QwenProvider(Provider):
                 final["usage"] = obj.get("usage") or final["usage"]
                 for choice in obj.get("choices") or ():
                     delta = choice.get("delta") or {}
-                    ev = {"delta": delta["content"]} if delta.get("content") else {}
+                    text = choice["text"] if "text" in choice else delta.get("content")  # (a text completion)
+                    ev = {"delta": text} if text else {}
                     if delta.get("tool_calls"):
                         ev["tool_calls"] = delta["tool_calls"]
-                    if (choice.get("logprobs") or {}).get("content"):
-                        ev["logprobs"] = choice["logprobs"]["content"]
+                    logprobs = choice.get("logprobs") or {}
+                    if logprobs.get("content") or logprobs.get("tokens"):  # chat's, or the completions' shape
+                        ev["logprobs"] = logprobs["content"] if "content" in logprobs else logprobs
                     if ev:
                         yield ev
                     final["finish_reason"] = choice.get("finish_reason") or final["finish_reason"]
