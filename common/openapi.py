@@ -191,12 +191,29 @@ USAGE = obj(description="OpenAI usage; the gateway adds GigaChat's precached_pro
             precached_prompt_tokens=nullable(INT), timings=obj(),
             prompt_tokens_details=obj(description="cached_tokens: prompt tokens reused from the last request's "
                                                   "KV cache (llamacpp engine)"))
+TOOL_CALL = obj(["id", "type", "function"], id=STR, type=string(enum=["function"]),
+                function=obj(["name", "arguments"], name=STR, arguments=string(description="A JSON object.")))
 COMPLETION = obj(["id", "object", "created", "choices"],
                  id=STR, object=string(enum=["chat.completion"]), created=INT, model=nullable(STR),
                  choices=array(obj(["index", "message", "finish_reason"], index=INT,
-                                   message=obj(["role", "content"], role=string(enum=["assistant"]), content=STR),
+                                   message=obj(["role", "content"], role=string(enum=["assistant"]),
+                                               content=nullable(STR), tool_calls=array(TOOL_CALL)),
+                                   logprobs=nullable(obj(content=array(obj()))),
                                    finish_reason=nullable(STR))),
                  usage=nullable(USAGE))
+TEXT_COMPLETION_PROPS = dict(
+    prompt=string(minLength=1, description="The text before the cursor (or the whole prompt; empty only with a "
+                                         "suffix)."),
+    suffix=nullable(string(description="The text after the cursor: fill-in-the-middle with the model's FIM "
+                                       "tokens (a 400 for a model without them).")),
+    logprobs=nullable(integer(0, 5, description="Alternatives reported per token.")),
+    stream=BOOL, stream_options=nullable(obj(include_usage=BOOL)),
+    stop=CHAT_REQUEST_PROPS["stop"], **SAMPLING)
+TEXT_COMPLETION = obj(["id", "object", "created", "choices"],
+                      id=STR, object=string(enum=["text_completion"]), created=INT, model=nullable(STR),
+                      choices=array(obj(["index", "text", "finish_reason"], index=INT, text=STR,
+                                        logprobs=nullable(obj()), finish_reason=nullable(STR))),
+                      usage=nullable(USAGE))
 MODEL_LIST = obj(["object", "data"], object=string(enum=["list"]),
                  data=array(obj(["id", "object", "owned_by"], id=STR, object=string(enum=["model"]), owned_by=STR,
                                 created=INT, max_seq_len=INT)))

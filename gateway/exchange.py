@@ -133,7 +133,8 @@ def merge_tool_call_deltas(calls, deltas):
 def _save_answer(ctx, text, info, status, error=None):
     """The answer row; ApiError 409 when the conversation was deleted meanwhile."""
     try:
-        return db.add_message(ctx["conn"], ctx["sid"], "assistant", saved_text(text, info.get("tool_calls")), ctx["provider"].name,
+        return db.add_message(ctx["conn"], ctx["sid"], "assistant", saved_text(text, info.get("tool_calls")),
+                              ctx["provider"].name,
                               ctx["model"] or info.get("model"), ctx["system"], ctx["params"],
                               usage=info.get("usage"), latency_ms=_elapsed_ms(ctx),
                               finish_reason=info.get("finish_reason"), status=status, error=error,

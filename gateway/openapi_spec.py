@@ -1,7 +1,7 @@
 """The gateway's OpenAPI document (GET /openapi.json of chat.py), from common.openapi's helpers."""
 from common.openapi import (BOOL, CHAT_REQUEST_PROPS, COMPLETION, INT, MODEL_LIST, NUM, QWEN_STATUS_PROPS, SAMPLING,
-                            STR, USAGE, array, common_paths, document, integer, nullable, obj, ok, op, param, ref,
-                            string)
+                            STR, TEXT_COMPLETION, TEXT_COMPLETION_PROPS, USAGE, array, common_paths, document,
+                            integer, nullable, obj, ok, op, param, ref, string)
 from gateway.ask import MAX_QUESTION_CHARS
 
 INT64_MAX = (1 << 63) - 1
@@ -101,8 +101,13 @@ def history_paths():
     }
 
 
+SESSION_HEADER = param("X-Session-ID", string(pattern=r"^(?!\.+$)[A-Za-z0-9._-]{1,100}$"), "header",
+                       description="Save into this history session (created when new): 1-100 letters, digits, "
+                                   "'.', '_' or '-', not only dots.")
+
+
 def openai_paths():
-    """The OpenAI-compatible routes: /v1/chat/completions and /v1/models."""
+    """The OpenAI-compatible routes: /v1/chat/completions, /v1/completions and /v1/models."""
     return {
     "/v1/chat/completions": {"post": op(
         "OpenAI-compatible chat: model `gigachat`/`GigaChat-*` or `qwen*`; saved to history.",
@@ -110,13 +115,26 @@ def openai_paths():
                    COMPLETION, stream=True,
                    headers={"X-Session-ID": {"description": "The history session of this exchange.",
                                              "required": True, "schema": STR}})},
-        [param("X-Session-ID", string(pattern=r"^(?!\.+$)[A-Za-z0-9._-]{1,100}$"), "header",
-               description="Save into this history session (created when new): 1-100 letters, digits, "
-                           "'.', '_' or '-', not only dots.")],
+        [SESSION_HEADER],
         body=obj(["model", "messages"], model=string(description="gigachat, GigaChat-*, or qwen*; "
                                                                  "anything else is a 404."),
                  **CHAT_REQUEST_PROPS),
-        errors=(400, 401, 402, 404, 409, 413, 429, 502, 503, 504), tag="openai")},
+        errors=(400, 401, 402, 404, 409, 413, 429, 502, 503, 504), tag="openai",
+        description="Also passed on to qwen_server as sent: tools, tool_choice, tool messages and assistant "
+                    "tool_calls, response_format, logprobs, top_logprobs, parallel_tool_calls. On GigaChat tools "
+                    "become GigaChat functions, `stop` is cut by the gateway, and response_format / logprobs "
+                    "are a 400.")},
+    "/v1/completions": {"post": op(
+        "OpenAI text completion (editor plugins: prompt + suffix = fill-in-the-middle), Qwen only; saved to history.",
+        {"200": ok("text_completion, or text_completion events ending with [DONE] when streaming.",
+                   TEXT_COMPLETION, stream=True,
+                   headers={"X-Session-ID": {"description": "The history session of this exchange.",
+                                             "required": True, "schema": STR}})},
+        [SESSION_HEADER],
+        body=obj(["model", "prompt"], model=string(enum=["qwen"], description="qwen or a qwen* model id; "
+                                                                             "GigaChat has no such API (400)."),
+                 **TEXT_COMPLETION_PROPS),
+        errors=(400, 401, 404, 409, 413, 502, 503, 504), tag="openai")},
     "/v1/models": {"get": op("Models this gateway routes.", {"200": ok("OpenAI model list.", MODEL_LIST)},
                              errors=(401,), tag="openai")},
     }

@@ -71,7 +71,8 @@ def normalize_messages(messages):
         if role == "system":
             system += [content] if content and content.strip() else []
         else:
-            rest.append(dict({k: m[k] for k in ("function_call", "name") if m.get(k)}, role=role, content=content or ""))
+            kept = {k: m[k] for k in ("function_call", "name") if m.get(k)}  # (a function call and its result)
+            rest.append(dict(kept, role=role, content=content or ""))
     return ([{"role": "system", "content": "\n\n".join(system)}] if system else []) + rest
 
 
@@ -180,7 +181,8 @@ class GigaChatProvider(Provider):
         if cutter.held:
             yield {"delta": cutter.flush()}
         # Slot released before the last yield: a caller that stops here must not block others.
-        yield {"finish_reason": finish_reason(finish), "usage": _usage(usage), "model": model, "blocked": finish == "blacklist"}
+        yield {"finish_reason": finish_reason(finish), "usage": _usage(usage), "model": model,
+               "blocked": finish == "blacklist"}
 
     def models(self):
         """Model names GigaChat offers to this key (for /v1/models)."""

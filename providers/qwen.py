@@ -121,7 +121,8 @@ class QwenProvider(Provider):
         text = params.get("completion")
         body = dict(text) if text else {"messages": [_wire(m) for m in messages]}
         body.update(model="qwen", stream=stream)
-        body.update({k: v for k, v in params.items() if v is not None and v != [] and k not in ("openai", "completion")})
+        body.update({k: v for k, v in params.items()
+                     if v is not None and v != [] and k not in ("openai", "completion")})
         body.update(params.get("openai") or {})  # tools, response_format, logprobs...: passed on as sent
         if stream:
             body["stream_options"] = {"include_usage": True}

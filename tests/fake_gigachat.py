@@ -309,7 +309,8 @@ class Handler(BaseHTTPRequestHandler):
         message = {"role": "assistant", "content": "", "function_call": call,
                    "functions_state_id": str(uuid.uuid4())}
         if not stream:
-            return self._send_json(200, {"choices": [{"message": message, "index": 0, "finish_reason": "function_call"}],
+            choice = {"message": message, "index": 0, "finish_reason": "function_call"}
+            return self._send_json(200, {"choices": [choice],
                                          "created": int(time.time()), "model": model, "usage": usage,
                                          "object": "chat.completion"})
         self.send_response(200)

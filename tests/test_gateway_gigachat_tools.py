@@ -59,7 +59,8 @@ def test_forced_tool_becomes_a_function_call_and_comes_back_as_tool_calls(gw, fa
 
 
 def test_tool_result_goes_back_as_a_function_message(gw, fake_gigachat):
-    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Омск"}'}}
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Омск"}'}}
     raw = client(gw).chat.completions.with_raw_response.create(model="gigachat", tools=[WEATHER], messages=[
         {"role": "user", "content": "Погода в Омске?"},
         {"role": "assistant", "content": None, "tool_calls": [call]},
@@ -72,7 +73,8 @@ def test_tool_result_goes_back_as_a_function_message(gw, fake_gigachat):
                                                                                "arguments": {"city": "Омск"}}},
                         {"role": "function", "name": "get_weather", "content": '{"result": "солнечно, +20"}'}]
     question = history(gw, raw.headers["X-Session-ID"])[0]
-    assert question["content"] == '<tool_response>{"tool_call_id": "call_1", "content": "солнечно, +20"}</tool_response>'
+    assert question["content"] == \
+        '<tool_response>{"tool_call_id": "call_1", "content": "солнечно, +20"}</tool_response>'
 
 
 def test_automatic_tool_call_streamed(gw):
@@ -109,7 +111,8 @@ def test_required_forces_the_only_tool_and_is_a_400_with_several(gw, fake_gigach
 def test_stop_cuts_the_answer_and_the_upstream(gw, stream):
     # 40 words, 0.1 s apart: the whole answer takes 4 s; the stop string comes at the third word.
     words = " ".join(f"w{i}" for i in range(40))
-    kw = dict(model="gigachat", stop=["1 w"], messages=[{"role": "user", "content": words + " [[fault:sleepstream=0.1]]"}])
+    kw = dict(model="gigachat", stop=["1 w"],
+              messages=[{"role": "user", "content": words + " [[fault:sleepstream=0.1]]"}])
     t0 = time.monotonic()
     raw = client(gw).chat.completions.with_raw_response.create(stream=stream, **kw)
     if stream:

@@ -63,7 +63,8 @@ def test_forced_tool_call_passes_through_and_is_saved(gw, tiny):
 
 def test_streamed_tool_call_passes_through(gw):
     chunks = list(client(gw).chat.completions.create(
-        model="qwen", messages=ASK, tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        model="qwen", messages=ASK, tools=[WEATHER],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
         stream=True, **SAMPLING))
     pieces = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or ()]
     assert pieces[0].id and pieces[0].function.name == "get_weather"
@@ -148,3 +149,24 @@ def test_langchain_bind_tools_through_the_gateway(gw):
     msg = llm.bind_tools([WEATHER], tool_choice="get_weather").invoke("Weather in Paris?")
     assert msg.tool_calls[0]["name"] == "get_weather"
     jsonschema.validate(msg.tool_calls[0]["args"], WEATHER["function"]["parameters"])
+
+
+def test_streamed_completion_left_by_its_client_is_saved_as_cancelled(gw):
+    import time
+
+    import requests
+    body = {"model": "qwen", "prompt": "def f():", "suffix": "\n", "max_tokens": 1500, "stream": True,
+            "temperature": 1.0}
+    with requests.post(gw.base_url + "/v1/completions", json=body, stream=True, timeout=60) as r:
+        sid = r.headers["X-Session-ID"]
+        lines = r.iter_lines()
+        first = next(line for line in lines if line.startswith(b"data: "))
+        assert b'"text_completion"' in first
+    for _ in range(100):  # the gateway notices at its next write
+        rows = history(gw, sid)
+        if len(rows) == 2:
+            break
+        time.sleep(0.1)
+    question, answer = rows
+    assert (answer["status"], answer["error"], answer["question_id"]) == ("cancelled", "client disconnected",
+                                                                          question["id"])
