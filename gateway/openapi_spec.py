@@ -106,6 +106,10 @@ SESSION_HEADER = param("X-Session-ID", string(pattern=r"^(?!\.+$)[A-Za-z0-9._-]{
                                    "'.', '_' or '-', not only dots.")
 
 
+SESSION_ANSWER_HEADER = {"X-Session-ID": {"description": "The history session of this exchange.", "required": True,
+                                          "schema": STR}}
+
+
 def openai_paths():
     """The OpenAI-compatible routes: /v1/chat/completions, /v1/completions and /v1/models."""
     return {
@@ -113,8 +117,7 @@ def openai_paths():
         "OpenAI-compatible chat: model `gigachat`/`GigaChat-*` or `qwen*`; saved to history.",
         {"200": ok("chat.completion, or chat.completion.chunk events ending with [DONE] when streaming.",
                    COMPLETION, stream=True,
-                   headers={"X-Session-ID": {"description": "The history session of this exchange.",
-                                             "required": True, "schema": STR}})},
+                   headers=SESSION_ANSWER_HEADER)},
         [SESSION_HEADER],
         body=obj(["model", "messages"], model=string(description="gigachat, GigaChat-*, or qwen*; "
                                                                  "anything else is a 404."),
@@ -128,8 +131,7 @@ def openai_paths():
         "OpenAI text completion (editor plugins: prompt + suffix = fill-in-the-middle), Qwen only; saved to history.",
         {"200": ok("text_completion, or text_completion events ending with [DONE] when streaming.",
                    TEXT_COMPLETION, stream=True,
-                   headers={"X-Session-ID": {"description": "The history session of this exchange.",
-                                             "required": True, "schema": STR}})},
+                   headers=SESSION_ANSWER_HEADER)},
         [SESSION_HEADER],
         body=obj(["model", "prompt"], model=string(enum=["qwen"], description="qwen or a qwen* model id; "
                                                                              "GigaChat has no such API (400)."),
