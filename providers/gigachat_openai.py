@@ -24,6 +24,9 @@ def functions_payload(shaping):
                             "\"parameters\": {JSON schema}}}.", code="invalid_parameter", param="tools")
     functions = [{k: t["function"][k] for k in ("name", "description", "parameters") if t["function"].get(k)}
                  for t in tools]
+    for f in functions:
+        if isinstance(f.get("parameters"), dict):
+            f["parameters"] = typed(f["parameters"])
     names = [f["name"] for f in functions]
     if choice in (None, "auto", "none"):
         return {"functions": functions, "function_call": choice or "auto"}
@@ -38,6 +41,28 @@ def functions_payload(shaping):
         raise ApiError(400, f"'tool_choice' must be none, auto, required or {{\"type\": \"function\", \"function\": "
                             f"{{\"name\": one of {names}}}}}.", code="invalid_parameter", param="tool_choice")
     return {"functions": functions, "function_call": {"name": name}}
+
+
+def typed(schema):
+    """A JSON schema whose properties all say their type: the SDK's model of a property defaults a
+    missing type to "object", which would tell GigaChat to answer an object for an enum or for an
+    optional field (JSON schema's anyOf [T, null], as pydantic and LangChain write it)."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    if "type" not in out:
+        branches = [b for b in out.get("anyOf") or out.get("oneOf") or () if isinstance(b, dict)
+                    and b.get("type") != "null"]
+        if branches:
+            out = {**{k: v for k, v in out.items() if k not in ("anyOf", "oneOf")}, **branches[0]}
+        elif out.get("enum"):
+            kinds = {bool: "boolean", int: "integer", float: "number", str: "string"}
+            out["type"] = kinds.get(type(out["enum"][0]), "string")
+    if isinstance(out.get("properties"), dict):
+        out["properties"] = {k: typed(v) for k, v in out["properties"].items()}
+    if isinstance(out.get("items"), dict):
+        out["items"] = typed(out["items"])
+    return out
 
 
 def _arguments(raw):

@@ -184,3 +184,16 @@ def test_langchain_bind_tools_and_structured_output(gw):
     assert person == Person(name="Ann is 3 words", age=4)
     for chunk in llm.bind_tools([WEATHER], tool_choice="get_weather").stream("Rome"):
         assert not chunk.content
+
+
+def test_every_parameter_reaches_gigachat_with_its_type(gw, fake_gigachat):
+    """The SDK would send a property without a type as an "object": enums and optional fields
+    (anyOf [T, null], as pydantic writes them) get their real type."""
+    tool = {"type": "function", "function": {"name": "book", "parameters": {"type": "object", "properties": {
+        "unit": {"enum": ["celsius", "fahrenheit"]}, "nights": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+        "guests": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "null"}]}}}}}}
+    client(gw).chat.completions.create(model="gigachat", tools=[tool], messages=[{"role": "user", "content": "hi"}])
+    props = last_upstream(fake_gigachat)["functions"][0]["parameters"]["properties"]
+    assert (props["unit"]["type"], props["unit"]["enum"]) == ("string", ["celsius", "fahrenheit"])
+    assert props["nights"]["type"] == "integer"
+    assert props["guests"]["items"] == {"type": "string"}
