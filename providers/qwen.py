@@ -102,11 +102,12 @@ class QwenProvider(Provider):
                 r.release_conn()
             try:
                 err = json.loads(text).get("error") or {}
-                msg, code = err.get("message") or text[:300], err.get("code")
+                msg, code, param = err.get("message") or text[:300], err.get("code"), err.get("param")
             except (ValueError, AttributeError):
-                msg, code = text[:300] or "no details", None
+                msg, code, param = text[:300] or "no details", None, None
             if r.status < 500:  # the client's mistake (e.g. context too long): pass it on as is
-                raise ApiError(r.status, f"Qwen server: {msg}", code=code or "qwen_rejected")
+                raise ApiError(r.status, f"Qwen server: {msg}", code=code or "qwen_rejected",
+                               param=param if isinstance(param, str) else None)
             raise ApiError(502, f"The Qwen server failed ({r.status}): {msg}", type="upstream_error",
                            code=code or "qwen_error")
         return r

@@ -110,7 +110,9 @@ def test_logprobs_pass_through_streamed_and_not(gw):
 
 
 def test_what_changes_the_answer_is_a_400_through_the_gateway(gw):
-    for field, value in (("n", 3), ("presence_penalty", 0.5)):
+    # n and presence_penalty: the gateway's own check; the others: qwen_server's 400, its param passed on
+    for field, value in (("n", 3), ("presence_penalty", 0.5), ("response_format", {"type": "yaml"}),
+                         ("tool_choice", "required"), ("top_logprobs", 99)):
         with pytest.raises(BadRequestError) as e:
             client(gw).chat.completions.create(model="qwen", messages=ASK, **{field: value})
         assert e.value.body["param"] == field
