@@ -44,8 +44,8 @@ def parse_completion_request(body: dict, defaults: dict) -> dict:
 
 def prompt_ids(engine, prompt, suffix) -> list:
     if suffix is None:
-        if not prompt:  # (nothing to continue from: the engines need a token)
-            raise _bad("prompt", "'prompt' is empty: send the text to continue, or a 'suffix' to fill in before.")
+        if not prompt:
+            raise _bad("prompt", "'prompt' is empty: send the text to continue.")
         return engine.tokenize(prompt)
     fim = engine.fim_ids()
     if fim is None:

@@ -192,28 +192,50 @@ USAGE = obj(description="OpenAI usage; the gateway adds GigaChat's precached_pro
             prompt_tokens_details=obj(description="cached_tokens: prompt tokens reused from the last request's "
                                                   "KV cache (llamacpp engine)"))
 TOOL_CALL = obj(["id", "type", "function"], id=STR, type=string(enum=["function"]),
-                function=obj(["name", "arguments"], name=STR, arguments=string(description="A JSON object.")))
+                function=obj(["name", "arguments"], name=STR, arguments=string(description="JSON text")))
+LOGPROBS = nullable(obj(["content"], content=array(obj(
+    ["token", "logprob"], token=STR, logprob=NUM, bytes=array(INT), top_logprobs=array(obj(
+        ["token", "logprob"], token=STR, logprob=NUM, bytes=array(INT)))))))
 COMPLETION = obj(["id", "object", "created", "choices"],
                  id=STR, object=string(enum=["chat.completion"]), created=INT, model=nullable(STR),
                  choices=array(obj(["index", "message", "finish_reason"], index=INT,
                                    message=obj(["role", "content"], role=string(enum=["assistant"]),
                                                content=nullable(STR), tool_calls=array(TOOL_CALL)),
-                                   logprobs=nullable(obj(content=array(obj()))),
-                                   finish_reason=nullable(STR))),
+                                   logprobs=LOGPROBS, finish_reason=nullable(STR))),
                  usage=nullable(USAGE))
-TEXT_COMPLETION_PROPS = dict(
-    prompt=string(minLength=1, description="The text before the cursor (or the whole prompt; empty only with a "
-                                         "suffix)."),
-    suffix=nullable(string(description="The text after the cursor: fill-in-the-middle with the model's FIM "
-                                       "tokens (a 400 for a model without them).")),
-    logprobs=nullable(integer(0, 5, description="Alternatives reported per token.")),
-    stream=BOOL, stream_options=nullable(obj(include_usage=BOOL)),
+# qwen_server only: what shapes the answer (tool_calls.py, engines/constrained.py).
+QWEN_CHAT_MESSAGE = obj(["role", "content"], role=string(enum=["system", "user", "assistant", "developer", "tool"]),
+                        content={"oneOf": [STR, array(TEXT_PART)],
+                                 "description": "Text or text parts (joined with a newline); may be null in an "
+                                                "assistant message with tool_calls."}, tool_call_id=STR,
+                        tool_calls=array(obj(["function"], id=STR, type=STR, function=obj(
+                            ["name"], name=STR, arguments=string(description="A JSON object as text.")))))
+FUNCTION = obj(["name"], name=STR, parameters=obj(description="JSON schema of the arguments."))
+FUNCTION["properties"]["description"] = STR  # (obj() takes `description` as its own)
+FUNCTION_TOOL = obj(["function"], type=string(enum=["function"]), function=FUNCTION)
+QWEN_CHAT_PROPS = dict(
+    CHAT_REQUEST_PROPS, messages=array(QWEN_CHAT_MESSAGE, minItems=1),
+    tools=nullable(array(FUNCTION_TOOL)),
+    tool_choice=nullable({"oneOf": [string(enum=["none", "auto", "required"]),
+                                    obj(["function"], type=STR, function=obj(["name"], name=STR))],
+                          "description": "required or a named function: the call is forced by a grammar."}),
+    response_format=nullable(obj(["type"], type=string(enum=["text", "json_object", "json_schema"]),
+                                 json_schema=obj(["name"], name=STR, schema=obj(), strict=BOOL))),
+    logprobs=nullable(BOOL), top_logprobs=nullable(integer(0, 20)))
+TEXT_COMPLETION = obj(["id", "object", "created", "choices"], id=STR, object=string(enum=["text_completion"]),
+                      created=INT, model=STR, usage=nullable(USAGE), choices=array(obj(
+                          ["index", "text", "finish_reason"], index=INT, text=STR, finish_reason=nullable(STR),
+                          logprobs=nullable(obj(tokens=array(STR), token_logprobs=array(NUM),
+                                                top_logprobs=array(obj()), text_offset=array(INT))))))
+COMPLETIONS_REQUEST = obj(
+    ["prompt"], model=string(description="Ignored: this server runs one model."),
+    prompt=string(minLength=1, description="The text to continue (before the cursor; may be empty with a suffix)."),
+    suffix=nullable(string(description="Fill-in-the-middle: the text after the cursor (needs the model's "
+                                       "<|fim_*|> tokens; 400 fim_not_supported otherwise).")),
+    stream=BOOL, stream_options=nullable(obj(include_usage=BOOL)), logprobs=nullable(integer(0, 5)),
+    echo=nullable({"type": "boolean", "enum": [False], "description": "true is not supported."}),
+    n=CHAT_REQUEST_PROPS["n"],
     stop=CHAT_REQUEST_PROPS["stop"], **SAMPLING)
-TEXT_COMPLETION = obj(["id", "object", "created", "choices"],
-                      id=STR, object=string(enum=["text_completion"]), created=INT, model=nullable(STR),
-                      choices=array(obj(["index", "text", "finish_reason"], index=INT, text=STR,
-                                        logprobs=nullable(obj()), finish_reason=nullable(STR))),
-                      usage=nullable(USAGE))
 MODEL_LIST = obj(["object", "data"], object=string(enum=["list"]),
                  data=array(obj(["id", "object", "owned_by"], id=STR, object=string(enum=["model"]), owned_by=STR,
                                 created=INT, max_seq_len=INT)))
@@ -253,10 +275,17 @@ def qwen_server_spec():
             {"200": ok("chat.completion, or chat.completion.chunk events ending with [DONE].", COMPLETION,
                        stream=True)},
             body=obj(["messages"], model=string(description="Ignored: this server runs one model."),
-                     **CHAT_REQUEST_PROPS),
+                     **QWEN_CHAT_PROPS),
             errors=(400, 413), tag="openai",
             description="max_tokens defaults to what fits the context; a prompt plus max_tokens over the "
-                        "context is a 400 context_length_exceeded.")},
+                        "context is a 400 context_length_exceeded. Fields that would change the answer and "
+                        "are not supported (n > 1, logit_bias, ...) are a 400 unsupported_parameter.")},
+        "/v1/completions": {"post": op(
+            "OpenAI text completion: a prompt continued, or fill-in-the-middle with `suffix`.",
+            {"200": ok("text_completion, or text_completion events ending with [DONE].", TEXT_COMPLETION,
+                       stream=True)},
+            body=COMPLETIONS_REQUEST, errors=(400, 413), tag="openai",
+            description="max_tokens defaults to 16, as OpenAI's.")},
         "/v1/token/count": {"post": op("Tokens of messages (chat template applied) or of raw text.", {
             "200": ok("The count.", obj(["count", "max_seq_len"], count=INT, max_seq_len=INT))},
             body=token_body, errors=(400, 413), tag="tokens")},

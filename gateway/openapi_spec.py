@@ -1,6 +1,6 @@
 """The gateway's OpenAPI document (GET /openapi.json of chat.py), from common.openapi's helpers."""
-from common.openapi import (BOOL, CHAT_REQUEST_PROPS, COMPLETION, INT, MODEL_LIST, NUM, QWEN_STATUS_PROPS, SAMPLING,
-                            STR, TEXT_COMPLETION, TEXT_COMPLETION_PROPS, USAGE, array, common_paths, document,
+from common.openapi import (BOOL, COMPLETION, COMPLETIONS_REQUEST, INT, MODEL_LIST, NUM, QWEN_CHAT_PROPS,
+                            QWEN_STATUS_PROPS, SAMPLING, STR, TEXT_COMPLETION, USAGE, array, common_paths, document,
                             integer, nullable, obj, ok, op, param, ref, string)
 from gateway.ask import MAX_QUESTION_CHARS
 
@@ -121,7 +121,7 @@ def openai_paths():
         [SESSION_HEADER],
         body=obj(["model", "messages"], model=string(description="gigachat, GigaChat-*, or qwen*; "
                                                                  "anything else is a 404."),
-                 **CHAT_REQUEST_PROPS),
+                 **QWEN_CHAT_PROPS),
         errors=(400, 401, 402, 404, 409, 413, 429, 502, 503, 504), tag="openai",
         description="Also passed on to qwen_server as sent: tools, tool_choice, tool messages and assistant "
                     "tool_calls, response_format, logprobs, top_logprobs, parallel_tool_calls. On GigaChat tools "
@@ -135,7 +135,7 @@ def openai_paths():
         [SESSION_HEADER],
         body=obj(["model", "prompt"], model=string(enum=["qwen"], description="qwen or a qwen* model id; "
                                                                              "GigaChat has no such API (400)."),
-                 **TEXT_COMPLETION_PROPS),
+                 **{k: v for k, v in COMPLETIONS_REQUEST["properties"].items() if k != "model"}),
         errors=(400, 401, 404, 409, 413, 502, 503, 504), tag="openai")},
     "/v1/models": {"get": op("Models this gateway routes.", {"200": ok("OpenAI model list.", MODEL_LIST)},
                              errors=(401,), tag="openai")},

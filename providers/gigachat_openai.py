@@ -99,8 +99,9 @@ def function_messages(messages):
                 calls[c.get("id")] = (c["function"]["name"], _arguments(c["function"].get("arguments")))
         elif m["role"] == "tool":
             if m.get("tool_call_id") not in calls:
-                raise ApiError(400, f"A tool message answers tool_call_id {m.get('tool_call_id')!r}, which no "
-                                    f"earlier assistant message called.", code="invalid_message", param="messages")
+                raise ApiError(400, f"A tool message answers tool_call_id {m.get('tool_call_id')!r}, which is in no "
+                                    f"earlier assistant message's tool_calls.", code="invalid_message",
+                               param="messages")
             name, args = calls.pop(m["tool_call_id"])
             out += [{"role": "assistant", "content": "", "function_call": {"name": name, "arguments": args}},
                     {"role": "function", "name": name, "content": _result_content(m["content"])}]
