@@ -78,14 +78,19 @@ def test_tool_result_goes_back_as_a_function_message(gw, fake_gigachat):
 
 
 def test_automatic_tool_call_streamed(gw):
-    chunks = list(client(gw).chat.completions.create(
+    raw = client(gw).chat.completions.with_raw_response.create(
         model="gigachat", stream=True, tools=[WEATHER, CLOCK],
-        messages=[{"role": "user", "content": "call get_time please"}]))
+        messages=[{"role": "user", "content": "call get_time please"}])
+    chunks = list(raw.parse())
     calls = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or ()]
     assert len(calls) == 1 and calls[0].index == 0 and calls[0].id.startswith("call_")
     assert calls[0].function.name == "get_time"
     assert json.loads(calls[0].function.arguments) == {"zone": "call get_time please"}
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    answer = history(gw, raw.headers["X-Session-ID"])[-1]
+    assert (answer["content"], answer["finish_reason"]) == (
+        f'<tool_call>{{"id": "{calls[0].id}", "name": "get_time", "arguments": {{"zone": "call get_time please"}}}}'
+        f'</tool_call>', "tool_calls")
 
 
 def test_tool_choice_none_and_auto_without_a_match_answer_in_text(gw, fake_gigachat):
@@ -182,6 +187,9 @@ def test_langchain_bind_tools_and_structured_output(gw):
     assert follow.content == 'Эхо: {"result": "rainy"}' and not follow.tool_calls
     person = llm.with_structured_output(Person, method="function_calling").invoke("Ann is 3 words")
     assert person == Person(name="Ann is 3 words", age=4)
+    with pytest.raises(BadRequestError) as e:  # LangChain's default method sends response_format json_schema
+        llm.with_structured_output(Person).invoke("Ann")
+    assert e.value.body["param"] == "response_format"
     for chunk in llm.bind_tools([WEATHER], tool_choice="get_weather").stream("Rome"):
         assert not chunk.content
 
