@@ -1,5 +1,7 @@
 """The OpenAI-compatible side: POST /v1/chat/completions (the model name picks the provider; every
-exchange is saved like the spec's endpoints') and GET /v1/models."""
+exchange is saved like the spec's endpoints') and GET /v1/models. Tools, tool turns, response_format
+and logprobs go to the provider (qwen_server takes them as sent; providers/gigachat_openai.py maps tools
+to GigaChat functions), and tool_calls / logprobs come back in OpenAI's shapes, streamed and not."""
 import json
 import re
 
