@@ -17,7 +17,7 @@ import providers as provider_registry
 from common import openapi
 from common.api_common import (Metrics, allowed_host_names, install_access, install_common, load_env, setup_logging,
                                warn_if_exposed)
-from gateway import ask, history, openai_api, page
+from gateway import ask, history, openai_api, page, text_completions
 from gateway.openapi_spec import gateway_spec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -60,7 +60,7 @@ def create_app(config=None, providers=None):
     for provider in providers.values():
         provider.on_queue_change = metrics.queue_length.set
     app.extensions["providers"] = providers
-    for blueprint in (ask.bp, history.bp, openai_api.bp, page.bp):
+    for blueprint in (ask.bp, history.bp, openai_api.bp, page.bp, text_completions.bp):
         app.register_blueprint(blueprint)
     return app
 

@@ -71,8 +71,10 @@ def page_events(metrics, events, ctx, sid):
     """SSE for browsers (EventSource) and curl -N: start, delta..., then done or error."""
     yield sse({"type": "start", "session": sid, "provider": ctx["provider"].name})
     for kind, value in events:  # (a client that hangs up: the response's close() settles `events`)
-        if kind == "delta":
-            yield sse({"type": "delta", "text": value})
+        if kind == "delta" or kind == "chunk" and value.get("delta"):
+            yield sse({"type": "delta", "text": value if kind == "delta" else value["delta"]})
+        elif kind == "chunk":
+            continue  # (tool calls and logprobs are asked for on /v1 only)
         elif kind == "done":
             record_usage(metrics, ctx["provider"].name, value.get("usage"))
             yield sse({"type": "done", "session": sid, "message_id": value["message_id"],

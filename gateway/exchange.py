@@ -6,6 +6,7 @@ client (`cancelled`): before the first token, mid-stream, while waiting in a que
 streamed response was ever read. Only a conversation deleted meanwhile gets no answer row."""
 import contextlib
 import itertools
+import json
 import logging
 import threading
 import time
@@ -100,10 +101,40 @@ def _elapsed_ms(ctx):
     return round((time.perf_counter() - ctx["t0"]) * 1000, 2)
 
 
+def saved_text(text, tool_calls):
+    """An answer as history keeps it: its text, then each tool call it made as Qwen writes them,
+    <tool_call>{"id", "name", "arguments"}</tool_call> on a line of its own (readable, and lossless JSON)."""
+    lines = [text] if text else []
+    for c in tool_calls or ():
+        f = c.get("function") or {}
+        args = f.get("arguments")
+        try:
+            args = json.loads(args) if isinstance(args, str) else args
+        except ValueError:
+            pass  # (kept as the string it was)
+        lines.append("<tool_call>" + json.dumps({"id": c.get("id"), "name": f.get("name"), "arguments": args},
+                                                ensure_ascii=False) + "</tool_call>")
+    return "\n".join(lines)
+
+
+def merge_tool_call_deltas(calls, deltas):
+    """OpenAI's streamed tool_calls pieces (by index: id and name once, arguments in pieces) into calls."""
+    for d in deltas:
+        i = d.get("index", len(calls))
+        while len(calls) <= i:
+            calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+        c, f = calls[i], d.get("function") or {}
+        c["id"] = d.get("id") or c["id"]
+        c["function"]["name"] += f.get("name") or ""
+        c["function"]["arguments"] += f.get("arguments") or ""
+    return calls
+
+
 def _save_answer(ctx, text, info, status, error=None):
     """The answer row; ApiError 409 when the conversation was deleted meanwhile."""
     try:
-        return db.add_message(ctx["conn"], ctx["sid"], "assistant", text, ctx["provider"].name,
+        return db.add_message(ctx["conn"], ctx["sid"], "assistant", saved_text(text, info.get("tool_calls")),
+                              ctx["provider"].name,
                               ctx["model"] or info.get("model"), ctx["system"], ctx["params"],
                               usage=info.get("usage"), latency_ms=_elapsed_ms(ctx),
                               finish_reason=info.get("finish_reason"), status=status, error=error,
@@ -117,7 +148,8 @@ def start(conn, provider, sid, question, messages, system, params, model=None, t
     for the answer functions. A provider that can't be asked at all is refused first: nothing is saved."""
     provider.check_ready()
     try:
-        qid = db.add_message(conn, sid, "user", question, provider.name, model, system, params, title=title)
+        saved = {k: v for k, v in params.items() if k != "completion"}  # (its prompt is the question)
+        qid = db.add_message(conn, sid, "user", question, provider.name, model, system, saved, title=title)
     except db.ConversationGone:
         raise ApiError(404, f"Session {sid!r} was deleted: omit 'session' to start a new conversation.",
                        code="unknown_session", param="session") from None
@@ -170,6 +202,8 @@ def open_stream(ctx):
 
 class AnswerStream:
     """The events of one streamed answer: ("delta", text)..., then ("done", info) or ("error", ApiError).
+    A piece with more than text (tool_calls deltas, logprobs) comes as ("chunk", {"delta"?, "tool_calls"?,
+    "logprobs"?}); the calls are merged for the answer row.
 
     The exchange is settled exactly once (answer row saved, upstream closed, connection given back)
     when the events end, or by close() at whatever point the WSGI server calls it: mid-stream, or
@@ -178,7 +212,7 @@ class AnswerStream:
 
     def __init__(self, ctx, upstream, first):
         self.ctx, self.upstream, self.first = ctx, upstream, first
-        self.parts, self.info, self.settled = [], {}, False
+        self.parts, self.info, self.settled, self.calls = [], {}, False, []
         self._events = self._run()
 
     def __iter__(self):
@@ -187,7 +221,11 @@ class AnswerStream:
     def _run(self):
         try:
             for ev in itertools.chain([self.first] if self.first else [], self.upstream):
-                if "delta" in ev:
+                if "tool_calls" in ev or "logprobs" in ev:
+                    self.parts.append(ev.get("delta") or "")
+                    self.info["tool_calls"] = merge_tool_call_deltas(self.calls, ev.get("tool_calls") or ())
+                    yield "chunk", ev
+                elif "delta" in ev:
                     self.parts.append(ev["delta"])
                     yield "delta", ev["delta"]
                 else:

@@ -1,5 +1,8 @@
 """The OpenAI-compatible side: POST /v1/chat/completions (the model name picks the provider; every
-exchange is saved like the spec's endpoints') and GET /v1/models."""
+exchange is saved like the spec's endpoints') and GET /v1/models. Tools, tool turns, response_format
+and logprobs go to the provider (qwen_server takes them as sent; providers/gigachat_openai.py maps tools
+to GigaChat functions), and tool_calls / logprobs come back in OpenAI's shapes, streamed and not."""
+import json
 import re
 
 from flask import Blueprint, current_app, jsonify, request
@@ -14,6 +17,9 @@ from gateway.delivery import begin, metrics, providers, record_usage, tracked
 SESSION_ID = re.compile(r"(?!\.+$)[A-Za-z0-9._-]{1,100}")
 
 bp = Blueprint("openai", __name__)
+# Fields passed on to the provider as sent (qwen_server validates them; GigaChat maps tools to functions).
+SHAPING = ("tools", "tool_choice", "response_format", "logprobs", "top_logprobs", "parallel_tool_calls")
+NOT_ON_GIGACHAT = {"response_format": (None, {"type": "text"}), "logprobs": (None, False), "top_logprobs": (None, 0)}
 
 
 def route_model(model):
@@ -34,6 +40,20 @@ def with_default_system(messages):
     return messages
 
 
+def question_text(messages):
+    """The question as history keeps it: the last user message; after a tool call, the tool results
+    the request ends with, each as <tool_response>{"tool_call_id", "content"}</tool_response>."""
+    tail = []
+    for m in reversed(messages):
+        if m["role"] != "tool":
+            break
+        tail.insert(0, "<tool_response>" + json.dumps({"tool_call_id": m.get("tool_call_id"), "content": m["content"]},
+                                                      ensure_ascii=False) + "</tool_response>")
+    if tail:
+        return "\n".join(tail)
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+
+
 def session_id():
     sid = request.headers.get("X-Session-ID") or db.new_session_id()
     if not SESSION_ID.fullmatch(sid):
@@ -47,13 +67,21 @@ def session_id():
 def v1_chat():
     body = json_body()
     name, gc_model = route_model(body.get("model"))
-    req = parse_chat_request(body, current_app.config["QWEN_DEFAULTS"] if name == "qwen" else {})
+    req = parse_chat_request(body, current_app.config["QWEN_DEFAULTS"] if name == "qwen" else {}, tools_ok=True)
     params = req["params"]
     if gc_model:
         params["model"] = gc_model
+    if name == "gigachat":
+        for field, neutral in NOT_ON_GIGACHAT.items():
+            if body.get(field) not in neutral:
+                raise ApiError(400, f"GigaChat has no '{field}': leave it out, or ask model 'qwen'.",
+                               code="unsupported_parameter", param=field)
+    shaping = {k: body[k] for k in SHAPING if body.get(k) is not None}
+    if shaping:
+        params["openai"] = shaping
     messages = with_default_system(req["messages"])
     system = next((m["content"] for m in messages if m["role"] == "system"), None)
-    question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    question = question_text(messages)
     conn = db.get_db()
     sid = session_id()
     ctx = exchange.start(conn, providers()[name], sid, question, messages, system, params, gc_model,
@@ -71,7 +99,8 @@ def v1_chat():
         resp = sse_response(exchange.closing_iter(tracked(m, frames), r.close))
     else:
         record_usage(m, name, r.get("usage"))
-        resp = jsonify(completion(cid, model_out, r["answer"], r.get("finish_reason"), r.get("usage")))
+        resp = jsonify(completion(cid, model_out, r["answer"], r.get("finish_reason"), r.get("usage"),
+                                  logprobs=r.get("logprobs"), tool_calls=r.get("tool_calls")))
     resp.headers["X-Session-ID"] = sid
     return resp
 
@@ -82,6 +111,11 @@ def completion_chunks(metrics, name, events, cid, model, include_usage):
     for kind, value in events:  # (a client that hangs up: the response's close() settles `events`)
         if kind == "delta":
             yield sse(chunk(cid, model, delta={"content": value}))
+        elif kind == "chunk":  # tool call pieces and/or logprobs, passed on as the provider gave them
+            delta = {"content": value["delta"]} if value.get("delta") else {}
+            if value.get("tool_calls"):
+                delta["tool_calls"] = value["tool_calls"]
+            yield sse(chunk(cid, model, delta=delta, logprobs=value.get("logprobs")))
         elif kind == "done":
             record_usage(metrics, name, value.get("usage"))
             yield sse(chunk(cid, model, finish_reason=value.get("finish_reason") or "stop"))

@@ -1,7 +1,7 @@
 """The gateway's OpenAPI document (GET /openapi.json of chat.py), from common.openapi's helpers."""
-from common.openapi import (BOOL, CHAT_REQUEST_PROPS, COMPLETION, INT, MODEL_LIST, NUM, QWEN_STATUS_PROPS, SAMPLING,
-                            STR, USAGE, array, common_paths, document, integer, nullable, obj, ok, op, param, ref,
-                            string)
+from common.openapi import (BOOL, COMPLETION, COMPLETIONS_REQUEST, INT, MODEL_LIST, NUM, QWEN_CHAT_PROPS,
+                            QWEN_STATUS_PROPS, SAMPLING, STR, TEXT_COMPLETION, USAGE, array, common_paths, document,
+                            integer, nullable, obj, ok, op, param, ref, string)
 from gateway.ask import MAX_QUESTION_CHARS
 
 INT64_MAX = (1 << 63) - 1
@@ -101,22 +101,42 @@ def history_paths():
     }
 
 
+SESSION_HEADER = param("X-Session-ID", string(pattern=r"^(?!\.+$)[A-Za-z0-9._-]{1,100}$"), "header",
+                       description="Save into this history session (created when new): 1-100 letters, digits, "
+                                   "'.', '_' or '-', not only dots.")
+
+
+SESSION_ANSWER_HEADER = {"X-Session-ID": {"description": "The history session of this exchange.", "required": True,
+                                          "schema": STR}}
+
+
 def openai_paths():
-    """The OpenAI-compatible routes: /v1/chat/completions and /v1/models."""
+    """The OpenAI-compatible routes: /v1/chat/completions, /v1/completions and /v1/models."""
     return {
     "/v1/chat/completions": {"post": op(
         "OpenAI-compatible chat: model `gigachat`/`GigaChat-*` or `qwen*`; saved to history.",
         {"200": ok("chat.completion, or chat.completion.chunk events ending with [DONE] when streaming.",
                    COMPLETION, stream=True,
-                   headers={"X-Session-ID": {"description": "The history session of this exchange.",
-                                             "required": True, "schema": STR}})},
-        [param("X-Session-ID", string(pattern=r"^(?!\.+$)[A-Za-z0-9._-]{1,100}$"), "header",
-               description="Save into this history session (created when new): 1-100 letters, digits, "
-                           "'.', '_' or '-', not only dots.")],
+                   headers=SESSION_ANSWER_HEADER)},
+        [SESSION_HEADER],
         body=obj(["model", "messages"], model=string(description="gigachat, GigaChat-*, or qwen*; "
                                                                  "anything else is a 404."),
-                 **CHAT_REQUEST_PROPS),
-        errors=(400, 401, 402, 404, 409, 413, 429, 502, 503, 504), tag="openai")},
+                 **QWEN_CHAT_PROPS),
+        errors=(400, 401, 402, 404, 409, 413, 429, 502, 503, 504), tag="openai",
+        description="Also passed on to qwen_server as sent: tools, tool_choice, tool messages and assistant "
+                    "tool_calls, response_format, logprobs, top_logprobs, parallel_tool_calls. On GigaChat tools "
+                    "become GigaChat functions, `stop` is cut by the gateway, and response_format / logprobs "
+                    "are a 400.")},
+    "/v1/completions": {"post": op(
+        "OpenAI text completion (editor plugins: prompt + suffix = fill-in-the-middle), Qwen only; saved to history.",
+        {"200": ok("text_completion, or text_completion events ending with [DONE] when streaming.",
+                   TEXT_COMPLETION, stream=True,
+                   headers=SESSION_ANSWER_HEADER)},
+        [SESSION_HEADER],
+        body=obj(["model", "prompt"], model=string(enum=["qwen"], description="qwen or a qwen* model id; "
+                                                                             "GigaChat has no such API (400)."),
+                 **{k: v for k, v in COMPLETIONS_REQUEST["properties"].items() if k != "model"}),
+        errors=(400, 401, 404, 409, 413, 502, 503, 504), tag="openai")},
     "/v1/models": {"get": op("Models this gateway routes.", {"200": ok("OpenAI model list.", MODEL_LIST)},
                              errors=(401,), tag="openai")},
     }

@@ -16,13 +16,14 @@ from gigachat.context import session_id_cvar
 from common.api_common import ApiError
 from providers import Provider
 from providers.gigachat_errors import RETRY_AFTER_S, map_error, upstream
+from providers.gigachat_openai import StopCutter, finish_reason, function_messages, functions_payload, tool_calls
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "GigaChat"
 MIN_TEMPERATURE = 1e-3  # GigaChat answers 422 "temperature must be in range (0, +inf)" to 0
 QUEUE_POLL_S = 0.05  # how soon a queued request whose client left gives up its place
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "function")
 _NOT_CONFIGURED = ("GigaChat is not configured: set GIGACHAT_CREDENTIALS in .env "
                    "(Authorization key from developers.sber.ru), or ask Qwen (/qwen, model \"qwen\").")
 NO_RETRY = {"x-should-retry": "false"}  # the openai SDK would otherwise retry a 503 that can't get better
@@ -59,7 +60,8 @@ def normalize_messages(messages):
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "messages must be a non-empty list of {role, content}.", code="invalid_messages")
     system, rest = [], []
-    for i, m in enumerate(messages):
+    for i, m in enumerate(function_messages(messages) if any(isinstance(m, dict) and m.get("role") == "tool"
+                                                             for m in messages) else messages):
         role, content = (m.get("role"), m.get("content")) if isinstance(m, dict) else (None, None)
         if role not in ROLES:
             raise ApiError(400, f"messages[{i}].role must be system, user or assistant, got {role!r}.",
@@ -70,7 +72,8 @@ def normalize_messages(messages):
         if role == "system":
             system += [content] if content and content.strip() else []
         else:
-            rest.append({"role": role, "content": content or ""})
+            kept = {k: m[k] for k in ("function_call", "name") if m.get(k)}  # (a function call and its result)
+            rest.append(dict(kept, role=role, content=content or ""))
     return ([{"role": "system", "content": "\n\n".join(system)}] if system else []) + rest
 
 
@@ -124,8 +127,12 @@ class GigaChatProvider(Provider):
                 raise self._mapped(e) from e
         choice = resp.choices[0] if resp.choices else None
         finish = choice.finish_reason if choice else None
-        return {"answer": choice.message.content if choice else "", "finish_reason": finish,
-                "usage": _usage(resp.usage), "model": resp.model, "blocked": finish == "blacklist"}
+        cutter = StopCutter((params or {}).get("stop"))
+        text = cutter.feed((choice.message.content or "") if choice else "")
+        text += "" if cutter.hit else cutter.flush()
+        return {"answer": text, "finish_reason": "stop" if cutter.hit else finish_reason(finish),
+                "usage": _usage(resp.usage), "model": resp.model, "blocked": finish == "blacklist",
+                "tool_calls": tool_calls(choice.message.function_call) if choice else None}
 
     def stream(self, messages, params=None, session_id=None, cancel=None):
         """Yield {"delta": text}..., then {"finish_reason", "usage", "model", "blocked"}.
@@ -139,6 +146,7 @@ class GigaChatProvider(Provider):
         client = self._sdk()
         payload = self._payload(messages, params)
         chars, finish, usage, model = 0, None, None, None
+        cutter = StopCutter((params or {}).get("stop"))
         with self._slot(cancel):
             chunks = client.stream(payload)  # v1 SSE; SDK retries are off (see _sdk), so no replay
             try:
@@ -156,17 +164,26 @@ class GigaChatProvider(Provider):
                     model, usage = chunk.model or model, chunk.usage or usage
                     choice = chunk.choices[0] if chunk.choices else None
                     finish = (choice and choice.finish_reason) or finish
-                    if choice and choice.delta.content:
-                        chars += len(choice.delta.content)
-                        yield {"delta": choice.delta.content}
+                    text = cutter.feed(choice.delta.content or "") if choice else ""
+                    if text:
+                        chars += len(text)
+                        yield {"delta": text}
+                    if choice and choice.delta.function_call:
+                        yield {"tool_calls": [dict(c, index=0) for c in tool_calls(choice.delta.function_call)]}
+                    if cutter.hit:  # a stop string: the rest is not wanted, so stop GigaChat's stream now
+                        finish = "stop"
+                        break
             finally:
                 chunks.close()  # closes the HTTP response if we stop early
             if finish is None:  # the connection closed cleanly, but before GigaChat finished
                 err = upstream(502, "GigaChat ended the stream before the answer was complete; try again.",
                                "gigachat_stream_interrupted")
                 raise _interrupted(err, chars) if chars else err
+        if cutter.held:
+            yield {"delta": cutter.flush()}
         # Slot released before the last yield: a caller that stops here must not block others.
-        yield {"finish_reason": finish, "usage": _usage(usage), "model": model, "blocked": finish == "blacklist"}
+        yield {"finish_reason": finish_reason(finish), "usage": _usage(usage), "model": model,
+               "blocked": finish == "blacklist"}
 
     def models(self):
         """Model names GigaChat offers to this key (for /v1/models)."""
@@ -204,7 +221,8 @@ class GigaChatProvider(Provider):
             return self._client
 
     def _payload(self, messages, params):
-        payload = {"model": (params or {}).get("model") or self.model, "messages": normalize_messages(messages)}
+        payload = {"model": (params or {}).get("model") or self.model, "messages": normalize_messages(messages),
+                   **functions_payload((params or {}).get("openai") or {})}
         # top_k is ignored on purpose: GigaChat has no top_k parameter.
         for key, cast in (("temperature", float), ("top_p", float), ("max_tokens", int),
                           ("repetition_penalty", float)):

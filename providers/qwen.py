@@ -102,11 +102,12 @@ class QwenProvider(Provider):
                 r.release_conn()
             try:
                 err = json.loads(text).get("error") or {}
-                msg, code = err.get("message") or text[:300], err.get("code")
+                msg, code, param = err.get("message") or text[:300], err.get("code"), err.get("param")
             except (ValueError, AttributeError):
-                msg, code = text[:300] or "no details", None
+                msg, code, param = text[:300] or "no details", None, None
             if r.status < 500:  # the client's mistake (e.g. context too long): pass it on as is
-                raise ApiError(r.status, f"Qwen server: {msg}", code=code or "qwen_rejected")
+                raise ApiError(r.status, f"Qwen server: {msg}", code=code or "qwen_rejected",
+                               param=param if isinstance(param, str) else None)
             raise ApiError(502, f"The Qwen server failed ({r.status}): {msg}", type="upstream_error",
                            code=code or "qwen_error")
         return r
@@ -117,24 +118,31 @@ class QwenProvider(Provider):
 
     @staticmethod
     def _body(messages, params, stream):
-        body = {"model": "qwen", "messages": messages, "stream": stream}
-        body.update({k: v for k, v in params.items() if v is not None and v != []})
+        """(path, body): a chat, or with params["completion"] (prompt, suffix...) a text completion."""
+        text = params.get("completion")
+        body = dict(text) if text else {"messages": [_wire(m) for m in messages]}
+        body.update(model="qwen", stream=stream)
+        body.update({k: v for k, v in params.items()
+                     if v is not None and v != [] and k not in ("openai", "completion")})
+        body.update(params.get("openai") or {})  # tools, response_format, logprobs...: passed on as sent
         if stream:
             body["stream_options"] = {"include_usage": True}
-        return body
+        return ("/v1/completions" if text else "/v1/chat/completions"), body
 
     def complete(self, messages, params, session_id=None, cancel=None):
         with _aborting(cancel) as abort:
-            data = self._json("POST", "/v1/chat/completions", self._body(messages, params, False), abort=abort)
+            data = self._json("POST", *self._body(messages, params, False), abort=abort)
         choice = data["choices"][0]
-        return {"answer": choice["message"]["content"] or "", "finish_reason": choice.get("finish_reason"),
-                "usage": data.get("usage") or {}, "model": data.get("model"), "blocked": False}
+        message, logprobs = choice.get("message") or {}, choice.get("logprobs")
+        return {"answer": choice["text"] if "text" in choice else message.get("content") or "",
+                "finish_reason": choice.get("finish_reason"), "usage": data.get("usage") or {},
+                "model": data.get("model"), "blocked": False, "tool_calls": message.get("tool_calls"),
+                "logprobs": logprobs.get("content") if logprobs and "message" in choice else logprobs}
 
     def stream(self, messages, params, session_id=None, cancel=None):
         """Yields {"delta": text}..., then {"finish_reason", "usage", "model", "blocked"}."""
         with _aborting(cancel) as abort:
-            r = self._request("POST", "/v1/chat/completions", self._body(messages, params, True), stream=True,
-                              abort=abort)
+            r = self._request("POST", *self._body(messages, params, True), stream=True, abort=abort)
             yield from self._events(r)
 
     def _events(self, r):
@@ -155,9 +163,16 @@ class QwenProvider(Provider):
                 final["model"] = obj.get("model") or final["model"]
                 final["usage"] = obj.get("usage") or final["usage"]
                 for choice in obj.get("choices") or ():
-                    text = (choice.get("delta") or {}).get("content")
-                    if text:
-                        yield {"delta": text}
+                    delta = choice.get("delta") or {}
+                    text = choice["text"] if "text" in choice else delta.get("content")  # (a text completion)
+                    ev = {"delta": text} if text else {}
+                    if delta.get("tool_calls"):
+                        ev["tool_calls"] = delta["tool_calls"]
+                    logprobs = choice.get("logprobs") or {}
+                    if logprobs.get("content") or logprobs.get("tokens"):  # chat's, or the completions' shape
+                        ev["logprobs"] = logprobs["content"] if "content" in logprobs else logprobs
+                    if ev:
+                        yield ev
                     final["finish_reason"] = choice.get("finish_reason") or final["finish_reason"]
         except UpstreamTimeout:
             raise ApiError(504, f"The Qwen server at {self.base_url} stopped sending mid-answer: raise "
@@ -206,6 +221,17 @@ class QwenProvider(Provider):
             return [m["id"] for m in self._json("GET", "/v1/models", timeout=STATUS_TIMEOUT)["data"]]
         except (ApiError, ValueError, KeyError):
             return []
+
+
+def _wire(message):
+    """A parsed message back in OpenAI's wire shape: tool call arguments as a JSON string."""
+    if not message.get("tool_calls"):
+        return message
+    calls = [dict(c, function=dict(c["function"], arguments=c["function"]["arguments"]
+                                   if isinstance(c["function"]["arguments"], str)
+                                   else json.dumps(c["function"]["arguments"], ensure_ascii=False)))
+             for c in message["tool_calls"]]
+    return dict(message, tool_calls=calls)
 
 
 def _unreachable(base_url):

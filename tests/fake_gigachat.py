@@ -18,6 +18,13 @@ Endpoints (any base prefix works; tests use /api/v1 and /api/v2/oauth):
 
 Answers echo the last user message: "Эхо: <text>", streamed word by word.
 
+Functions (`functions`, `function_call`, as the SDK sends them): a named `function_call` {"name"} is
+called; with "auto" (or none given), the first function whose name is in the last user message is
+called, when the conversation ends with that user message. A call's arguments fill each parameter of the function's schema: strings with the user's text,
+numbers with its length in words, booleans true, arrays [], objects {}. GigaChat's own shape: content "",
+`function_call` {"name", "arguments": {...}}, `functions_state_id`, finish_reason "function_call" (in one
+chunk when streamed). After a `function` message the answer echoes its content: "Эхо: <result>".
+
 Faults, per request, written anywhere in the last user message (they are cut from the echo):
   [[fault:N]]            answer HTTP status N with {"status": N, "message": ...} (401, 402, 404, 422, 500, ...)
   [[fault:429=S]]        429 with `Retry-After: S` (default 3; S=none sends no header)
@@ -263,6 +270,11 @@ class Handler(BaseHTTPRequestHandler):
         if "drop" in faults and not stream:
             return self._drop()
 
+        call = function_to_call(req, text)
+        if call is not None:
+            return self._function_call(req, messages, call, stream)
+        if messages[-1].get("role") == "function":
+            text = messages[-1].get("content", "")
         session = self.headers.get("X-Session-ID")
         finish, answer = "stop", f"Эхо: {text}"
         if "blacklist" in faults:
@@ -288,6 +300,28 @@ class Handler(BaseHTTPRequestHandler):
                 "created": int(time.time()), "model": model, "usage": usage, "object": "chat.completion"})
         st.bump("stream_calls")
         self._stream(words, finish, usage, model, faults)
+
+    def _function_call(self, req, messages, call, stream):
+        model = f"{req['model']}:{MODEL_VERSION}"
+        prompt = sum(count_tokens(m.get("content", "")) + 1 for m in messages)
+        usage = {"prompt_tokens": prompt, "completion_tokens": 5, "total_tokens": prompt + 5,
+                 "precached_prompt_tokens": 0}
+        message = {"role": "assistant", "content": "", "function_call": call,
+                   "functions_state_id": str(uuid.uuid4())}
+        if not stream:
+            choice = {"message": message, "index": 0, "finish_reason": "function_call"}
+            return self._send_json(200, {"choices": [choice],
+                                         "created": int(time.time()), "model": model, "usage": usage,
+                                         "object": "chat.completion"})
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        chunk = {"choices": [{"delta": message, "index": 0, "finish_reason": "function_call"}],
+                 "created": int(time.time()), "model": model, "object": "chat.completion", "usage": usage}
+        self._write_chunk(b"data: " + json.dumps(chunk, ensure_ascii=False).encode("utf-8") + b"\n\n")
+        self._write_chunk(b"data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
 
     def _stream(self, words, finish, usage, model, faults):
         self.send_response(200)
@@ -317,6 +351,25 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
 
 
+def function_to_call(req, text):
+    """{"name", "arguments"} when this request gets a function call (see the module doc), else None."""
+    functions, choice = req.get("functions") or [], req.get("function_call")
+    if not functions or choice == "none":
+        return None
+    if isinstance(choice, dict):
+        chosen = next((f for f in functions if f["name"] == choice.get("name")), None)
+    elif req["messages"][-1].get("role") != "user":  # after a function's result: the answer, in text
+        return None
+    else:
+        chosen = next((f for f in functions if f["name"] in text), None)
+    if chosen is None:
+        return None
+    sample = {"string": text, "integer": len(text.split()), "number": len(text.split()), "boolean": True,
+              "array": [], "object": {}}
+    props = (chosen.get("parameters") or {}).get("properties") or {}
+    return {"name": chosen["name"], "arguments": {k: sample.get(p.get("type"), text) for k, p in props.items()}}
+
+
 def validate(req):
     """GigaChat's 422s: what the real API refuses."""
     messages = req.get("messages")
@@ -327,6 +380,13 @@ def validate(req):
             return f"Invalid params: messages[{i}].role is invalid"
         if m["role"] == "system" and i != 0:
             return "Invalid params: system message must be the first and the only one"
+        if m["role"] == "function" and not (i and messages[i - 1].get("function_call") and m.get("name")):
+            return f"Invalid params: messages[{i}]: a function result must follow the assistant's function_call"
+        if m["role"] == "function":
+            try:
+                json.loads(m.get("content", ""))
+            except ValueError:
+                return f"Invalid params: messages[{i}].content must be JSON"
     t = req.get("temperature")
     if t is not None and not t > 0:
         return "Invalid params: temperature must be in range (0, +inf)"

@@ -116,6 +116,7 @@ def refused_by_a_rule_outside_the_schema(response):
     # (response_format, tool parameters) must compile to a grammar, tool_calls arguments must be JSON.
     return (err["code"] == "context_length_exceeded" or "empty assistant message" in err["message"]
             or err.get("param") in ("tools", "tool_choice", "response_format", "top_logprobs")
+            or err.get("param") == "logprobs" and "GigaChat" in err["message"]  # (the gateway: by model)
             or "tool_calls" in err["message"])
 
 

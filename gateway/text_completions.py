@@ -1,0 +1,63 @@
+"""POST /v1/completions through the gateway (what editor plugins call: a prompt, and with `suffix`
+fill-in-the-middle): passed on to the Qwen server's /v1/completions, streamed or not, and saved to
+history like a chat exchange. History keeps the question in Qwen2.5-Coder's own FIM notation,
+`<|fim_prefix|>PROMPT<|fim_suffix|>SUFFIX<|fim_middle|>` (a plain prompt as it is), the completion as the answer."""
+from flask import Blueprint, current_app, jsonify
+
+import db
+from common.api_common import ApiError, json_body, sse, sse_response
+from completions import new_completion_id, parse_completion_request, text_completion
+from gateway import exchange
+from gateway.delivery import begin, metrics, providers, record_usage, tracked
+from gateway.openai_api import route_model, session_id
+
+bp = Blueprint("text_completions", __name__)
+FORWARDED = ("prompt", "suffix", "logprobs")  # as sent; the sampling fields go as parsed
+
+
+def question_text(prompt, suffix):
+    return prompt if suffix is None else f"<|fim_prefix|>{prompt}<|fim_suffix|>{suffix}<|fim_middle|>"
+
+
+@bp.post("/v1/completions")
+def v1_completions():
+    body = json_body()
+    name, _ = route_model(body.get("model"))
+    if name != "qwen":
+        raise ApiError(400, "GigaChat has no text completions API: use /v1/chat/completions for GigaChat, or "
+                            "model 'qwen' here.", code="model_not_supported", param="model")
+    req = parse_completion_request(body, current_app.config["QWEN_DEFAULTS"])
+    params = {k: v for k, v in req["params"].items() if k not in ("logprobs", "top_logprobs")}
+    params["completion"] = {k: body[k] for k in FORWARDED if body.get(k) is not None}
+    question = question_text(req["prompt"], req["suffix"])
+    conn, sid = db.get_db(), session_id()
+    ctx = exchange.start(conn, providers()[name], sid, question, [], None, params,
+                         title=question.strip()[:200] or "(empty prompt)")
+    model_out, cid, m = body.get("model"), new_completion_id(), metrics()
+    r = begin(ctx, req["stream"])
+    if req["stream"]:
+        frames = completion_frames(m, r, cid, model_out, req["include_usage"])
+        resp = sse_response(exchange.closing_iter(tracked(m, frames), r.close))
+    else:
+        record_usage(m, name, r.get("usage"))
+        out = text_completion(cid, model_out, r["answer"], r.get("finish_reason"), r.get("logprobs"), r.get("usage"))
+        resp = jsonify(out)
+    resp.headers["X-Session-ID"] = sid
+    return resp
+
+
+def completion_frames(metrics, events, cid, model, include_usage):
+    """text_completion frames for an answer's events, then [DONE]."""
+    for kind, value in events:  # (a client that hangs up: the response's close() settles `events`)
+        if kind == "delta":
+            yield sse(text_completion(cid, model, value, None))
+        elif kind == "chunk":
+            yield sse(text_completion(cid, model, value.get("delta") or "", None, value.get("logprobs")))
+        elif kind == "done":
+            record_usage(metrics, "qwen", value.get("usage"))
+            yield sse(text_completion(cid, model, "", value.get("finish_reason") or "stop"))
+            if include_usage:
+                yield sse(text_completion(cid, model, None, None, usage=value.get("usage") or {}))
+        else:
+            yield sse(value.body())
+    yield sse("[DONE]")
