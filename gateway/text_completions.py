@@ -6,7 +6,7 @@ from flask import Blueprint, current_app, jsonify
 
 import db
 from common.api_common import ApiError, json_body, sse, sse_response
-from completions import new_completion_id, parse_completion_request, text_completion
+from qwen_api.completions import new_completion_id, parse_completion_request, text_completion
 from gateway import exchange
 from gateway.delivery import begin, metrics, providers, record_usage, tracked
 from gateway.openai_api import route_model, session_id
