@@ -140,6 +140,8 @@ class Upstreams:
         if st.get("online") and (u.models is None or now - u.models_at > MODELS_EVERY or u.down_until):
             models = u.client.models()
         with self.lock:
+            if u.down_until > time.monotonic():
+                return  # a request failed on it during this look: that counts, not the look
             if not st.get("online"):
                 u.down_until, u.down_reason = time.monotonic() + self.cooldown, st.get("reason")
                 return
