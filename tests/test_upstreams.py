@@ -80,8 +80,8 @@ def test_a_conversation_stays_on_its_upstream_unless_it_is_busy(fakes, gateway_o
     a, b = fakes(2)
     gw = gateway_on(a, b)
     sids = [ask(gw, f"first{i}").json()["session"] for i in range(2)]  # two conversations, one on each
-    for turn in range(3):
-        for i, sid in enumerate(sids):
+    for i, sid in enumerate(sids):  # turns in a row: taking turns between upstreams would split them
+        for turn in range(3):
             assert ask(gw, f"turn{i}", session=sid).status_code == 200
     for i in range(2):
         on_a, on_b = asked(a, f"turn{i}"), asked(b, f"turn{i}")
