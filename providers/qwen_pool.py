@@ -39,49 +39,53 @@ class QwenPoolProvider(Provider):
         name = model if model and u.models and model in u.models else (u.models or ["qwen"])[0]
         return u, dict(params, model=name)
 
-    def complete(self, messages, params, session_id=None, cancel=None):
-        tried, last = [], None
+    def _attempts(self, params, session_id):
+        """(upstream, params) for each try, each upstream at most once; ends when none is left."""
+        tried = []
         while True:
             u, p = self._choose(params, session_id, tried)
             if u is None:
-                raise last
+                return
             tried.append(u)
+            yield u, p
+
+    def _retry(self, u, e, cancel):
+        """Counts a try that failed before its first byte; whether another upstream may take it."""
+        gone = cancel is not None and cancel.is_set()
+        self.pool.done(u, failed=None if gone else _fault(e))
+        return not gone and _fault(e) is not None
+
+    def complete(self, messages, params, session_id=None, cancel=None):
+        last = None
+        for u, p in self._attempts(params, session_id):
             t0 = time.perf_counter()
             try:
                 result = u.client.complete(messages, p, session_id, cancel)
             except Exception as e:
-                gone = cancel is not None and cancel.is_set()
-                self.pool.done(u, failed=None if gone else _fault(e))
-                if gone or not _fault(e):
+                if not self._retry(u, e, cancel):
                     raise
                 last = e
                 continue
             self.pool.done(u, session_id, time.perf_counter() - t0)
             return result
+        raise last
 
     def stream(self, messages, params, session_id=None, cancel=None):
-        tried, last = [], None
-        while True:
-            u, p = self._choose(params, session_id, tried)
-            if u is None:
-                raise last
-            tried.append(u)
+        last = None
+        for u, p in self._attempts(params, session_id):
             t0 = time.perf_counter()
             upstream = u.client.stream(messages, p, session_id, cancel)
             try:
-                first = next(upstream)
-                break
-            except StopIteration:
-                first = None
-                break
+                first = next(upstream, None)
             except Exception as e:  # nothing reached the client yet: another upstream may answer
                 upstream.close()
-                gone = cancel is not None and cancel.is_set()
-                self.pool.done(u, failed=None if gone else _fault(e))
-                if gone or not _fault(e):
+                if not self._retry(u, e, cancel):
                     raise
                 last = e
-        yield from self._rest(u, upstream, first, session_id, time.perf_counter() - t0)
+                continue
+            yield from self._rest(u, upstream, first, session_id, time.perf_counter() - t0)
+            return
+        raise last
 
     def _rest(self, u, upstream, first, session_id, first_byte_s):
         """The stream after its first piece: an error now ends it (no retry), and takes `u` out."""
