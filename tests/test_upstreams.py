@@ -167,3 +167,19 @@ def test_a_stream_cut_after_its_first_words_is_not_retried(fakes, gateway_on):
     assert asked(a, "один") + asked(b, "один") == 1  # not asked again: the client would get the text twice
     row = requests.get(gw.base_url + f"/history/{ev[0]['session']}", timeout=10).json()["messages"][-1]
     assert row["status"] == "error" and row["content"] == deltas
+
+
+def test_a_client_that_hangs_up_is_not_retried_and_takes_nothing_out(fakes, gateway_on):
+    a, b = fakes(2)
+    gw = gateway_on(a, b)
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.get(gw.base_url + "/qwen", params={"q": "leaving [[hold=3]]"}, timeout=0.5)
+    deadline = time.monotonic() + 5
+    while not (a.hangups or b.hangups):  # the gateway aborted the upstream call
+        assert time.monotonic() < deadline, "the upstream call was not aborted"
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert asked(a, "leaving") + asked(b, "leaving") == 1  # not tried again elsewhere
+    for fake in (a, b):
+        view = upstream_view(gw, fake)
+        assert view["healthy"] and view["errors"] == 0 and view["in_flight"] == 0
