@@ -49,7 +49,7 @@ test: models chromium nginx
 bench: models
 	$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements-bench.txt  # llama_cpp.server, the baseline
 	$(PY) bench/gateway_overhead.py && $(PY) bench/history.py && $(PY) bench/stream_overhead.py && \
-	  $(PY) bench/llamacpp_server.py
+	  $(PY) bench/llamacpp_server.py && $(PY) bench/upstreams.py
 
 # GPU machine (one CUDA GPU, Python 3.12, torch with CUDA, nvcc; maybe no network): what it lacks travels as
 # py3.12 wheels in the git-ignored .whl/ folder. `make gpu-wheels` here (registries reachable), then on it

@@ -30,6 +30,9 @@ def settings_from_env() -> dict:
         "DEFAULT_SYSTEM_PROMPT": env("DEFAULT_SYSTEM_PROMPT", ""),
         "QWEN_URL": env("QWEN_URL", "http://127.0.0.1:5001"),
         "QWEN_TIMEOUT": float(env("QWEN_TIMEOUT", "300")),
+        "QWEN_BREAKER_COOLDOWN": float(env("QWEN_BREAKER_COOLDOWN", "5")),  # several QWEN_URLs: see README
+        "QWEN_STATUS_POLL": float(env("QWEN_STATUS_POLL", "1")),
+        "QWEN_AFFINITY_SLACK": int(env("QWEN_AFFINITY_SLACK", "0")),
         "QWEN_DEFAULTS": {"temperature": float(env("QWEN_TEMPERATURE", "0.4")),
                           "top_p": float(env("QWEN_TOP_P", "0.9")),
                           "top_k": int(env("QWEN_TOP_K", "60")),
@@ -59,6 +62,8 @@ def create_app(config=None, providers=None):
     providers = provider_registry.build(app.config) if providers is None else providers
     for provider in providers.values():
         provider.on_queue_change = metrics.queue_length.set
+        if hasattr(provider, "collect"):  # per-upstream figures (several QWEN_URLs)
+            metrics.add_collector(provider)
     app.extensions["providers"] = providers
     for blueprint in (ask.bp, history.bp, openai_api.bp, page.bp, text_completions.bp):
         app.register_blueprint(blueprint)

@@ -105,12 +105,19 @@ class Metrics:
                                     multiprocess_mode="livesum")
         self.queue_length = Gauge(f"{prefix}_queue_length", "Requests waiting for the model", registry=r,
                                   multiprocess_mode="livesum")
+        self.collectors = []  # computed at scrape time (the gateway's upstreams), this process's view
+
+    def add_collector(self, collector):
+        self.registry.register(collector)
+        self.collectors.append(collector)
 
     def response(self):
         registry = self.registry
         if self.multiprocess:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
+            for collector in self.collectors:
+                registry.register(collector)
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 

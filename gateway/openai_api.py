@@ -29,6 +29,8 @@ def route_model(model):
         return "qwen", None
     if m.startswith("gigachat"):
         return "gigachat", None if m == "gigachat" else model
+    if m and model in providers()["qwen"].models():  # an id a Qwen upstream serves, named otherwise
+        return "qwen", None
     raise ApiError(404, f"Unknown model {str(model)[:60]!r}: use 'gigachat' (or a GigaChat-* name) or "
                         f"'qwen'. GET /v1/models lists them.", code="model_not_found", param="model")
 
@@ -71,6 +73,8 @@ def v1_chat():
     params = req["params"]
     if gc_model:
         params["model"] = gc_model
+    elif name == "qwen" and body["model"].lower() != "qwen":  # a named model: the upstreams that serve it
+        params["model"] = body["model"]
     if name == "gigachat":
         for field, neutral in NOT_ON_GIGACHAT.items():
             if body.get(field) not in neutral:

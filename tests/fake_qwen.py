@@ -5,6 +5,10 @@ chosen moment: before its first token, mid-answer, or during a whole (non-stream
 Answers echo the last user message, "Эхо: <text>", word by word. In that message:
   [[hold=S]]  wait S seconds before the first word (streams send their headers at once, as qwen_server does)
   [[gap=S]]   wait S seconds between words
+  [[cut=N]]   (streams) drop the connection after N words, without an ending
+Server knobs (attributes): `model_id` (what /status and /v1/models name), `fail_status` (answer every
+chat request with that 5xx status while set), `serial` (answer one request at a time, like a GPU
+engine; the others wait and /status reports them as queue_length).
 Every request is recorded (`server.requests`: its messages and stream flag), and a connection the
 gateway closes while an answer is held or streamed is recorded in `server.hangups` (text, time).
 Runs in a thread of the test process: start() returns the server, its base_url and stop()."""
@@ -16,7 +20,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-CONTROL = re.compile(r"\[\[(hold|gap)=([0-9.]+)\]\]")
+CONTROL = re.compile(r"\[\[(hold|gap|cut)=([0-9.]+)\]\]")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -36,9 +40,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         if self.path == "/status":
-            return self._json({"model": "qwen-fake", "max_seq_len": 1_000_000, "online": True})
+            return self._json({"model": self.server.model_id, "max_seq_len": 1_000_000, "online": True,
+                               "queue_length": self.server.waiting})
         if self.path == "/v1/models":
-            return self._json({"object": "list", "data": [{"id": "qwen-fake", "object": "model"}]})
+            return self._json({"object": "list", "data": [{"id": self.server.model_id, "object": "model"}]})
         self._json({"error": {"message": "no such endpoint"}}, 404)
 
     def do_POST(self):
@@ -46,9 +51,22 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/v1/token/count":
             return self._json({"count": 1})
         messages = body["messages"]
-        text = next(m["content"] for m in reversed(messages) if m["role"] == "user")
         with self.server.lock:
-            self.server.requests.append({"messages": messages, "stream": bool(body.get("stream"))})
+            self.server.requests.append({"messages": messages, "stream": bool(body.get("stream")),
+                                         "model": body.get("model")})
+        if self.server.fail_status:
+            return self._json({"error": {"message": "fake failure", "code": "fake"}}, self.server.fail_status)
+        if self.server.serial:
+            with self.server.lock:
+                self.server.waiting += 1
+            with self.server.one_at_a_time:
+                with self.server.lock:
+                    self.server.waiting -= 1
+                return self._answer(body, messages)
+        self._answer(body, messages)
+
+    def _answer(self, body, messages):
+        text = next(m["content"] for m in reversed(messages) if m["role"] == "user")
         knobs = {k: float(v) for k, v in CONTROL.findall(text)}
         words = ("Эхо: " + CONTROL.sub("", text).strip()).split(" ")
         if body.get("stream"):
@@ -67,6 +85,10 @@ class Handler(BaseHTTPRequestHandler):
         if not self._wait(knobs.get("hold", 0), text):
             return
         for i, word in enumerate(words):
+            if i == knobs.get("cut"):
+                self.connection.shutdown(socket.SHUT_RDWR)
+                self.close_connection = True
+                return
             self._event({"choices": [{"index": 0, "delta": {"content": word if i == 0 else " " + word}}]})
             if not self._wait(knobs.get("gap", 0), text):
                 return
@@ -103,10 +125,12 @@ class Handler(BaseHTTPRequestHandler):
                 return True
 
 
-def start():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+def start(port=0, model_id="qwen-fake", serial=False):
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
     server.lock, server.requests, server.hangups = threading.Lock(), [], []
+    server.model_id, server.fail_status, server.serial = model_id, None, serial
+    server.one_at_a_time, server.waiting = threading.Lock(), 0
     server.base_url = f"http://127.0.0.1:{server.server_address[1]}"
     threading.Thread(target=server.serve_forever, daemon=True, name="fake-qwen").start()
 
@@ -115,3 +139,13 @@ def start():
         server.server_close()
     server.stop = stop
     return server
+
+
+if __name__ == "__main__":  # a fake upstream in its own process (to be killed): --port N [--serial]
+    import argparse
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--serial", action="store_true")
+    args = ap.parse_args()
+    start(args.port, serial=args.serial)
+    threading.Event().wait()
