@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import exl_standin
+from constrained_cases import SCHEMA, WEATHER
 from engines import GenParams
 from engines.constrained import closed, json_grammar, lark_grammar, tool_call_lark
 from helpers import engine_chunks
@@ -278,13 +279,6 @@ def test_load_errors_become_one_actionable_line():
 
 
 # -- constrained decoding and logprobs (engines/exllamav2_extras.py) on a random-logits "model" --------------
-
-SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}, "ok": {"type": "boolean"},
-                                           "color": {"enum": ["red", "green", "blue"]}},
-          "required": ["n", "ok", "color"]}
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"unit": {"enum": ["C", "F"]}, "days": {"type": "integer"}},
-    "required": ["unit", "days"]}}}
 
 
 def random_logits(n_vocab):

@@ -6,16 +6,11 @@ import json
 
 import pytest
 
+from constrained_cases import SCHEMA, WEATHER
 from gpu_models import Reference, tiny_qwen
 from helpers import engine_chunks
 from test_exllamav2 import GREEDY, TIMEOUT_S, post, pytestmark, q4_server  # noqa: F401 - skipped without CUDA; the q4 server
 
-SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}, "ok": {"type": "boolean"},
-                                           "color": {"enum": ["red", "green", "blue"]}},
-          "required": ["n", "ok", "color"]}
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"unit": {"enum": ["C", "F"]}, "days": {"type": "integer"}},
-    "required": ["unit", "days"]}}}
 ASK = [{"role": "user", "content": "Answer in JSON, please."}]
 
 
