@@ -312,7 +312,8 @@ def test_json_schema_answer_parses_and_matches_the_schema(model_dir, sampling):
 
 def test_forced_tool_call_matches_its_schema(model_dir):
     engine, _ = random_engine(model_dir)
-    chunks = run(engine, user("weather?"), max_tokens=300, grammar=lark_grammar(tool_call_lark([WEATHER], "get_weather")))
+    grammar = lark_grammar(tool_call_lark([WEATHER], "get_weather"))
+    chunks = run(engine, user("weather?"), max_tokens=300, grammar=grammar)
     text = text_of(chunks)
     assert text.startswith("<tool_call>\n") and text.endswith("\n</tool_call>"), text
     call = json.loads(text[len("<tool_call>\n"):-len("\n</tool_call>")])
