@@ -7,7 +7,9 @@
 - logprobs come from the job's `return_logits` (the model's logits of each sampled token, in
   "logits" / "held"["logits"] of iterate()'s results), through TokenGuide.logprob like the other engines.
   Not `return_top_tokens`: 0.3.2's top_k_probs are taken after temperature, top-k/top-p and the mask
-  (a greedy job reports probability 1 for a single candidate), not the model's distribution.
+  (a greedy job reports probability 1 for a single candidate), not the model's distribution. One difference
+  remains: 0.3.2 applies a repetition penalty in place to the logits it then keeps (sampler.py 406-416), so
+  with repetition_penalty != 1 the logprobs are of the penalized logits (the other engines report before it).
 
 The filter's base class is a parameter: ExLlamaV2Filter on the GPU, tests/exl_standin.py's on CPU, so
 exllamav2 is never imported here."""
