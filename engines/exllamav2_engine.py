@@ -118,6 +118,8 @@ class ExLlamaV2Engine(HFEngine):
         except Exception as e:  # noqa: BLE001 - exllamav2 raises ValueError/FileNotFoundError/RuntimeError here
             raise load_error(e, self.model_path, total, self.cache_mode) from e
         self.start(generator, exl.Job, exl.Settings, exl.Filter)
+        # Built now, not on the first grammar/logprobs request: that would stall every running stream (~1 s).
+        self.ll_vocab.get()
         self.load_seconds = round(time.perf_counter() - t0, 2)
 
     def _build_generator(self, exl, total):
