@@ -1,0 +1,83 @@
+"""History on a real PostgreSQL (tests/pg_server.py): two gateway processes ("two hosts"), each
+under gunicorn with two workers, writing to one database at once; the numbered schema files applied
+once however many processes start together; a newer schema refused."""
+import threading
+import uuid
+
+import pytest
+import requests
+
+import db
+from conftest import start_gateway
+from helpers import stop_process
+
+
+def test_two_hosts_with_two_workers_each_save_every_exchange_exactly_once(postgres, fake_gigachat, tmp_path):
+    url = postgres.new_database()  # both hosts start on an empty database: they race to create the schema
+    hosts = [start_gateway("http://127.0.0.1:9", fake_gigachat, tmp_path / str(n), gunicorn_workers=2,
+                           CHAT_DB=url, GIGACHAT_MAX_CONCURRENCY="16") for n in range(2)]
+    shared = f"shared-{uuid.uuid4().hex[:8]}"  # one session written from both hosts at once
+    markers, errors = [], []
+
+    def client(n):
+        s = requests.Session()
+        for i in range(6):
+            marker = f"h{n}x{i}x{uuid.uuid4().hex[:6]}"
+            markers.append(marker)
+            host = hosts[(n + i) % 2].base_url
+            params = {"q": f"{marker} вопрос", **({"session": shared} if i % 2 else {})}
+            if i % 3 == 2:
+                params["stream"] = 1
+            r = s.get(host + "/gigachat", params=params, timeout=30)
+            if r.status_code != 200 or (i % 3 == 2 and '"type":"done"' not in r.text):
+                errors.append((marker, r.status_code, r.text[:200]))
+    try:
+        r = requests.post(hosts[0].base_url + "/v1/chat/completions", headers={"X-Session-ID": shared}, timeout=30,
+                          json={"model": "gigachat", "messages": [{"role": "user", "content": "начало"}]})
+        assert r.status_code == 200, r.text
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        conn = db.open_connection(url)
+        rows = conn.execute("SELECT q.content, q.id, count(a.id) FROM messages q LEFT JOIN messages a "
+                            "ON a.question_id = q.id WHERE q.role = 'user' GROUP BY q.id, q.content").fetchall()
+        assert len(rows) == len(markers) + 1 == 49
+        assert sorted(content.split()[0] for content, _, _ in rows if content != "начало") == sorted(markers)  # each question once
+        assert all(answers == 1 for _, _, answers in rows)  # and answered once
+        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 98
+        assert conn.execute("SELECT count(*) FROM messages WHERE conversation_id = ?", (shared,)).fetchone()[0] == 50
+        pairs = db.answered_pairs(conn, shared)
+        assert len(pairs) == 25 and all(p["answer"] and p["status"] == "ok" for p in pairs)
+        conn.close()
+        # either host serves the whole history, searched with tsvector (Cyrillic)
+        for host in hosts:
+            found = requests.get(host.base_url + "/history", params={"q": "вопрос", "limit": 200}, timeout=10).json()
+            assert len([m for m in found["messages"] if m["role"] == "user"]) == 48
+    finally:
+        for host in hosts:
+            stop_process(host)
+
+
+def test_processes_starting_together_apply_the_schema_once(postgres):
+    url, errors = postgres.new_database(), []
+
+    def run():
+        try:
+            db.db_postgres.init_db(url)
+        except Exception as e:  # noqa: BLE001 - collected
+            errors.append(e)
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    conn = db.open_connection(url)
+    assert not errors, errors
+    assert [tuple(r) for r in conn.execute("SELECT version FROM schema_version")] == [(db.db_postgres.SCHEMA_VERSION,)]
+    conn.execute("UPDATE schema_version SET version = version + 1")
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer version"):
+        db.db_postgres.init_db(url)
