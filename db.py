@@ -126,7 +126,6 @@ class _Pool:
             conn.close()
 
 
-UNAVAILABLE = (sqlite3.OperationalError,) + db_postgres.UNAVAILABLE  # -> 503: the history store is down
 INTEGRITY_ERRORS = (sqlite3.IntegrityError,) + db_postgres.INTEGRITY_ERRORS
 
 
@@ -260,15 +259,7 @@ def list_messages(db, limit=50, before=None, session=None, provider=None, q=None
     """Newest first; `before` is a message id (keyset paging, fast at any depth)."""
     cols = ", ".join("m." + c.strip() for c in MESSAGE_COLUMNS.split(","))
     match = fts_query(q) if q else ""
-    if match and isinstance(db, db_postgres.PgConn):
-        # A generated tsvector column with a GIN index ('simple': every script word for word); the
-        # terms are ANDed by plainto_tsquery, so no tsquery syntax leaks through.
-        where, args = _where(("m.id < ?", before), ("m.conversation_id = ?", session or None),
-                             ("m.provider = ?", provider or None))
-        sql = (f"SELECT {cols} FROM messages m WHERE m.search @@ plainto_tsquery('simple', ?) "
-               f"{'AND ' + where if where else ''} ORDER BY m.id DESC LIMIT ?")
-        args = [q.replace("\x00", " ")] + args
-    elif match:
+    if match and not isinstance(db, db_postgres.PgConn):
         _index_for_search(db)
         # Id bounds go on f.rowid, not m.id: FTS5 then seeks to them instead of walking every newer
         # match of a common word first (114 ms for `before` half-way down 1M messages, 250 ms for a
@@ -286,8 +277,9 @@ def list_messages(db, limit=50, before=None, session=None, provider=None, q=None
         sql = (f"SELECT {cols} FROM messages_fts f JOIN messages m ON m.id = f.rowid "
                f"WHERE messages_fts MATCH ? {'AND ' + where if where else ''} ORDER BY f.rowid DESC LIMIT ?")
         args = [match] + args
-    else:
-        where, args = _where(("m.id < ?", before), ("m.conversation_id = ?", session or None),
+    else:  # PostgreSQL searches its generated tsvector column (GIN; plainto_tsquery ANDs plain words)
+        where, args = _where(("m.search @@ plainto_tsquery('simple', ?)", q if match else None),
+                             ("m.id < ?", before), ("m.conversation_id = ?", session or None),
                              ("m.provider = ?", provider or None))
         sql = f"SELECT {cols} FROM messages m {'WHERE ' + where if where else ''} ORDER BY m.id DESC LIMIT ?"
     return db.execute(sql, args + [limit]).fetchall()
@@ -321,3 +313,8 @@ def message_dict(row) -> dict:
     d["session"] = d.pop("conversation_id")
     d["params"] = json.loads(d["params"]) if d["params"] else None
     return d
+
+
+if __name__ == "__main__":  # python db.py migrate-to-postgres SQLITE_FILE POSTGRES_URL
+    import db_move
+    db_move.main()

@@ -48,7 +48,7 @@ def _rows(cursor):
     return lambda values: Row(names, values)
 
 
-def _clean(value):
+def clean(value):
     # PostgreSQL text cannot hold NUL (SQLite's can): saved as U+FFFD rather than failing the save.
     return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
 
@@ -63,7 +63,7 @@ class PgConn:
         if sql == "BEGIN IMMEDIATE":  # SQLite's "take the write lock now"; PostgreSQL locks rows
             sql = "BEGIN"
         return self.raw.execute(sql.replace("%", "%%").replace("?", "%s") if args else sql,
-                                [_clean(a) for a in args] if args else None)
+                                [clean(a) for a in args] if args else None)
 
     def close(self):
         self.raw.close()

@@ -28,10 +28,13 @@ class PostgresServer:
             shutil.chown(self.dir, "postgres", "postgres")
         self._run(_bin("initdb"), "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
                   "--no-sync", "--no-instructions")
+        self.admin_url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.start()
+
+    def start(self):
         # fsync off: the tests check the app's transactions, not the disk's (and run on a shared CI box)
         opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
         self._run(_bin("pg_ctl"), "-D", self.data, "-o", opts, "-l", os.path.join(self.dir, "log"), "-w", "start")
-        self.admin_url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run(self, *args):
         subprocess.run(self.as_user + list(args), check=True, stdout=subprocess.DEVNULL, cwd=self.dir)
@@ -43,6 +46,7 @@ class PostgresServer:
             conn.execute(f"CREATE DATABASE {name}")
         return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
 
-    def stop(self):
+    def stop(self, remove=True):
         self._run(_bin("pg_ctl"), "-D", self.data, "-m", "immediate", "stop")
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if remove:
+            shutil.rmtree(self.dir, ignore_errors=True)

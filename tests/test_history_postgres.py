@@ -1,7 +1,11 @@
 """History on a real PostgreSQL (tests/pg_server.py): two gateway processes ("two hosts"), each
 under gunicorn with two workers, writing to one database at once; the numbered schema files applied
 once however many processes start together; a newer schema refused."""
+import os
+import subprocess
+import sys
 import threading
+import time
 import uuid
 
 import pytest
@@ -81,3 +85,52 @@ def test_processes_starting_together_apply_the_schema_once(postgres):
     conn.close()
     with pytest.raises(RuntimeError, match="newer version"):
         db.db_postgres.init_db(url)
+
+
+def test_an_sqlite_history_moves_to_postgres_with_one_command(postgres, tmp_path):
+    path, url = str(tmp_path / "old.db"), postgres.new_database()
+    db.init_db(path)
+    src = db.connect(path)
+    for n in range(3):
+        q = db.add_message(src, f"s{n}", "user", f"вопрос номер {n}", "qwen", title=f"t{n}")
+        db.add_message(src, f"s{n}", "assistant", f"ответ {n}", "qwen", params={"temperature": 0.4}, question_id=q)
+    db.add_message(src, "s0", "user", "без ответа", "qwen")
+    db.delete_conversation(src, "s1")  # ids with a gap
+    src.close()
+    out = subprocess.run([sys.executable, os.path.join(db.HERE, "db.py"), "migrate-to-postgres", path, url],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "2 conversations, 5 messages, 2 pairs" in out.stdout
+    conn, src = db.open_connection(url), db.connect(path)
+    assert [dict(r) for r in db.iter_messages(conn)] == [dict(r) for r in db.iter_messages(src)]
+    assert [dict(r) for r in db.list_conversations(conn)] == [dict(r) for r in db.list_conversations(src)]
+    assert [r["content"] for r in db.list_messages(conn, q="вопрос")] == ["вопрос номер 2", "вопрос номер 0"]
+    new = db.add_message(conn, "s0", "user", "после переезда", "qwen")  # ids go on after the moved ones
+    assert new > max(r["id"] for r in db.iter_messages(src))
+    again = subprocess.run([sys.executable, os.path.join(db.HERE, "db.py"), "migrate-to-postgres", path, url],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode != 0 and "not empty" in again.stderr  # never twice into one database
+    conn.close()
+    src.close()
+
+
+def test_a_postgres_that_goes_away_is_a_503_and_its_return_is_picked_up(fake_gigachat, tmp_path):
+    import pg_server
+    server = pg_server.PostgresServer()  # its own server: this test stops it
+    gw = start_gateway("http://127.0.0.1:9", fake_gigachat, tmp_path, CHAT_DB=server.new_database())
+    try:
+        assert requests.get(gw.base_url + "/gigachat", params={"q": "до"}, timeout=30).status_code == 200
+        server.stop(remove=False)
+        r = requests.get(gw.base_url + "/history", timeout=30)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "database_unavailable", r.text
+        assert "postgres@" not in r.text  # the URL (which may hold a password) is not echoed
+        server.start()
+        deadline, status = time.monotonic() + 10, None
+        while status != 200 and time.monotonic() < deadline:  # the pool drops broken connections
+            status = requests.get(gw.base_url + "/gigachat", params={"q": "после"}, timeout=30).status_code
+        assert status == 200
+        assert [m["content"] for m in requests.get(gw.base_url + "/history", timeout=10).json()["messages"]
+                if m["role"] == "user"] == ["после", "до"]
+    finally:
+        stop_process(gw)
+        server.stop()
