@@ -35,7 +35,8 @@ def upstream():
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def gw(request, upstream, fake_gigachat, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("endings")
-    target = str(tmp / "history.db") if request.param == "sqlite" else request.getfixturevalue("postgres").new_database()
+    target = str(tmp / "history.db") if request.param == "sqlite" else \
+        request.getfixturevalue("postgres").new_database()
     proc = start_gateway(upstream.base_url, fake_gigachat, tmp, gunicorn_workers=2, GIGACHAT_MAX_CONCURRENCY="16",
                          CHAT_DB=target)
     proc.db_path = target

@@ -13,7 +13,7 @@ import requests
 
 import db
 from conftest import start_gateway
-from helpers import TESTS_DIR, stop_process
+from helpers import TESTS_DIR, errors_running_at_once, stop_process
 
 V1_SCHEMA = os.path.join(TESTS_DIR, "schema_v1.sql")
 
@@ -187,18 +187,7 @@ def test_version_2_answers_are_paired_with_the_question_just_before_them(tmp_pat
 def test_workers_migrating_at_once_migrate_once(tmp_path):
     path = str(tmp_path / "race.db")
     make_v1(path).close()
-    errors = []
-
-    def run():
-        try:
-            db.init_db(path)
-        except Exception as e:  # noqa: BLE001
-            errors.append(e)
-    threads = [threading.Thread(target=run) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = errors_running_at_once(lambda: db.init_db(path))
     assert not errors and sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION
 
 

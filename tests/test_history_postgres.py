@@ -13,7 +13,7 @@ import requests
 
 import db
 from conftest import start_gateway
-from helpers import stop_process
+from helpers import errors_running_at_once, stop_process
 
 
 def test_two_hosts_with_two_workers_each_save_every_exchange_exactly_once(postgres, fake_gigachat, tmp_path):
@@ -49,8 +49,9 @@ def test_two_hosts_with_two_workers_each_save_every_exchange_exactly_once(postgr
         rows = conn.execute("SELECT q.content, q.id, count(a.id) FROM messages q LEFT JOIN messages a "
                             "ON a.question_id = q.id WHERE q.role = 'user' GROUP BY q.id, q.content").fetchall()
         assert len(rows) == len(markers) + 1 == 49
-        assert sorted(content.split()[0] for content, _, _ in rows if content != "начало") == sorted(markers)  # each question once
-        assert all(answers == 1 for _, _, answers in rows)  # and answered once
+        # each question saved once, and answered once
+        assert sorted(content.split()[0] for content, _, _ in rows if content != "начало") == sorted(markers)
+        assert all(answers == 1 for _, _, answers in rows)
         assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 98
         assert conn.execute("SELECT count(*) FROM messages WHERE conversation_id = ?", (shared,)).fetchone()[0] == 50
         pairs = db.answered_pairs(conn, shared)
@@ -66,18 +67,8 @@ def test_two_hosts_with_two_workers_each_save_every_exchange_exactly_once(postgr
 
 
 def test_processes_starting_together_apply_the_schema_once(postgres):
-    url, errors = postgres.new_database(), []
-
-    def run():
-        try:
-            db.db_postgres.init_db(url)
-        except Exception as e:  # noqa: BLE001 - collected
-            errors.append(e)
-    threads = [threading.Thread(target=run) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    url = postgres.new_database()
+    errors = errors_running_at_once(lambda: db.db_postgres.init_db(url))
     conn = db.open_connection(url)
     assert not errors, errors
     assert [tuple(r) for r in conn.execute("SELECT version FROM schema_version")] == [(db.db_postgres.SCHEMA_VERSION,)]
