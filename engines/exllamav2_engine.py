@@ -14,6 +14,8 @@ import time
 from types import SimpleNamespace
 
 from engines import Chunk, EngineError, GenParams, cancelled_before_start
+from engines.constrained import TokenGuide
+from engines.exllamav2_extras import grammar_filter_class, job_extras, logprob_entries
 from engines.hf import HFEngine
 
 log = logging.getLogger("qwen_server")
@@ -73,8 +75,9 @@ def import_exllamav2():
     import exllamav2
     from exllamav2 import attn
     from exllamav2.generator import ExLlamaV2DynamicGenerator, ExLlamaV2DynamicJob, ExLlamaV2Sampler
+    from exllamav2.generator.filters import ExLlamaV2Filter
     return SimpleNamespace(lib=exllamav2, attn=attn, Generator=ExLlamaV2DynamicGenerator, Job=ExLlamaV2DynamicJob,
-                           Settings=ExLlamaV2Sampler.Settings)
+                           Settings=ExLlamaV2Sampler.Settings, Filter=ExLlamaV2Filter)
 
 
 class _Request:
@@ -82,10 +85,13 @@ class _Request:
         self.key, self.ids, self.params, self.max_new_tokens, self.cancel = key, ids, params, max_new_tokens, cancel
         self.out = queue.Queue()
         self.job = None
+        self.guide = None  # TokenGuide when the request has a grammar or wants logprobs
+        self.logprobs = [] if params.logprobs else None  # entries not yet sent
 
 
 class ExLlamaV2Engine(HFEngine):
     name = "exllamav2"
+    features = frozenset({"logprobs", "grammar"})
     paged = False
     attention = "not loaded"
 
@@ -111,7 +117,9 @@ class ExLlamaV2Engine(HFEngine):
             raise
         except Exception as e:  # noqa: BLE001 - exllamav2 raises ValueError/FileNotFoundError/RuntimeError here
             raise load_error(e, self.model_path, total, self.cache_mode) from e
-        self.start(generator, exl.Job, exl.Settings)
+        self.start(generator, exl.Job, exl.Settings, exl.Filter)
+        # Built now, not on the first grammar/logprobs request: that would stall every running stream (~1 s).
+        self.ll_vocab.get()
         self.load_seconds = round(time.perf_counter() - t0, 2)
 
     def _build_generator(self, exl, total):
@@ -135,9 +143,11 @@ class ExLlamaV2Engine(HFEngine):
         return exl.Generator(model=self.model, cache=self.cache, tokenizer=self.tokenizer, paged=self.paged,
                              max_batch_size=PAGED_BATCH if self.paged else 1, max_chunk_size=chunk)
 
-    def start(self, generator, job_cls, settings_cls):
-        """Serve requests with `generator` (ExLlamaV2DynamicGenerator or a stand-in) on an owner thread."""
+    def start(self, generator, job_cls, settings_cls, filter_base):
+        """Serve requests with `generator` (ExLlamaV2DynamicGenerator or a stand-in) on an owner thread;
+        `filter_base` is its ExLlamaV2Filter class."""
         self.generator, self.job_cls, self.settings_cls = generator, job_cls, settings_cls
+        self.filter_cls = grammar_filter_class(filter_base)
         self.stop_ids = self.stop_token_ids()
         self.inbox = queue.Queue()
         self.active = {}  # request key -> request, for every job handed to the generator
@@ -187,8 +197,13 @@ class ExLlamaV2Engine(HFEngine):
         s.top_k = 1 if p.greedy else p.top_k  # exllamav2 would read top_p 0 as "off", not greedy
         s.top_p = p.top_p
         s.token_repetition_penalty = p.repetition_penalty
+        if p.grammar or p.logprobs:
+            req.guide = TokenGuide(p, self.ll_vocab, self.model_config.get("vocab_size") or len(self.hf_tokenizer))
+        extras = job_extras(p, req.guide, self.filter_cls, getattr(self, "model", None),
+                            getattr(self, "tokenizer", None), self.stop_ids)
         return self.job_cls(input_ids=torch.tensor([req.ids]), max_new_tokens=req.max_new_tokens, gen_settings=s,
-                            seed=p.seed, identifier=req.key, stop_conditions=list(self.stop_ids) + list(p.stop))
+                            seed=p.seed, identifier=req.key, stop_conditions=list(self.stop_ids) + list(p.stop),
+                            **extras)
 
     def _owner_loop(self):
         while True:
@@ -248,15 +263,18 @@ class ExLlamaV2Engine(HFEngine):
             text = r.get("text", "")
             if r["eos"] and r.get("eos_reason") == "stop_token":
                 text += held_text_before_stop_token(r)
+            if req.logprobs is not None:
+                req.logprobs += logprob_entries(r, req.guide, self.stop_ids)
             if text:
-                req.out.put(Chunk(text=text))
+                req.out.put(Chunk(text=text, logprobs=req.logprobs))
+                req.logprobs = [] if req.logprobs is not None else None
             if r["eos"]:
                 del self.active[r["identifier"]]
                 finish = "length" if r.get("eos_reason") == "max_new_tokens" else "stop"
                 req.out.put(Chunk(finish_reason=finish, usage={
                     "prompt_tokens": r["prompt_tokens"], "completion_tokens": r["new_tokens"],
                     "prefill_ms": round(r["time_prefill"] * 1000, 2),
-                    "decode_ms": round(r["time_generate"] * 1000, 2)}))
+                    "decode_ms": round(r["time_generate"] * 1000, 2)}, logprobs=req.logprobs or None))
 
 
 def held_text_before_stop_token(r) -> str:

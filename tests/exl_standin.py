@@ -15,10 +15,20 @@ What it copies from 0.3.2, by the lines of dynamic.py it follows:
     emitted, max_new_tokens, the "\ufffd" hold, stop-string partial match), emit(): 2005-2097
     (the "text" / "held" / eos keys and their order)
   - partial_strings_match: exllamav2_ext/cpp/generator.cpp 12-51, ported line by line
+  - filters and return_logits, with a `logits(ids)` "model" instead of a scripted answer: Job.__init__
+    1745-1747, 1801-1802; Job.receive_logits 1867-1872 (filters begin("") before the first token);
+    sampler.py 438-492 (the logit-mask path when every filter can_mask_logits, else the intersection of
+    the allowed sets from get_next()); receive_sample 1918-1935 (feed(token) as a (1, 1) tensor, then
+    the mask queued on the filter pool) and 2102-2116 (held logits); iterate 1211-1220 (the queued filter
+    work starts while the "GPU" runs); emit 2050-2052 and 2088-2090 ("logits" beside "token_ids").
+    Greedy is top_k == 1 (the engine's setting); otherwise a seeded draw at the job's temperature.
 Pieces: 0.3.2 appends each token's piece (tokenizer.get_id_to_piece_list(); special tokens such as
 <|im_end|> keep their text) and bytes of an unfinished UTF-8 character read as "\ufffd", as
 `tokenizer.decode([id])` of a Hugging Face tokenizer gives them."""
 import time
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
 
 
 class Settings:
@@ -28,9 +38,36 @@ class Settings:
         self.temperature, self.top_k, self.top_p, self.token_repetition_penalty = 0.8, 50, 0.8, 1.025
 
 
+class Filter:
+    """ExLlamaV2Filter (generator/filters/base.py): the state and the background calls the generator uses."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer, self.sequence_str, self.background_result = model, tokenizer, "", None
+
+    def background_next(self, pool):
+        assert self.background_result is None
+        self.background_result = pool.submit(self.next)
+
+    def background_prepare_logit_mask(self, pool):
+        assert self.background_result is None
+        self.background_result = pool.submit(self.prepare_logit_mask)
+
+    def background_drop(self):
+        if self.background_result is not None:
+            self.background_result.result()
+            self.background_result = None
+
+    def get_next(self, mask=False):
+        if self.background_result is None:
+            return self.prepare_logit_mask() if mask else self.next()
+        r = self.background_result.result()
+        self.background_result = None
+        return r
+
+
 class Job:
     def __init__(self, input_ids, max_new_tokens, gen_settings=None, seed=None, stop_conditions=None,
-                 identifier=None, **kwargs):
+                 identifier=None, filters=None, filter_prefer_eos=False, return_logits=False, **kwargs):
         assert input_ids.device.type == "cpu", "input_ids must reside in system memory"
         assert input_ids.shape[-1] > 0, "Input IDs cannot be empty."
         assert input_ids.shape[0] == 1, "input_ids must be [1, seq_len] tensor or list of [1, seq_len] tensors"
@@ -48,6 +85,8 @@ class Job:
         self.new_tokens, self.kv_position, self.pages, self.skips = 0, 0, 0, 0
         self.held_text, self.held_tokens, self.full_completion = "", [], ""
         self.serial_number = None
+        self.filters, self.return_logits, self.held_logits = list(filters or []), return_logits, []
+        self.rng = torch.Generator().manual_seed(seed if seed is not None else 0)
 
 
 def partial_strings_match(q: str, strings) -> int:
@@ -73,8 +112,11 @@ class Generator:
     """ExLlamaV2DynamicGenerator's queue, paging arithmetic and result dicts."""
 
     def __init__(self, tokenizer, answer, max_total_tokens=2048, paged=False, max_batch_size=1,
-                 max_chunk_size=2048, max_skips=4, step_s=0.0):
-        self.tokenizer, self.answer = tokenizer, answer
+                 max_chunk_size=2048, max_skips=4, step_s=0.0, logits=None):
+        """answer(prompt_ids) -> the token ids to "sample", or, with answer None, logits(ids) -> the
+        model's logits (a 1-d float tensor) for the next token after ids, sampled as 0.3.2 does."""
+        self.tokenizer, self.answer, self.logits = tokenizer, answer, logits
+        self.filter_pool, self.filter_queue = ThreadPoolExecutor(max_workers=2), []
         self.paged, self.max_batch_size, self.max_chunk_size = paged, max_batch_size, max_chunk_size
         self.page_size = 256 if paged else max_total_tokens  # 387
         self.max_pages = max(max_total_tokens // self.page_size, 1)  # 393
@@ -97,7 +139,8 @@ class Generator:
             f"be enqueued. Total cache allocated is {self.max_pages} * {self.page_size} = " + \
             f"{self.max_total_tokens} tokens"
         job.pages, job.serial_number = total_pages, self.job_serial
-        job.tokens = list(self.answer(job.ids))
+        job.tokens = list(self.answer(job.ids)) if self.answer else None
+        job.sampled = []
         self.job_serial += 1
         self.pending_jobs.append(job)
         job.time_enqueue = time.time()
@@ -117,9 +160,13 @@ class Generator:
         self._start_jobs(results)
         for job in list(self.active_jobs):
             self._prefill(job, results)
+        for f, mask in self.filter_queue:
+            f.background_prepare_logit_mask(self.filter_pool) if mask else f.background_next(self.filter_pool)
+        self.filter_queue.clear()
         for job in list(self.active_jobs):
             if job.kv_position >= len(job.ids) - 1:
-                if self._sample(job, job.tokens[job.new_tokens], results):
+                token, logits = (job.tokens[job.new_tokens], None) if job.tokens is not None else self._draw(job)
+                if self._sample(job, token, results, logits):
                     self.active_jobs.remove(job)  # iterate_gen 1290-1291: deallocate, remove
         return results
 
@@ -156,8 +203,43 @@ class Generator:
             r.update({"identifier": job.identifier})
         results.append(r)
 
-    def _sample(self, job, token, results):
+    def _draw(self, job):
+        """receive_logits() and ExLlamaV2Sampler.sample() for one job: (token id, the (1, 1, vocab) logits)."""
+        if job.new_tokens == 0:
+            for f in job.filters:
+                f.background_drop()
+                f.begin("")
+        logits = self.logits(job.ids + job.sampled).float().view(1, 1, -1)
+        scores = logits[0, 0]
+        if job.filters and all(f.can_mask_logits() for f in job.filters):
+            for f in job.filters:
+                assert f.get_next(mask=True) is True, "filter is not precomputing mask"
+                scores = f.mask_logits(scores)
+        elif job.filters:
+            allowed = None
+            for f in job.filters:
+                pt, _et = f.get_next()
+                allowed = set(pt) if allowed is None else allowed & set(pt)
+            assert allowed, "Filter excluded all tokens"
+            keep = torch.zeros_like(scores, dtype=torch.bool)
+            keep[sorted(allowed)] = True
+            scores = scores.masked_fill(~keep, float("-inf"))
+        s = job.gen_settings
+        if s.top_k == 1:
+            return int(scores.argmax()), logits
+        probs = torch.softmax(scores / max(s.temperature, 1e-3), dim=-1)
+        return int(torch.multinomial(probs, 1, generator=job.rng)), logits
+
+    def _sample(self, job, token, results, logits=None):
         """receive_sample(): returns True when the job ended."""
+        for f in job.filters:
+            f.feed(torch.tensor([[token]]))
+        if job.filters:
+            all_mask = all(f.can_mask_logits() and f.use_background_worker() for f in job.filters)
+            self.filter_queue += [(f, all_mask) for f in job.filters if all_mask or f.use_background_worker()]
+        job.sampled.append(token)
+        if job.return_logits:
+            job.held_logits.append(logits)
         job.new_tokens += 1
         if job.new_tokens == 1:
             job.time_first_token = time.time()
@@ -205,6 +287,9 @@ class Generator:
             if job.held_tokens:
                 r.update({"token_ids": list(job.held_tokens)})
                 job.held_tokens = []
+            if job.held_logits:
+                r.update({"logits": torch.cat(job.held_logits, dim=1)})
+                job.held_logits = []
         if eos:
             now = time.time()
             r.update({"full_completion": job.full_completion, "new_tokens": job.new_tokens,
@@ -218,6 +303,8 @@ class Generator:
                 rh.update({"text": job.held_text})
             if job.held_tokens:
                 rh.update({"token_ids": list(job.held_tokens)})
+            if job.held_logits:
+                rh.update({"logits": torch.cat(job.held_logits, dim=1)})
             if rh:
                 r.update({"held": rh})
         if job.identifier is not None:
