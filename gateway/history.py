@@ -23,6 +23,16 @@ def db_unavailable(e):
                             type="server_error", code="database_unavailable").body()), 503
 
 
+def postgres_unavailable(e):  # (the URL is not repeated: it may carry a password)
+    return jsonify(ApiError(503, f"The history database (PostgreSQL) is unavailable: {e}. Check that it runs and "
+                                 f"accepts connections; retry shortly.",
+                            type="server_error", code="database_unavailable").body()), 503
+
+
+for _error in db.db_postgres.UNAVAILABLE:  # PostgreSQL down, or no pooled connection free in time
+    bp.app_errorhandler(_error)(postgres_unavailable)
+
+
 def int_arg(name, default, lo, hi):
     raw = request.args.get(name)
     if raw in (None, ""):

@@ -94,3 +94,13 @@ def gateway(qwen_smol, fake_gigachat, tmp_path_factory):
     proc = start_gateway(qwen_smol.base_url, fake_gigachat, tmp_path_factory.mktemp("gw"))
     yield proc
     stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server (tests/pg_server.py) for the history tests run on both backends."""
+    import pg_server
+    server = pg_server.PostgresServer()
+    yield server
+    server.stop()
+

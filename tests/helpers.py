@@ -199,3 +199,21 @@ def engine_chunks(engine, messages, params, cancel=None, timeout=10.0):
     if "error" in box:
         raise box["error"]
     return box["chunks"]
+
+
+def errors_running_at_once(fn, n=4) -> list:
+    """Runs fn() in n threads started together; returns the exceptions they raised."""
+    import threading
+    errors = []
+
+    def run():
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - collected for the caller
+            errors.append(e)
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors

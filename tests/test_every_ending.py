@@ -4,11 +4,11 @@ with it; concurrent exchanges on one session keep their pairs; a delete during a
 
 Real servers: the gateway under gunicorn (2 workers), the fake GigaChat (subprocess) and a fake Qwen
 server (tests/fake_qwen.py) that holds answers as long as asked and records when the gateway hangs
-up on it. Clients are raw sockets that hang up at the chosen moment; the SQLite file is read after."""
+up on it. Clients are raw sockets that hang up at the chosen moment; the history (an SQLite file, or a
+real PostgreSQL database: every test runs on both) is read after."""
 import json
 import random
 import socket
-import sqlite3
 import threading
 import time
 import uuid
@@ -17,6 +17,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 import requests
 
+import db
 import fake_qwen
 from conftest import start_gateway
 from helpers import stop_process
@@ -31,11 +32,14 @@ def upstream():
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def gw(upstream, fake_gigachat, tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def gw(request, upstream, fake_gigachat, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("endings")
-    proc = start_gateway(upstream.base_url, fake_gigachat, tmp, gunicorn_workers=2, GIGACHAT_MAX_CONCURRENCY="16")
-    proc.db_path = str(tmp / "history.db")
+    target = str(tmp / "history.db") if request.param == "sqlite" else \
+        request.getfixturevalue("postgres").new_database()
+    proc = start_gateway(upstream.base_url, fake_gigachat, tmp, gunicorn_workers=2, GIGACHAT_MAX_CONCURRENCY="16",
+                         CHAT_DB=target)
+    proc.db_path = target
     yield proc
     stop_process(proc)
 
@@ -80,8 +84,7 @@ ROUTES = ["/qwen?stream", "/qwen", "/v1 qwen stream", "/v1 qwen", "/gigachat?str
 
 def exchange(db_path, marker, timeout=SETTLE_S):
     """(question row, [answer rows]) of the question containing `marker`, once its answer is saved."""
-    conn = sqlite3.connect(db_path)
-    conn.row_factory = sqlite3.Row
+    conn = db.open_connection(db_path)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -110,7 +113,7 @@ def assert_pool_intact(gw):
 
 
 def assert_every_question_answered_once(db_path):
-    conn = sqlite3.connect(db_path)
+    conn = db.open_connection(db_path)
     try:
         unanswered = conn.execute("SELECT q.id, q.content FROM messages q WHERE q.role = 'user' AND NOT EXISTS "
                                   "(SELECT 1 FROM messages a WHERE a.question_id = q.id)").fetchall()
@@ -250,7 +253,7 @@ def test_eight_concurrent_writers_on_one_session_keep_their_pairs(gw, upstream):
     assert not errors, errors
 
     # the file: 41 questions, each with its own answer
-    conn = sqlite3.connect(gw.db_path)
+    conn = db.open_connection(gw.db_path)
     rows = conn.execute("SELECT q.id, q.content, a.content, a.status FROM messages q JOIN messages a "
                         "ON a.question_id = q.id WHERE q.conversation_id = ? ORDER BY q.id", (sid,)).fetchall()
     conn.close()
@@ -283,16 +286,20 @@ def sse_lines(resp):
 
 
 def assert_nothing_left(db_path, sid, marker):
-    conn = sqlite3.connect(db_path)
+    conn = db.open_connection(db_path)
     try:
         assert conn.execute("SELECT count(*) FROM messages WHERE conversation_id = ?", (sid,)).fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM conversations WHERE id = ?", (sid,)).fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM messages WHERE content LIKE ?", (f"%{marker}%",)).fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM messages m WHERE m.question_id IS NOT NULL AND NOT EXISTS "
                             "(SELECT 1 FROM messages q WHERE q.id = m.question_id)").fetchone()[0] == 0
-        conn.execute("INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')")
-        assert conn.execute("SELECT count(*) FROM messages_fts WHERE messages_fts MATCH ?",
-                            (f'"{marker}"',)).fetchone()[0] == 0
+        if isinstance(conn, db.db_postgres.PgConn):  # the search column goes with its row
+            assert conn.execute("SELECT count(*) FROM messages WHERE search @@ plainto_tsquery('simple', ?)",
+                                (marker,)).fetchone()[0] == 0
+        else:
+            conn.execute("INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')")
+            assert conn.execute("SELECT count(*) FROM messages_fts WHERE messages_fts MATCH ?",
+                                (f'"{marker}"',)).fetchone()[0] == 0
     finally:
         conn.close()
 

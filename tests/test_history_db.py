@@ -1,6 +1,7 @@
 """db.py on real SQLite files: the full-text index filled off the request path (schema version 2),
 deletes that never corrupt it, answers that name their questions (version 3), migration of older
-files, private file modes and a bounded WAL."""
+files, private file modes and a bounded WAL. The backend-neutral tests (any_conn) run on a real
+PostgreSQL too."""
 import os
 import sqlite3
 import stat
@@ -12,7 +13,7 @@ import requests
 
 import db
 from conftest import start_gateway
-from helpers import TESTS_DIR, stop_process
+from helpers import TESTS_DIR, errors_running_at_once, stop_process
 
 V1_SCHEMA = os.path.join(TESTS_DIR, "schema_v1.sql")
 
@@ -32,6 +33,16 @@ def conn(tmp_path):
     path = str(tmp_path / "h.db")
     db.init_db(path)
     c = db.connect(path)
+    yield c
+    c.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_conn(request, tmp_path):
+    """A connection to a new history on either backend (PostgreSQL: a new database on the test server)."""
+    target = str(tmp_path / "h.db") if request.param == "sqlite" else request.getfixturevalue("postgres").new_database()
+    (db.init_db if request.param == "sqlite" else db.db_postgres.init_db)(target)
+    c = db.open_connection(target)
     yield c
     c.close()
 
@@ -176,31 +187,39 @@ def test_version_2_answers_are_paired_with_the_question_just_before_them(tmp_pat
 def test_workers_migrating_at_once_migrate_once(tmp_path):
     path = str(tmp_path / "race.db")
     make_v1(path).close()
-    errors = []
-
-    def run():
-        try:
-            db.init_db(path)
-        except Exception as e:  # noqa: BLE001
-            errors.append(e)
-    threads = [threading.Thread(target=run) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = errors_running_at_once(lambda: db.init_db(path))
     assert not errors and sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION
 
 
-def test_answers_name_their_question_and_one_answer_a_question(conn):
+def test_answers_name_their_question_and_one_answer_a_question(any_conn):
+    conn = any_conn
     q = save(conn, "p", "вопрос", title="t")
     a = db.add_message(conn, "p", "assistant", "ответ", "qwen", question_id=q)
     assert conn.execute("SELECT question_id FROM messages WHERE id = ?", (a,)).fetchone()[0] == q
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(db.INTEGRITY_ERRORS):
         db.add_message(conn, "p", "assistant", "второй ответ", "qwen", question_id=q)
     db.delete_conversation(conn, "p")
     with pytest.raises(db.ConversationGone):  # an answer that arrives after its conversation was deleted
         db.add_message(conn, "p", "assistant", "поздно", "qwen", question_id=q)
     assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
+
+
+def test_search_matches_every_word_in_any_script_and_pages(any_conn):
+    conn = any_conn
+    a = save(conn, "s1", "Привет, МИР: first", title="t")
+    b = save(conn, "s2", "привет мир second", title="t")
+    db.add_message(conn, "s3", "user", "привет only", "gigachat", title="t")
+    assert [r["id"] for r in db.list_messages(conn, q="мир привет")] == [b, a]  # all words, any case, newest first
+    assert [r["id"] for r in db.list_messages(conn, q="мир привет", before=b)] == [a]
+    assert [r["id"] for r in db.list_messages(conn, q="привет", session="s1")] == [a]
+    assert [r["session"] for r in map(db.message_dict, db.list_messages(conn, q="привет", provider="gigachat"))] \
+        == ["s3"]
+    for syntax in ('"', "мир AND", "(мир", "мир:*", "!мир", "мир | x", "NEAR(мир)", "мир\x00"):
+        db.list_messages(conn, q=syntax)  # no search syntax leaks through: never an error
+    assert db.list_messages(conn, q="мир | nothing") == []
+    db.delete_conversation(conn, "s1")
+    assert [r["id"] for r in db.list_messages(conn, q="мир")] == [b]
+    assert [r["title"] for r in db.list_conversations(conn)] == ["t", "t"]
 
 
 def mode(path):
