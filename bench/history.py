@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """/history latency on a large history: 1,000,000 messages in ~20,000 conversations.
 
-    .venv/bin/python bench/history.py [--quick] [--messages N] [--rebuild]
+    .venv/bin/python bench/history.py [--quick] [--messages N] [--rebuild] [--backend sqlite|postgres|both]
 
 The database is built once with the project's own schema (db.init_db) and cached under
 .cache/bench/ (git-ignored); reruns reuse it. Build: sqlite3 executemany in large transactions,
@@ -14,7 +14,11 @@ are planted in exactly 25 messages each; "the" and "что" are the common words
 Then the gateway is started on that file (gunicorn, the project's gunicorn.conf.py, 1 worker) and
 each request below is timed over HTTP from one sequential keep-alive client (requests rotated so
 drift hits all alike), alongside the same db.py call in-process (SQL only, no JSON or HTTP).
-Goal: p95 <= 10 ms. Rows over the goal get their EXPLAIN QUERY PLAN printed.
+Goal: p95 <= 10 ms. Rows over the goal get their EXPLAIN QUERY PLAN printed (SQLite).
+
+--backend postgres (or both, side by side in one run): a throwaway PostgreSQL (tests/pg_server.py's
+initdb + pg_ctl) gets the same messages through db_move.py's mover (COPY, ids kept), then ANALYZE
+(what autovacuum does on its own after a bulk load), and a second gateway runs with CHAT_DB=its URL.
 """
 import argparse
 import json
@@ -356,6 +360,56 @@ def explain(conn, dbm, fn):
     return out
 
 
+def timed_rounds(rounds, arms, conns, clients, reqs, inner, http_ms, sql_ms, inner_ms):
+    """3 warm-up rounds (page cache, statement cache), then `rounds` timed ones, order shuffled each round."""
+    for r in range(-3, rounds):
+        order = [(k, i) for k in range(len(arms)) for i in range(len(reqs))]
+        random.Random(r).shuffle(order)
+        for k, i in order:
+            label, url, fn = reqs[i]
+            st, raw, dt = clients[k].request("GET", url)
+            if st != 200:
+                raise RuntimeError(f"{label}: HTTP {st}: {raw[:300]!r}")
+            t0 = time.perf_counter()
+            fn(arms[k][2], conns[k])
+            ds = time.perf_counter() - t0
+            if r >= 0:
+                http_ms[k][i].append(dt * 1000)
+                sql_ms[k][i].append(ds * 1000)
+        for k in range(len(arms)):
+            for j, (_, sid) in enumerate(inner):
+                t0 = time.perf_counter()
+                arms[k][3].past_turns(conns[k], sid)
+                if r >= 0:
+                    inner_ms[k][j].append((time.perf_counter() - t0) * 1000)
+
+
+def load_postgres(path):
+    """A throwaway PostgreSQL holding the SQLite file's history: (server, URL, a line on the load)."""
+    import db_move
+    import pg_server
+    server = pg_server.PostgresServer()
+    try:
+        url = server.new_database()
+        t0 = time.perf_counter()
+        moved = db_move.migrate_to_postgres(path, url)
+        t_move = time.perf_counter() - t0
+        conn = db.open_connection(url)
+        t0 = time.perf_counter()
+        conn.execute("ANALYZE")
+        t_analyze = time.perf_counter() - t0
+        size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+        version = conn.execute("SHOW server_version").fetchone()[0].split()[0]
+        conn.close()
+    except BaseException:
+        server.stop()
+        raise
+    note = (f"PostgreSQL {version}: {moved['messages']:,} messages moved by db_move.py in "
+            f"{t_move:.0f} s (COPY + tsvector + indexes), ANALYZE {t_analyze:.1f} s, {size / 2**20:,.0f} MB.")
+    print(note, file=sys.stderr, flush=True)
+    return server, url, note
+
+
 def load_module(name, path):
     import importlib.util
     spec = importlib.util.spec_from_file_location(name, path)
@@ -371,6 +425,8 @@ def main():
     ap.add_argument("--conversations", type=int, help="default: messages / 50")
     ap.add_argument("--rounds", type=int, help="timed rounds over all requests (default 60, quick 15)")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the cached database")
+    ap.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="sqlite",
+                    help="history backend(s) to measure; postgres loads the same messages into a throwaway server")
     ap.add_argument("--ab", metavar="PATH",
                     help="also run the gateway and db.py of this other checkout (e.g. a patched copy), side by side")
     a = ap.parse_args()
@@ -392,7 +448,13 @@ def main():
     reqs = requests_for(p)
     inner = internals_for(p)
     from gateway import exchange
-    arms = [("this checkout", None, db, exchange)]
+    arms, conns, targets = [], [], []  # (name, repo, db module, exchange module); per arm its connection, CHAT_DB
+    if a.backend in ("sqlite", "both"):
+        arms.append(("SQLite" if a.backend == "both" else "this checkout", None, db, exchange))
+        conns.append(conn)
+        targets.append(path)
+    if a.ab and a.backend != "sqlite":
+        ap.error("--ab compares two checkouts on SQLite: use it without --backend")
     if a.ab:
         other = os.path.abspath(a.ab)
         db_b = load_module("db_ab", os.path.join(other, "db.py"))
@@ -402,38 +464,33 @@ def main():
         ex_b = load_module("exchange_ab", ex_path if os.path.exists(ex_path) else os.path.join(other, "exchange.py"))
         sys.modules["db"] = saved
         arms.append((other, other, db_b, ex_b))
+        conns.append(conn)
+        targets.append(path)
+    pg = None
+    if a.backend in ("postgres", "both"):
+        pg, url, pg_note = load_postgres(path)
+        arms.append(("PostgreSQL", None, db, exchange))
+        conns.append(db.open_connection(url))
+        targets.append(url)
     http_ms = [[[] for _ in reqs] for _ in arms]
     sql_ms = [[[] for _ in reqs] for _ in arms]
     inner_ms = [[[] for _ in inner] for _ in arms]
-    with Servers() as S:
-        fake = S.add(start_fake())
-        clients = []
-        for _, repo, _, _ in arms:
-            kw = {"repo": repo} if repo else {}
-            clients.append(Client(S.add(start_gateway("http://127.0.0.1:9", fake, path, gunicorn_workers=1,
-                                                      **kw)).base_url))
-        for r in range(-3, rounds):  # 3 warm-up rounds (page cache, statement cache)
-            order = [(k, i) for k in range(len(arms)) for i in range(len(reqs))]
-            random.Random(r).shuffle(order)
-            for k, i in order:
-                label, url, fn = reqs[i]
-                st, raw, dt = clients[k].request("GET", url)
-                if st != 200:
-                    raise RuntimeError(f"{label}: HTTP {st}: {raw[:300]!r}")
-                t0 = time.perf_counter()
-                fn(arms[k][2], conn)
-                ds = time.perf_counter() - t0
-                if r >= 0:
-                    http_ms[k][i].append(dt * 1000)
-                    sql_ms[k][i].append(ds * 1000)
-            for k in range(len(arms)):
-                for j, (_, sid) in enumerate(inner):
-                    t0 = time.perf_counter()
-                    arms[k][3].past_turns(conn, sid)
-                    if r >= 0:
-                        inner_ms[k][j].append((time.perf_counter() - t0) * 1000)
-        for c in clients:
-            c.close()
+    try:
+        with Servers() as S:
+            fake = S.add(start_fake())
+            clients = []
+            for (_, repo, _, _), target in zip(arms, targets):
+                kw = {"repo": repo} if repo else {}
+                clients.append(Client(S.add(start_gateway("http://127.0.0.1:9", fake, target, gunicorn_workers=1,
+                                                          **kw)).base_url))
+            timed_rounds(rounds, arms, conns, clients, reqs, inner, http_ms, sql_ms, inner_ms)
+            for c in clients:
+                c.close()
+    finally:
+        if pg:
+            conns[-1].close()
+            pg.stop()
+
 
     header(f"/history on {meta['messages']:,} messages", [
         f"DB: {meta['messages']:,} messages, {meta['conversations']:,} conversations (median "
@@ -444,10 +501,11 @@ def main():
         f"({'just now' if built_now else 'cached'}: text {meta['generate_s']} s, insert {meta['insert_s']} s, "
         f"FTS rebuild {meta['fts_s']} s). No ANALYZE (the app never runs it).",
         f"Gateway: gunicorn, 1 gthread worker; 1 sequential keep-alive client; {rounds} rounds, request order "
-        f"shuffled each round; SQL = the same db.py call in-process (no JSON/HTTP). Goal: HTTP p95 ≤ {GOAL_MS:g} ms."])
+        f"shuffled each round; SQL = the same db.py call in-process (no JSON/HTTP). Goal: HTTP p95 ≤ {GOAL_MS:g} ms."]
+        + ([pg_note] if pg else []))
     heads = ["request"]
-    for name, *_ in arms:
-        tag = "" if len(arms) == 1 else f" ({'A' if name == 'this checkout' else 'B'})"
+    for k in range(len(arms)):
+        tag = "" if len(arms) == 1 else f" ({'AB'[k]})"
         heads += [f"HTTP p50{tag}", f"HTTP p95{tag}", f"SQL p50{tag}", f"SQL p95{tag}"]
     heads.append("≤ 10 ms")
     rows, slow = [], []
@@ -459,10 +517,10 @@ def main():
         marks = ["✓" if pct(http_ms[k][i], 95) <= GOAL_MS else "✗" for k in range(len(arms))]
         row.append(" / ".join(marks))
         rows.append(row)
-        if pct(http_ms[0][i], 95) > GOAL_MS:
+        if pct(http_ms[0][i], 95) > GOAL_MS and a.backend != "postgres":
             slow.append((label, fn))
     if len(arms) > 1:
-        print(f"A = this checkout, B = {arms[1][0]}\n")
+        print(f"A = {arms[0][0]}, B = {arms[1][0]}\n")
     print(md_table(heads, rows))
     print()
     irows = [[label] + [f"{fmt(pct(inner_ms[k][j], 50))} / {fmt(pct(inner_ms[k][j], 95))}" for k in range(len(arms))]
