@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
+from common.stop_strings import StopCutter
+
 CACHE_MODES = ("fp16", "q8", "q6", "q4")
 FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")  # Qwen2.5-Coder's
 MAX_DEFAULT_SEQ_LEN = 16384
@@ -215,10 +217,9 @@ class TextStream:
 
     def __init__(self, decode, stop_strings=()):
         self._decode = decode
-        self.stop = [s for s in stop_strings if s]
         self.ids = []
         self.prefix = self.read = 0  # vLLM-style offsets: decode a small window, not the whole answer
-        self.pending = ""  # decoded, not yet sent
+        self.cut = StopCutter(stop_strings)  # holds back what may be the start of a stop string
 
     def push(self, token_id):
         """Returns (delta, hit_stop)."""
@@ -227,22 +228,12 @@ class TextStream:
         after = self._decode(self.ids[self.prefix:])
         if len(after) <= len(before) or after.endswith("\ufffd"):
             return "", False
-        self.pending += after[len(before):]
         self.prefix, self.read = self.read, len(self.ids)
-        for s in self.stop:
-            at = self.pending.find(s)
-            if at >= 0:
-                out, self.pending = self.pending[:at], ""
-                return out, True
-        keep = max((k for s in self.stop for k in range(len(s) - 1, 0, -1) if self.pending.endswith(s[:k])),
-                   default=0)
-        out = self.pending[:len(self.pending) - keep]
-        self.pending = self.pending[len(out):]
-        return out, False
+        out = self.cut.feed(after[len(before):])
+        return out, self.cut.hit
 
     def flush(self):
-        out, self.pending = self.pending, ""
-        return out
+        return self.cut.flush()
 
 
 def ms_since(t0):

@@ -16,7 +16,8 @@ from gigachat.context import session_id_cvar
 from common.api_common import ApiError
 from providers import Provider
 from providers.gigachat_errors import RETRY_AFTER_S, map_error, upstream
-from providers.gigachat_openai import StopCutter, finish_reason, function_messages, functions_payload, tool_calls
+from common.stop_strings import StopCutter
+from providers.gigachat_openai import finish_reason, function_messages, functions_payload, tool_calls
 
 log = logging.getLogger(__name__)
 

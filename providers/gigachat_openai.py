@@ -1,6 +1,6 @@
 """OpenAI's fields that GigaChat spells differently: `tools` / `tool_choice` as GigaChat functions and
-function_call, tool turns as its `function` messages, its function_call answers as OpenAI `tool_calls`,
-and `stop`, which GigaChat's API lacks, as a cut at the first stop string."""
+function_call, tool turns as its `function` messages, its function_call answers as OpenAI `tool_calls`.
+(`stop`, which GigaChat's API lacks, is cut by common/stop_strings.py, as in qwen_server's engines.)"""
 import json
 import uuid
 
@@ -121,27 +121,3 @@ def tool_calls(function_call):
 
 def finish_reason(reason):
     return "tool_calls" if reason == "function_call" else reason
-
-
-class StopCutter:
-    """Cuts streamed text at the first stop string. feed() returns what may go out now, holding back
-    a tail that could be the start of a stop string; `hit` is set once one was found."""
-
-    def __init__(self, stops):
-        self.stops, self.held, self.hit = [s for s in stops or () if s], "", False
-
-    def feed(self, text):
-        if not self.stops:
-            return text
-        self.held += text
-        cut = min((i for i in (self.held.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            out, self.held, self.hit = self.held[:cut], "", True
-            return out
-        keep = max((k for s in self.stops for k in range(1, len(s)) if self.held.endswith(s[:k])), default=0)
-        out, self.held = self.held[:len(self.held) - keep], self.held[len(self.held) - keep:]
-        return out
-
-    def flush(self):
-        out, self.held = self.held, ""
-        return out
