@@ -61,7 +61,7 @@ bench: models
 GPU_PY   ?= python3
 GPU_SITE ?= /tmp/site
 GPU_BENCH_ARGS ?=
-WHEEL_PLATFORMS := --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+WHEEL_PLATFORMS := --python-version 3.12 --implementation cp --platform manylinux_2_31_x86_64 --platform manylinux_2_28_x86_64 \
 	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
 
 gpu-wheels:

@@ -138,6 +138,49 @@ def compiled_runs(model_dir, a):
             "ttft_8k_ms": run(long_n, 1) * 1000, "concurrent4_tps": None}
 
 
+def http_vs_bare(engine, kind, model_dir, mode, a):
+    """Client-side decode tok/s of this process's engine vs qwen_server.py (a second copy of the same model and
+    cache, loaded beside it) streaming over HTTP; fresh prompts, strictly alternate runs, medians and ratio."""
+    import threading
+
+    from _common import Client, start_qwen, stop_process
+    from engines import GenParams
+    greedy = dict(temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_tokens=a.tokens)
+    tok = engine.hf_tokenizer
+
+    def rate(times, tokens):  # tokens after the first text, over the time from the first text to the last
+        return (tokens - 1) / (times[-1] - times[0]) if len(times) > 1 else None
+
+    def bare():
+        times, n = [], 0
+        for c in engine.generate(fresh_prompt(tok, 512)[0], GenParams(**greedy), threading.Event()):
+            times += [time.perf_counter()] if c.text else []
+            n = c.usage["completion_tokens"] if c.usage else n
+        return rate(times, n)
+
+    def http(client):
+        body = {"messages": fresh_prompt(tok, 512)[0], "stream": True, "stream_options": {"include_usage": True},
+                **greedy}
+        status, _, events, _ = client.stream("POST", "/v1/chat/completions", body)
+        assert status == 200, status
+        times, n = [], 0
+        for t, data in events:
+            ev = json.loads(data) if data != b"[DONE]" else {}
+            n = ev["usage"]["completion_tokens"] if ev.get("usage") else n
+            times += [t] if ev.get("choices") and ev["choices"][0]["delta"].get("content") else []
+        return rate(times, n)
+
+    proc = start_qwen(model_dir, "-cache", mode, "-l", str(a.ctx), engine=kind, env={"LOG_LEVEL": "WARNING"})
+    try:
+        client = Client(proc.base_url, timeout=300)
+        bare(), http(client)  # warm-up
+        pairs = [(bare(), http(client)) for _ in range(5)]
+    finally:
+        stop_process(proc)
+    b, h = median(p[0] for p in pairs), median(p[1] for p in pairs)
+    return {"http_vs_bare": {"bare_tps": b, "http_tps": h, "ratio": h / b if b and h else None, "pairs": len(pairs)}}
+
+
 def worker(kind, mode, model_dir, a):
     import torch
     torch.cuda.reset_peak_memory_stats()
@@ -152,6 +195,8 @@ def worker(kind, mode, model_dir, a):
         engine.load()
         out.update(load_s=time.perf_counter() - t0, note=engine.status().get("attention", "engine, fp16 cache"))
         out.update(engine_runs(engine, a))
+        if f"{kind}:{mode}" == a.http:
+            out.update(http_vs_bare(engine, kind, model_dir, mode, a))
     torch.cuda.synchronize()
     out.update(peak_alloc=torch.cuda.max_memory_allocated(), device_used=free0 - torch.cuda.mem_get_info()[0])
     return out
@@ -168,6 +213,9 @@ def main():
     ap.add_argument("--layers", type=int, default=28, help="decoder layers of the model (28 = Qwen2.5-Coder-7B)")
     ap.add_argument("--tokens", type=int, default=128, help="tokens decoded per timed run (default 128)")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per figure, median reported (default 2)")
+    ap.add_argument("--http", default="exllamav2:q4", metavar="ENGINE:MODE",
+                    help="in this configuration also compare qwen_server's HTTP streaming with the bare engine "
+                         "(default exllamav2:q4; 'none' to skip)")
     ap.add_argument("--worker", nargs=2, metavar=("ENGINE", "MODE"), help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -188,7 +236,7 @@ def main():
             os.unlink(out)
         log(f"running {kind} {mode} ...")
         args = [sys.executable, os.path.abspath(__file__), "--worker", kind, mode, "--out", out, "--ctx", str(a.ctx),
-                "--layers", str(a.layers), "--tokens", str(a.tokens), "--repeats", str(a.repeats)]
+                "--layers", str(a.layers), "--tokens", str(a.tokens), "--repeats", str(a.repeats), "--http", a.http]
         env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
         p = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
         if p.returncode != 0 or not os.path.exists(out):
@@ -199,6 +247,7 @@ def main():
         with open(out) as f:
             results.append(json.load(f))
         os.unlink(out)
+        log("  " + json.dumps(results[-1]))  # as it comes: a run cut short still leaves its figures
     report(results, a, torch, time.perf_counter() - t_all)
 
 
@@ -224,6 +273,12 @@ def report(results, a, torch, seconds):
         print(f"| {r['engine']} | {r['mode']} | {fmt(r['load_s'], '{:.1f}')} | {fmt(r['decode_tps'], '{:.1f}')} | "
               f"{fmt(r['ttft_1k_ms'])} | {fmt(r['ttft_8k_ms'])} | {fmt(r['concurrent4_tps'], '{:.1f}')} | "
               f"{gib(r['peak_alloc'])} / {gib(r['device_used'])} | {r['note']} |")
+    for r in results:
+        if r.get("http_vs_bare"):
+            h = r["http_vs_bare"]
+            print(f"\nHTTP streaming vs the bare engine ({r['engine']} {r['mode']}, client-side decode tok/s, medians of "
+                  f"{h['pairs']} alternate runs): bare {fmt(h['bare_tps'], '{:.1f}')}, qwen_server "
+                  f"{fmt(h['http_tps'], '{:.1f}')}, ratio {fmt(h['ratio'], '{:.3f}')} (goal >= 0.97)")
 
 
 if __name__ == "__main__":
