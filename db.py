@@ -277,7 +277,9 @@ def list_messages(db, limit=50, before=None, session=None, provider=None, q=None
         sql = (f"SELECT {cols} FROM messages_fts f JOIN messages m ON m.id = f.rowid "
                f"WHERE messages_fts MATCH ? {'AND ' + where if where else ''} ORDER BY f.rowid DESC LIMIT ?")
         args = [match] + args
-    else:  # PostgreSQL searches its generated tsvector column (GIN; plainto_tsquery ANDs plain words)
+    elif match and not session:  # PostgreSQL: its tsvector column, newest rows first, then the GIN index
+        return db_postgres.search(db, cols, q, limit, before, provider or None)
+    else:  # PostgreSQL, or no search (plainto_tsquery ANDs plain words; a session has few rows to test)
         where, args = _where(("m.search @@ plainto_tsquery('simple', ?)", q if match else None),
                              ("m.id < ?", before), ("m.conversation_id = ?", session or None),
                              ("m.provider = ?", provider or None))

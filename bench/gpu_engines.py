@@ -3,7 +3,8 @@
 token, 4 concurrent requests and VRAM.
 
     python3 bench/gpu_engines.py [--configs exllamav2:q4,transformers:eager,...] [--ctx 16384] [--layers 28]
-                                 [--tokens 128] [--repeats 2]          (make gpu-bench GPU_BENCH_ARGS="...")
+                                 [--tokens 128] [--repeats 2] [--http exllamav2:q4|none]
+                                 (make gpu-bench GPU_BENCH_ARGS="...")
 
 Needs a CUDA GPU (~20 GB free for the FP16 weights + cache); without one it says so and exits 0.
 
@@ -19,6 +20,8 @@ static cache, whose decode step transformers compiles with torch.compile ("compi
 streaming: the ceiling of that library). Per configuration: load time; batch-1 decode tok/s (median of
 --repeats runs of --tokens tokens from a 512-token prompt); time to first token (a 1-token answer, wall)
 at 1k and 8k prompt tokens; 4 concurrent requests' aggregate tok/s; peak VRAM (torch / whole device).
+In the --http configuration also: qwen_server.py on the same model beside the engine, client-side decode
+tok/s of both (fresh prompts, strictly alternate runs) and their ratio (goal >= 0.97).
 """
 import argparse
 import json

@@ -132,7 +132,6 @@ def completion_chunks(metrics, name, events, cid, model, include_usage):
 
 @bp.get("/v1/models")
 def v1_models():
-    ids = ["gigachat", current_app.config["GIGACHAT_MODEL"], "qwen"] + \
-          [m for m in providers()["qwen"].models() if m.lower().startswith("qwen")]
+    ids = ["gigachat", current_app.config["GIGACHAT_MODEL"], "qwen"] + providers()["qwen"].models()  # all routable
     return jsonify({"object": "list", "data": [{"id": i, "object": "model", "owned_by": "dual-ai-chat"}
                                                for i in dict.fromkeys(ids)]})

@@ -10,6 +10,10 @@ INT64_MAX = (1 << 63) - 1
 NOT_BLANK = r"[^\s\x1c-\x1f\x85]"
 MAX_GET_QUESTION_CHARS = 1000  # what surely fits a URL, even %-encoded Cyrillic, under gunicorn
 
+UPSTREAM = obj(["url", "healthy", "in_flight", "served", "errors", "models"],
+               "One Qwen upstream (QWEN_URL lists them) as the gateway's pool sees it.",
+               url=STR, healthy=BOOL, in_flight=INT, queue_length=INT, served=INT, errors=INT,
+               latency_ms=nullable(NUM), models=array(STR), down_reason=nullable(STR), probe_in_s=nullable(NUM))
 
 MESSAGE = obj(["id", "session", "role", "content", "provider", "status", "created_at"],
               id=INT, session=STR, role=string(enum=["system", "user", "assistant"]), content=STR,
@@ -57,7 +61,7 @@ def ask_paths():
     "/qwen/status": {"get": op("The Qwen server's /status as the gateway sees it; never fails.",
                                {"200": ok("`online` false with a `reason` when it is unreachable.",
                                           obj(["online"], **{**QWEN_STATUS_PROPS, "max_seq_len": nullable(INT)},
-                                              url=STR, reason=STR, gateway_rtt_ms=NUM))},
+                                              url=STR, reason=STR, gateway_rtt_ms=NUM, upstreams=array(UPSTREAM)))},
                                errors=(401,), tag="chat",
                                description="Another OpenAI-compatible server (no /status) shows as online "
                                            "with its first model and max_seq_len null.")},

@@ -222,6 +222,50 @@ def test_search_matches_every_word_in_any_script_and_pages(any_conn):
     assert [r["title"] for r in db.list_conversations(conn)] == ["t", "t"]
 
 
+def bulk_history(conn, n):
+    """n messages in two conversations (qwen, gigachat), oldest first, words placed by position: 'common' in
+    every 2nd, 'alpha' and 'beta' in every 3rd (never together), 'sparse' in every 60th, 'редкое' in three
+    old ones, 'сосед' in 101 old ones in a row, 'mixed' in two old ones and the newest.
+    Returns [(id, words, provider)], oldest first."""
+    def words(i):
+        return (["common"] * (i % 2 == 0) + ["alpha"] * (i % 3 == 0) + ["beta"] * (i % 3 == 1) + ["sparse"] * (i % 60 == 0)
+                + ["редкое"] * (i in (5, 17, 300)) + ["сосед"] * (100 <= i <= 200) + ["mixed"] * (i in (10, 20, n - 1))
+                + [f"w{i}"])
+    rows = [("c" + "qg"[i % 2], "user", " ".join(words(i)), ("qwen", "gigachat")[i % 2], float(i)) for i in range(n)]
+    convs = [("cq", "qwen", 0.0, 0.0), ("cg", "gigachat", 0.0, 0.0)]
+    sql_c = "INSERT INTO conversations (id, provider, created_at, updated_at) VALUES (?, ?, ?, ?)"
+    sql_m = "INSERT INTO messages (conversation_id, role, content, provider, created_at) VALUES (?, ?, ?, ?, ?)"
+    if isinstance(conn, db.db_postgres.PgConn):
+        with conn.raw.transaction(), conn.raw.cursor() as cur:
+            cur.executemany(sql_c.replace("?", "%s"), convs)
+            cur.executemany(sql_m.replace("?", "%s"), rows)
+    else:
+        conn.executemany(sql_c, convs)
+        conn.executemany(sql_m, rows)
+        conn.commit()
+    ids = [r[0] for r in conn.execute("SELECT id FROM messages ORDER BY id")]
+    return [(id_, set(words(i)), rows[i][3]) for i, id_ in enumerate(ids)]
+
+
+def test_search_pages_are_the_newest_matches_however_rare_or_old(any_conn):
+    """PostgreSQL tests the newest rows first, then walks on or asks the GIN index for older ones
+    (db_postgres.search): every kind of word and filter gives exactly the newest matches, in order, on
+    both backends. 60,000 rows: enough for each of the three ways ('common', 'sparse', 'редкое')."""
+    conn = any_conn
+    n = 60_000
+    msgs = bulk_history(conn, n)
+    mid, old = msgs[n // 2][0], msgs[150][0]
+    for q in ("common", "sparse", "редкое", "alpha beta", "сосед", "mixed", "Mixed W10", "sparse alpha", "nothing"):
+        matching = [(i, prov) for i, words, prov in reversed(msgs) if set(q.lower().split()) <= words]
+        for before in (None, mid, old):
+            for provider in (None, "qwen"):
+                for limit in (50, 2):
+                    want = [i for i, prov in matching if (before is None or i < before)
+                            and provider in (None, prov)][:limit]
+                    got = [r["id"] for r in db.list_messages(conn, limit, before, None, provider, q)]
+                    assert got == want, (q, before, provider, limit)
+
+
 def mode(path):
     return stat.S_IMODE(os.stat(path).st_mode)
 

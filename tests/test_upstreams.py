@@ -107,6 +107,8 @@ def test_a_named_model_goes_only_to_the_upstreams_that_serve_it(fakes, gateway_o
     gw = gateway_on(a, b)
     models = requests.get(gw.base_url + "/qwen/status", timeout=10).json()["upstreams"]
     assert sorted(m for u in models for m in u["models"]) == ["coder-beta", "qwen-alpha"]
+    listed = [m["id"] for m in requests.get(gw.base_url + "/v1/models", timeout=10).json()["data"]]
+    assert {"coder-beta", "qwen-alpha", "qwen", "gigachat"} <= set(listed) and len(listed) == len(set(listed))
     for model, home in (("coder-beta", b), ("qwen-alpha", a)):
         for i in range(3):
             r = requests.post(gw.base_url + "/v1/chat/completions", timeout=30, json={
