@@ -38,6 +38,7 @@ from _gpu_model import build_model, log, model_dir_for  # noqa: E402
 
 ALL_CONFIGS = ["exllamav2:fp16", "exllamav2:q8", "exllamav2:q6", "exllamav2:q4", "transformers:eager",
                "transformers:compile"]
+GREEDY = dict(temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0)  # no penalty: the same work every run
 WORDS = ("the model reads a prompt and writes code for the server def return value list string file test data "
          "query index table thread process latency answer question context window cache memory token stream "
          "модель читает запрос и пишет код для сервера функция значение список строка файл").split()
@@ -92,7 +93,7 @@ def engine_runs(engine, a):
 
     def run(n_prompt, max_tokens):
         msgs, n = fresh_prompt(tok, n_prompt)
-        params = GenParams(temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_tokens=max_tokens)
+        params = GenParams(**GREEDY, max_tokens=max_tokens)
         t0 = time.perf_counter()
         usage = [c.usage for c in engine.generate(msgs, params, threading.Event()) if c.usage][-1]
         return {"wall_s": time.perf_counter() - t0, "prompt": n, "tokens": usage["completion_tokens"],
@@ -148,7 +149,7 @@ def http_vs_bare(engine, kind, model_dir, mode, a):
 
     from _common import Client, start_qwen, stop_process
     from engines import GenParams
-    greedy = dict(temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_tokens=a.tokens)
+    greedy = dict(GREEDY, max_tokens=a.tokens)
     tok = engine.hf_tokenizer
 
     def rate(times, tokens):  # tokens after the first text, over the time from the first text to the last

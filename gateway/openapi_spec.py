@@ -118,13 +118,14 @@ def openai_paths():
     """The OpenAI-compatible routes: /v1/chat/completions, /v1/completions and /v1/models."""
     return {
     "/v1/chat/completions": {"post": op(
-        "OpenAI-compatible chat: model `gigachat`/`GigaChat-*` or `qwen*`; saved to history.",
+        "OpenAI-compatible chat: model `gigachat`/`GigaChat-*`, `qwen*` or an id a Qwen upstream lists; saved to "
+        "history.",
         {"200": ok("chat.completion, or chat.completion.chunk events ending with [DONE] when streaming.",
                    COMPLETION, stream=True,
                    headers=SESSION_ANSWER_HEADER)},
         [SESSION_HEADER],
-        body=obj(["model", "messages"], model=string(description="gigachat, GigaChat-*, or qwen*; "
-                                                                 "anything else is a 404."),
+        body=obj(["model", "messages"], model=string(description="gigachat, GigaChat-*, qwen*, or an id "
+                                                                 "GET /v1/models lists; anything else is a 404."),
                  **QWEN_CHAT_PROPS),
         errors=(400, 401, 402, 404, 409, 413, 429, 502, 503, 504), tag="openai",
         description="Also passed on to qwen_server as sent: tools, tool_choice, tool messages and assistant "
