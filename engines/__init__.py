@@ -59,8 +59,6 @@ class Engine:
     provides load, generate, render (messages -> prompt text) and tokenize (text -> ids)."""
 
     name = "base"
-    # GenParams fields beyond sampling that this engine honours; the server answers 400 for the others.
-    features = frozenset()
 
     def __init__(self, model_path, cache_mode="q4", max_seq_len=None):
         if cache_mode not in CACHE_MODES:

@@ -91,7 +91,6 @@ class _Request:
 
 class ExLlamaV2Engine(HFEngine):
     name = "exllamav2"
-    features = frozenset({"logprobs", "grammar"})
     paged = False
     attention = "not loaded"
 

@@ -68,7 +68,6 @@ def gguf_context_length(path):
 
 class LlamaCppEngine(Engine):
     name = "llamacpp"
-    features = frozenset({"logprobs", "grammar"})
 
     def __init__(self, model_path, cache_mode="q4", max_seq_len=None, threads=None):
         super().__init__(model_path, cache_mode, max_seq_len)

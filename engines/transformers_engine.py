@@ -14,7 +14,6 @@ from engines.hf import HFEngine
 
 class TransformersEngine(HFEngine):
     name = "transformers"
-    features = frozenset({"logprobs", "grammar"})
 
     def load(self):
         from transformers import AutoModelForCausalLM

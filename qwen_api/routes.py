@@ -4,7 +4,7 @@ import threading
 from flask import Blueprint, current_app, jsonify, request
 
 from common.api_common import ApiError, endpoint_list, json_body, sse, sse_response
-from common.openai_format import chunk, completion, new_id, parse_chat_request, parse_messages, usage_with_timings
+from common.openai_format import chunk, completion, new_id, parse_chat_request, parse_messages
 from engines import GenParams
 from qwen_api import completions
 from qwen_api.tool_calls import collect, deltas, parse_shaping
@@ -22,10 +22,10 @@ def chat_completions():
     svc, body = service(), json_body()
     engine = svc.engine
     req = parse_chat_request(body, SEED_DEFAULTS, tools_ok=True)
-    shape = parse_shaping(body, engine.features)  # response_format, tools, logprobs
+    shape = parse_shaping(body)  # response_format, tools, logprobs
     params = {**req["params"], "grammar": shape["grammar"], "logprobs": shape["logprobs"],
               "top_logprobs": shape["top_logprobs"]}
-    _, params["max_tokens"] = svc.budget(req["messages"], params.get("max_tokens"), shape["tools"])
+    params["max_tokens"] = svc.budget(req["messages"], params.get("max_tokens"), shape["tools"])
     model, cid, cancel = engine.model_name, new_id(), threading.Event()
     chunks = engine.generate(req["messages"], GenParams(**params), cancel, tools=shape["tools"])
     if req["stream"]:
@@ -33,8 +33,7 @@ def chat_completions():
         first = chunk(cid, model, delta={"role": "assistant", "content": ""})
         return sse_response(svc.stream_frames(frames, chunks, request.environ, cancel, first))
     content, calls, lps, finish, usage = svc.collect(chunks, request.environ, cancel, collect, shape["tool_mode"])
-    usage = usage_with_timings(usage)
-    svc.finished(model, usage)
+    usage = svc.finished(model, usage)
     return jsonify(completion(cid, model, content, finish, usage, lps if shape["logprobs"] else None, calls))
 
 
@@ -44,18 +43,15 @@ def text_completions():  # a prompt continued, or fill-in-the-middle with `suffi
     engine = svc.engine
     req = completions.parse_completion_request(json_body(), SEED_DEFAULTS)
     params = req["params"]
-    if params["logprobs"] and "logprobs" not in engine.features:
-        raise ApiError(400, "This engine does not report logprobs.", code="invalid_parameter", param="logprobs")
     ids = completions.prompt_ids(engine, req["prompt"], req["suffix"])
-    _, params["max_tokens"] = svc.budget(None, params["max_tokens"], prompt=len(ids))
+    params["max_tokens"] = svc.budget(None, params["max_tokens"], prompt=len(ids))
     model, cid, cancel = engine.model_name, completions.new_completion_id(), threading.Event()
     chunks = engine.generate_ids(ids, GenParams(**params), cancel)
     if req["stream"]:
         frames = completion_frames(svc, chunks, cid, model, params["logprobs"], req["include_usage"])
         return sse_response(svc.stream_frames(frames, chunks, request.environ, cancel))
     text, entries, finish, usage = svc.collect(chunks, request.environ, cancel, completions.collect)
-    usage = usage_with_timings(usage)
-    svc.finished(model, usage)
+    usage = svc.finished(model, usage)
     lp = completions.legacy_logprobs(entries) if params["logprobs"] else None
     return jsonify(completions.text_completion(cid, model, text, finish, lp, usage))
 
@@ -64,8 +60,7 @@ def completion_frames(svc, chunks, cid, model, want_logprobs, include_usage):
     for frame, usage in completions.stream_events(chunks, cid, model, want_logprobs):
         yield sse(frame)
         if usage is not None:
-            usage = usage_with_timings(usage)
-            svc.finished(model, usage)
+            usage = svc.finished(model, usage)
             if include_usage:
                 yield sse(completions.text_completion(cid, model, None, None, usage=usage))
 

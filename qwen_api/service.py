@@ -49,7 +49,7 @@ class ModelService:
         self.stats = Stats()
 
     def budget(self, messages, max_tokens, tools=None, prompt=None):
-        """Prompt tokens and the max_tokens that fits the context, or a 400 with the counts."""
+        """The max_tokens that fits the context (prompt: its token count, else counted), or a 400."""
         engine = self.engine
         prompt = engine.count_tokens(messages, tools) if prompt is None else prompt
         room = engine.max_seq_len - prompt
@@ -59,13 +59,16 @@ class ModelService:
             raise ApiError(400, f"This model's context is {engine.max_seq_len} tokens: the prompt has {prompt} "
                                 f"and max_tokens asks for {max_tokens}. Shorten the conversation or lower "
                                 f"max_tokens.", code="context_length_exceeded", param="messages")
-        return prompt, max_tokens
+        return max_tokens
 
     def finished(self, model, usage):
+        """Counts a finished answer; its usage with timings, as the client gets it."""
+        usage = usage_with_timings(usage)
         self.stats.record(usage)
         self.metrics.tokens.labels(model).inc(usage["completion_tokens"])
         if usage["timings"]["tokens_per_second"]:
             self.metrics.tok_per_s.labels(model).set(usage["timings"]["tokens_per_second"])
+        return usage
 
     def collect(self, chunks, environ, cancel, collector, *args):
         """A whole (non-streamed) answer. A client that hangs up stops its generation, or takes it out
@@ -103,8 +106,7 @@ class ModelService:
             if delta is not None:
                 yield sse(chunk(cid, model, delta=delta, logprobs=logprobs))
             if finish_reason:
-                usage = usage_with_timings(usage)
-                self.finished(model, usage)
+                usage = self.finished(model, usage)
                 yield sse(chunk(cid, model, finish_reason=finish_reason))
                 if include_usage:
                     yield sse(chunk(cid, model, usage=usage))

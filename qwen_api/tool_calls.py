@@ -5,6 +5,7 @@ import json
 import uuid
 
 from common.api_common import ApiError
+from qwen_api import completions
 from engines.constrained import grammar_error, json_grammar, lark_grammar, tool_call_lark
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
@@ -55,9 +56,9 @@ def parse_tools(body):
     return tools, "named", name
 
 
-def parse_shaping(body: dict, features) -> dict:
+def parse_shaping(body: dict) -> dict:
     """The request's grammar (llguidance), tools to render, tool mode, logprobs settings; 400 when
-    something is malformed or the engine cannot honour it."""
+    something is malformed (every engine honours all of them)."""
     tools, mode, name = parse_tools(body)
     grammar = response_format_grammar(body.get("response_format"))
     if mode in ("required", "named"):
@@ -70,9 +71,6 @@ def parse_shaping(body: dict, features) -> dict:
         if error:
             raise _bad("response_format" if mode not in ("required", "named") else "tools",
                        f"The JSON schema cannot be used: {error[:300]}")
-        if "grammar" not in features:
-            raise _bad("response_format", "This engine has no constrained decoding: serve the model with "
-                                          "--engine transformers or llamacpp for response_format / forced tools.")
     logprobs, top = body.get("logprobs"), body.get("top_logprobs")
     if logprobs not in (None, True, False):
         raise _bad("logprobs", "'logprobs' must be true or false.")
@@ -80,8 +78,6 @@ def parse_shaping(body: dict, features) -> dict:
         raise _bad("top_logprobs", f"'top_logprobs' must be an integer from 0 to {MAX_TOP_LOGPROBS}.")
     if top and not logprobs:
         raise _bad("top_logprobs", "'top_logprobs' needs 'logprobs': true.")
-    if logprobs and "logprobs" not in features:
-        raise _bad("logprobs", "This engine does not report logprobs: use --engine transformers or llamacpp.")
     return {"grammar": grammar, "tools": tools, "tool_mode": mode, "logprobs": bool(logprobs),
             "top_logprobs": top or 0}
 
@@ -185,11 +181,6 @@ def deltas(chunks, tool_mode):
 
 def collect(chunks, tool_mode):
     """Engine chunks -> (content, tool_calls, logprobs list or None, finish_reason, usage)."""
-    parts, lps, last = [], [], None
-    for last in chunks:
-        parts.append(last.text)
-        lps.extend(last.logprobs or [])
-    text = "".join(parts)
+    text, lps, finish, usage = completions.collect(chunks)
     content, calls = split_answer(text) if tool_mode else (text, [])
-    finish = "tool_calls" if calls and last.finish_reason == "stop" else last.finish_reason
-    return content, calls, lps, finish, last.usage or {}
+    return content, calls, lps, "tool_calls" if calls and finish == "stop" else finish, usage
