@@ -66,10 +66,10 @@ def typed(schema):
 
 
 def _arguments(raw):
-    if isinstance(raw, dict):
-        return raw
+    """A call's arguments as parse_tool_message left them (parsed, or a JSON string inside a JSON string)."""
     try:
-        args = json.loads(raw or "{}")
+        raw = raw or "{}"
+        args = json.loads(raw) if isinstance(raw, str) else raw  # a list or a number: a 400 below, not a crash
     except ValueError:
         args = None
     if not isinstance(args, dict):

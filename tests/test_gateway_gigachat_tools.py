@@ -77,6 +77,16 @@ def test_tool_result_goes_back_as_a_function_message(gw, fake_gigachat):
         '<tool_response>{"tool_call_id": "call_1", "content": "солнечно, +20"}</tool_response>'
 
 
+@pytest.mark.parametrize("arguments", ["[1, 2]", "7", '"text"', "not json"])
+def test_tool_call_arguments_that_are_no_json_object_are_a_400(gw, arguments):
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": arguments}}
+    status, _, body = http("POST", gw.base_url + "/v1/chat/completions", {
+        "model": "gigachat", "tools": [WEATHER], "messages": [
+            {"role": "user", "content": "Погода?"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "+20"}]})
+    assert status == 400 and body["error"]["code"] == "invalid_message", body
+
+
 def test_automatic_tool_call_streamed(gw):
     raw = client(gw).chat.completions.with_raw_response.create(
         model="gigachat", stream=True, tools=[WEATHER, CLOCK],
