@@ -201,10 +201,11 @@ class Turns:
                 self._cond.notify_all()
 
 
-def cancelled_before_start(prompt_tokens) -> Chunk:
-    """The final chunk of a request whose client left while it waited for its turn."""
+def cancelled_before_start(prompt_tokens, **usage) -> Chunk:
+    """The final chunk of a request whose client left while it waited for its turn (or in its prefill:
+    `usage` adds what was done)."""
     return Chunk(finish_reason="cancelled", usage={"prompt_tokens": prompt_tokens, "completion_tokens": 0,
-                                                   "prefill_ms": 0.0, "decode_ms": 0.0})
+                                                   "prefill_ms": 0.0, "decode_ms": 0.0, **usage})
 
 
 class TextStream:
@@ -254,12 +255,12 @@ def decode_loop(sample, feed, is_eos, decode, params: GenParams, cancel, usage, 
             finish = "cancelled"
             break
         tid = sample()
-        if isinstance(tid, tuple):
-            tid, entry = tid
-            if entries is not None and entry is not None and not is_eos(tid):
-                entries.append(entry)
+        tid, entry = tid if isinstance(tid, tuple) else (tid, None)
+        eos = is_eos(tid)
+        if entries is not None and entry is not None and not eos:
+            entries.append(entry)
         n += 1
-        if is_eos(tid):
+        if eos:
             finish = "stop"
             break
         if guide is not None:

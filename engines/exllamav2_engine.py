@@ -147,7 +147,6 @@ class ExLlamaV2Engine(HFEngine):
         `filter_base` is its ExLlamaV2Filter class."""
         self.generator, self.job_cls, self.settings_cls = generator, job_cls, settings_cls
         self.filter_cls = grammar_filter_class(filter_base)
-        self.stop_ids = self.stop_token_ids()
         self.inbox = queue.Queue()
         self.active = {}  # request key -> request, for every job handed to the generator
         self.keys = itertools.count()  # job identifiers never reused (id() would be, after a request ends)

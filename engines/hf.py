@@ -46,8 +46,9 @@ class HFEngine(Engine):
             self.hf_tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         except Exception as e:  # noqa: BLE001 - transformers raises many types here
             raise EngineError(f"cannot load the tokenizer from {self.model_path!r}: {e}") from e
+        self.stop_ids = self.stop_token_ids()
         self.ll_vocab = Vocab(lambda: llguidance_hf.from_tokenizer(
-            self.hf_tokenizer, n_vocab=self.model_config.get("vocab_size"), eos_token=self.stop_token_ids()))
+            self.hf_tokenizer, n_vocab=self.model_config.get("vocab_size"), eos_token=self.stop_ids))
         if not self.hf_tokenizer.chat_template:
             raise EngineError(f"{self.model_path!r} has no chat template (tokenizer_config.json "
                               f"'chat_template'): an instruct model is needed")

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 
-from engines import (Chunk, Engine, EngineError, GenParams, cancelled_before_start, decode_loop, find_gguf,
+from engines import (Engine, EngineError, GenParams, cancelled_before_start, decode_loop, find_gguf,
                      ms_since)
 from engines.constrained import TokenGuide, Vocab
 
@@ -116,6 +116,7 @@ class LlamaCppEngine(Engine):
                                              bos_token=specials.pop("bos_token", ""))
         self.template_extras = specials  # unk_token, pad_token
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        self._vocab_is_eog = llama_cpp.llama_vocab_is_eog  # asked every token: no import on that path
         self.extra_stops = {ids[0] for ids in (self.tokenize(t) for t in CHATML_STOPS) if len(ids) == 1}
         self.ll_vocab = Vocab(self._ll_tokenizer)
         self.load_seconds = round(time.perf_counter() - t0, 2)
@@ -154,8 +155,7 @@ class LlamaCppEngine(Engine):
 
     def _is_eos(self, tid) -> bool:
         """llama.cpp's end-of-generation tokens, plus ChatML's ends as the HF engines have them."""
-        import llama_cpp
-        return tid in self.extra_stops or llama_cpp.llama_vocab_is_eog(self.vocab, tid)
+        return tid in self.extra_stops or self._vocab_is_eog(self.vocab, tid)
 
     def status(self):
         st = super().status()
@@ -209,9 +209,7 @@ class LlamaCppEngine(Engine):
         cached = self._reuse_prefix(prompt_ids)
         for at in range(cached, len(prompt_ids), llm.n_batch):
             if cancel.is_set():
-                yield Chunk(finish_reason="cancelled", usage={"prompt_tokens": len(prompt_ids), "completion_tokens": 0,
-                                                              "cached_tokens": cached, "prefill_ms": ms_since(t0),
-                                                              "decode_ms": 0.0})
+                yield cancelled_before_start(len(prompt_ids), cached_tokens=cached, prefill_ms=ms_since(t0))
                 return
             llm.eval(prompt_ids[at:at + llm.n_batch])
         sampler = self._sampler(params, prompt_ids)

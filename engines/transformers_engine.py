@@ -36,7 +36,7 @@ class TransformersEngine(HFEngine):
         except (OSError, ValueError) as e:
             raise EngineError(f"cannot load weights from {self.model_path!r}: {e}") from e
         self.dtype = dtype
-        self.eos_ids = set(self.stop_token_ids())
+        self.eos_ids = set(self.stop_ids)
         self.load_seconds = round(time.perf_counter() - t0, 2)
 
     def _processors(self, p: GenParams):
