@@ -251,15 +251,16 @@ OPENAPI_DOC = obj(["openapi", "info", "paths"], openapi=STR, info=obj(), paths=o
 METRICS_TEXT = {"text/plain": {"schema": STR}}
 
 
-def common_paths(service):
+def common_paths(service, errors=()):
+    """/health, /metrics, /openapi.json; `errors`: (401,) where an API key guards the last two."""
     return {
         "/health": {"get": op("Liveness: answers while the process serves HTTP.", {"200": ok("Alive.", HEALTH)},
                               tag="service", secured=False)},
         "/metrics": {"get": op(f"Prometheus metrics ({service}_* series).",
                                {"200": {**ok("Prometheus text format."), "content": METRICS_TEXT}},
-                               tag="service", errors=(401,))},
+                               tag="service", errors=errors)},
         "/openapi.json": {"get": op("This document.", {"200": ok("OpenAPI 3.0 document.", OPENAPI_DOC)},
-                                    tag="service", errors=(401,))},
+                                    tag="service", errors=errors)},
     }
 
 
@@ -297,12 +298,9 @@ def qwen_server_spec():
             "200": ok("Status.", obj(["online", "model", "max_seq_len"], **QWEN_STATUS_PROPS))}, tag="service")},
         "/": {"get": op("The endpoint list.", {"200": ok("Endpoints.", obj(
             ["service", "model", "endpoints"], service=STR, model=STR, endpoints=array(STR)))}, tag="service")},
-        **common_paths("qwen"),
+        **common_paths("qwen"),  # no API key on this server: no 401
     }
     paths["/qwen/status"] = {"get": dict(paths["/status"]["get"], summary="Same as /status.")}
-    for item in paths.values():  # no API key on this server
-        for o in item.values():
-            o["responses"].pop("401", None)
     return document("Qwen server", f"Local Qwen 2.5 Coder behind an OpenAI-compatible API. Bodies over "
                                    f"{MAX_BODY_BYTES // 1024} KiB are a 413. Errors are always "
                                    f"`{{\"error\": {{\"message\", \"type\", \"code\"}}}}`.", paths, {})

@@ -170,7 +170,7 @@ def page_paths():
 
 def gateway_spec():
     """The whole document, served by chat.py."""
-    paths = {**ask_paths(), **history_paths(), **openai_paths(), **page_paths(), **common_paths("chat")}
+    paths = {**ask_paths(), **history_paths(), **openai_paths(), **page_paths(), **common_paths("chat", errors=(401,))}
     security = ({"bearerAuth": {"type": "http", "scheme": "bearer",
                                 "description": "CHAT_API_KEY, when the gateway is started with one."},
                  "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},

@@ -100,7 +100,6 @@ class GigaChatProvider(Provider):
         self._slots = threading.BoundedSemaphore(self.max_concurrency)
         self._lock = threading.Lock()
         self._waiting = 0
-        self.on_queue_change = lambda n: None  # told the number waiting whenever it changes (a metrics gauge)
         self._client = None  # made at the first request: a missing key must not break the import
 
     @property

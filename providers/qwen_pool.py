@@ -24,7 +24,7 @@ class QwenPoolProvider(Provider):
         """(upstream, params to send it) for the next try; ApiError when none is left."""
         model = params.get("model")
         model = None if not model or model.lower() == "qwen" else model
-        u = self.pool.pick(model if model and self.pool.serves(model) else None, session_id, tried)
+        u = self.pool.pick(model, session_id, tried)  # a model no upstream lists: any of them
         if u is None:
             if tried:  # the last try's error is more telling; the caller raises it
                 return None, None

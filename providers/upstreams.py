@@ -55,7 +55,7 @@ class Upstreams:
         ups = [u for u in self.all if not u.down_until and u not in exclude]
         if model:
             serving = [u for u in ups if u.models and model in u.models]
-            if serving or any(u.models and model in u.models for u in self.all):
+            if serving or self.serves(model):
                 return serving  # only those that serve it (none right now: the caller says so)
         return ups
 
