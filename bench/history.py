@@ -37,7 +37,7 @@ import db  # noqa: E402
 
 GOAL_MS = 10.0
 RARE_EN, RARE_RU, RARE_COUNT = "zyzzogeton", "квазиэкситон", 25
-DB_FORMAT = 4  # bump when the generator changes, so cached files are rebuilt
+DB_FORMAT = 5  # bump when the generator changes, so cached files are rebuilt
 
 EN_COMMON = ("the of and to a in is it you that he was for on are with as I his they be at one have this from "
              "or had by not word but what some we can out other were all there when up use your how said an "
@@ -125,20 +125,23 @@ class Generator:
         return text
 
 
-def build(path, n_messages, n_convs, seed=42, log=print):
-    """Returns build stats."""
-    t0 = time.perf_counter()
-    for suffix in ("", "-wal", "-shm"):
+PARAMS_BY_PROVIDER = {
+    "gigachat": json.dumps({"temperature": 0.7, "top_p": 0.9, "max_tokens": 1024}),
+    "qwen": json.dumps({"temperature": 0.4, "top_p": 0.9, "top_k": 60, "repetition_penalty": 1.1, "max_tokens": None}),
+}
+MESSAGE_INSERT = ("INSERT INTO messages (conversation_id, role, content, provider, model, system_prompt, params, "
+                  "prompt_tokens, completion_tokens, precached_prompt_tokens, latency_ms, finish_reason, status, "
+                  "error, created_at, question_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def _remove(path, suffixes=("", "-wal", "-shm")):
+    for suffix in suffixes:
         if os.path.exists(path + suffix):
             os.unlink(path + suffix)
-    tmp = path + ".building"
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(tmp + suffix):
-            os.unlink(tmp + suffix)
-    db.init_db(tmp)
-    g = Generator(seed)
-    rng = g.rng
-    n_exchanges = n_messages // 2
+
+
+def _conversations(rng, n_exchanges, n_convs):
+    """(conversations, their questions' (time, conversation index) in time order) over the last year."""
     # Conversation sizes: lognormal, heavy-tailed (median ~30 messages, the longest ~1,500).
     weights = [rng.lognormvariate(0.0, 1.0) for _ in range(n_convs)]
     scale = (n_exchanges - n_convs) / sum(weights)
@@ -162,15 +165,74 @@ def build(path, n_messages, n_convs, seed=42, log=print):
         convs.append([sid, provider, model, system, None, times[0], times[-1], lang])
         events += [(t, c) for t in times]
     events.sort()
-    params_by_provider = {
-        "gigachat": json.dumps({"temperature": 0.7, "top_p": 0.9, "max_tokens": 1024}),
-        "qwen": json.dumps({"temperature": 0.4, "top_p": 0.9, "top_k": 60, "repetition_penalty": 1.1,
-                            "max_tokens": None}),
-    }
+    return convs, events
+
+
+def _exchange(g, conv, t, k, q_extra, a_extra, history_tokens):
+    """The question and answer rows of one exchange; the question is row k + 1 of a new table."""
+    sid, provider, model, system, _, _, _, lang = conv
+    params = PARAMS_BY_PROVIDER[provider]
+    q, a = g.question(lang) + q_extra, g.answer(lang, provider) + a_extra
+    pt = history_tokens + len(q) // 4 + 20
+    ct = len(a) // 4
+    latency = round(g.rng.uniform(300, 9000), 2)
+    status, finish, err = "ok", "stop", None
+    u = g.rng.random()
+    if u < 0.01:
+        status, finish, err, a = "error", None, "GigaChat failed (status 500): try again.", ""
+    elif u < 0.02:
+        status, finish, err = "cancelled", None, "client disconnected"
+    return ((sid, "user", q, provider, None, system, params, None, None, None, None, None, "ok", None, t, None),
+            (sid, "assistant", a, provider, model, system, params, pt, ct, pt // 2 if provider == "gigachat" else None,
+             latency, finish, status, err, t + latency / 1000, k + 1))
+
+
+def _insert_messages(conn, g, convs, events, rare_at, log, t0):
+    """Every exchange, in time order, in transactions of 50,000 rows: (messages, titles, generate s, insert s)."""
+    titles, batch, k, t_gen, t_ins = {}, [], 0, 0.0, 0.0
+    history_tokens = [0] * len(convs)
+
+    def flush():
+        nonlocal t_ins
+        tb = time.perf_counter()
+        conn.execute("BEGIN")
+        conn.executemany(MESSAGE_INSERT, batch)
+        conn.execute("COMMIT")
+        t_ins += time.perf_counter() - tb
+        batch.clear()
+
+    for t, c in events:
+        ta = time.perf_counter()
+        q_extra, a_extra = (" " + rare_at[i] if i in rare_at else "" for i in (k, k + 1))
+        question, answer = _exchange(g, convs[c], t, k, q_extra, a_extra, history_tokens[c])
+        titles.setdefault(c, question[2][:200])
+        history_tokens[c] = answer[7] + answer[8]  # this exchange's prompt + completion tokens
+        batch += [question, answer]
+        k += 2
+        t_gen += time.perf_counter() - ta
+        if len(batch) >= 50000:
+            flush()
+            if k % 200000 == 0:
+                log(f"  {k:,} messages ({time.perf_counter() - t0:.0f} s)")
+    if batch:
+        flush()
+    return k, titles, t_gen, t_ins
+
+
+def build(path, n_messages, n_convs, seed=42, log=print):
+    """Returns build stats."""
+    t0 = time.perf_counter()
+    _remove(path)
+    tmp = path + ".building"
+    _remove(tmp)
+    db.init_db(tmp)
+    g = Generator(seed)
+    n_exchanges = n_messages // 2
+    convs, events = _conversations(g.rng, n_exchanges, n_convs)
     # Plant the rare words in known messages (chosen among the message numbers).
     rare_at = {}
     for word in (RARE_EN, RARE_RU):
-        for k in rng.sample(range(n_exchanges * 2), RARE_COUNT):
+        for k in g.rng.sample(range(n_exchanges * 2), RARE_COUNT):
             rare_at[k] = word
     conn = sqlite3.connect(tmp, isolation_level=None)
     conn.execute("PRAGMA synchronous = OFF")
@@ -180,54 +242,7 @@ def build(path, n_messages, n_convs, seed=42, log=print):
     conn.executemany("INSERT INTO conversations (id, provider, model, system_prompt, title, created_at, updated_at)"
                      " VALUES (?, ?, ?, ?, ?, ?, ?)", [c[:7] for c in convs])
     conn.execute("COMMIT")
-    sql = ("INSERT INTO messages (conversation_id, role, content, provider, model, system_prompt, params, "
-           "prompt_tokens, completion_tokens, precached_prompt_tokens, latency_ms, finish_reason, status, error, "
-           "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-    titles = {}
-    batch, k, t_gen, t_ins = [], 0, 0.0, 0.0
-    history_tokens = [0] * n_convs
-    for t, c in events:
-        ta = time.perf_counter()
-        sid, provider, model, system, _, _, _, lang = convs[c]
-        params = params_by_provider[provider]
-        q = g.question(lang)
-        a = g.answer(lang, provider)
-        if k in rare_at:
-            q += " " + rare_at[k]
-        if k + 1 in rare_at:
-            a += " " + rare_at[k + 1]
-        titles.setdefault(c, q[:200])
-        pt = history_tokens[c] + len(q) // 4 + 20
-        ct = len(a) // 4
-        history_tokens[c] = pt + ct
-        latency = round(rng.uniform(300, 9000), 2)
-        status, finish, err = "ok", "stop", None
-        u = rng.random()
-        if u < 0.01:
-            status, finish, err, a = "error", None, "GigaChat failed (status 500): try again.", ""
-        elif u < 0.02:
-            status, finish, err = "cancelled", None, "client disconnected"
-        batch.append((sid, "user", q, provider, None, system, params, None, None, None, None, None, "ok", None, t))
-        batch.append((sid, "assistant", a, provider, model, system, params, pt, ct,
-                      pt // 2 if provider == "gigachat" else None, latency, finish, status, err,
-                      t + latency / 1000))
-        k += 2
-        t_gen += time.perf_counter() - ta
-        if len(batch) >= 50000:
-            tb = time.perf_counter()
-            conn.execute("BEGIN")
-            conn.executemany(sql, batch)
-            conn.execute("COMMIT")
-            t_ins += time.perf_counter() - tb
-            batch = []
-            if k % 200000 == 0:
-                log(f"  {k:,} messages ({time.perf_counter() - t0:.0f} s)")
-    if batch:
-        tb = time.perf_counter()
-        conn.execute("BEGIN")
-        conn.executemany(sql, batch)
-        conn.execute("COMMIT")
-        t_ins += time.perf_counter() - tb
+    k, titles, t_gen, t_ins = _insert_messages(conn, g, convs, events, rare_at, log, t0)
     conn.execute("BEGIN")
     conn.executemany("UPDATE conversations SET title = ? WHERE id = ?",
                      [(title, convs[c][0]) for c, title in titles.items()])
@@ -238,21 +253,27 @@ def build(path, n_messages, n_convs, seed=42, log=print):
     conn.execute("DELETE FROM fts_pending")
     conn.execute("COMMIT")
     t_fts = time.perf_counter() - tb
-    common = {w: conn.execute("SELECT count(*) FROM messages_fts WHERE messages_fts MATCH ?", (f'"{w}"',)).fetchone()[0]
-              for w in ("the", "что", RARE_EN, RARE_RU)}
-    conn.execute("CREATE TABLE IF NOT EXISTS bench_meta (key TEXT PRIMARY KEY, value TEXT)")
     meta = {"format": DB_FORMAT, "messages": k, "conversations": n_convs, "seed": seed,
-            "doc_counts": common, "generate_s": round(t_gen, 1), "insert_s": round(t_ins, 1),
+            "doc_counts": _checked_counts(conn), "generate_s": round(t_gen, 1), "insert_s": round(t_ins, 1),
             "fts_s": round(t_fts, 1), "total_s": round(time.perf_counter() - t0, 1)}
+    conn.execute("CREATE TABLE IF NOT EXISTS bench_meta (key TEXT PRIMARY KEY, value TEXT)")
     conn.execute("INSERT OR REPLACE INTO bench_meta VALUES ('meta', ?)", (json.dumps(meta, ensure_ascii=False),))
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
     os.replace(tmp, path)
-    for suffix in ("-wal", "-shm"):
-        if os.path.exists(tmp + suffix):
-            os.unlink(tmp + suffix)
+    _remove(tmp, ("-wal", "-shm"))
     meta["size_mb"] = round(os.path.getsize(path) / 2**20)
     return meta
+
+
+def _checked_counts(conn):
+    """Messages holding the words the report names; first, that every answer names its question."""
+    unpaired = conn.execute("SELECT count(*) FROM messages a LEFT JOIN messages q ON q.id = a.question_id "
+                            "WHERE a.role = 'assistant' AND (q.role IS NOT 'user' OR "
+                            "q.conversation_id != a.conversation_id)").fetchone()[0]
+    assert unpaired == 0, f"{unpaired} answers name no question of their conversation"  # past_turns reads pairs
+    return {w: conn.execute("SELECT count(*) FROM messages_fts WHERE messages_fts MATCH ?", (f'"{w}"',)).fetchone()[0]
+            for w in ("the", "что", RARE_EN, RARE_RU)}
 
 
 def read_meta(path):
@@ -360,8 +381,12 @@ def explain(conn, dbm, fn):
     return out
 
 
-def timed_rounds(rounds, arms, conns, clients, reqs, inner, http_ms, sql_ms, inner_ms):
-    """3 warm-up rounds (page cache, statement cache), then `rounds` timed ones, order shuffled each round."""
+def timed_rounds(rounds, arms, conns, clients, reqs, inner):
+    """3 warm-up rounds (page cache, statement cache), then `rounds` timed ones, order shuffled each round:
+    (HTTP ms, SQL ms) per arm and request, and past_turns ms per arm and session."""
+    http_ms = [[[] for _ in reqs] for _ in arms]
+    sql_ms = [[[] for _ in reqs] for _ in arms]
+    inner_ms = [[[] for _ in inner] for _ in arms]
     for r in range(-3, rounds):
         order = [(k, i) for k in range(len(arms)) for i in range(len(reqs))]
         random.Random(r).shuffle(order)
@@ -382,6 +407,7 @@ def timed_rounds(rounds, arms, conns, clients, reqs, inner, http_ms, sql_ms, inn
                 arms[k][3].past_turns(conns[k], sid)
                 if r >= 0:
                     inner_ms[k][j].append((time.perf_counter() - t0) * 1000)
+    return http_ms, sql_ms, inner_ms
 
 
 def load_postgres(path):
@@ -418,7 +444,7 @@ def load_module(name, path):
     return mod
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer timed requests (the DB is the same, once built)")
     ap.add_argument("--messages", type=int, default=1_000_000)
@@ -430,68 +456,81 @@ def main():
     ap.add_argument("--ab", metavar="PATH",
                     help="also run the gateway and db.py of this other checkout (e.g. a patched copy), side by side")
     a = ap.parse_args()
-    os.makedirs(CACHE_DIR, exist_ok=True)
+    if a.ab and a.backend != "sqlite":  # before the minutes of building
+        ap.error("--ab compares two checkouts on SQLite: use it without --backend")
+    return a
 
+
+def cached_db(a):
+    """(path, meta, built now?) of the bench database, built once into CACHE_DIR."""
+    os.makedirs(CACHE_DIR, exist_ok=True)
     n_convs = a.conversations or max(1, a.messages // 50)
     path = os.path.join(CACHE_DIR, f"history-{a.messages}-{n_convs}.db")
     meta = None if a.rebuild else read_meta(path)
-    if meta is None or meta.get("format") != DB_FORMAT:
-        print(f"building {path} ({a.messages:,} messages, {n_convs:,} conversations; once, then cached) ...",
-              file=sys.stderr, flush=True)
-        meta = build(path, a.messages, n_convs, log=lambda s: print(s, file=sys.stderr, flush=True))
-        built_now = True
-    else:
-        built_now = False
+    if meta is not None and meta.get("format") == DB_FORMAT:
+        return path, meta, False
+    print(f"building {path} ({a.messages:,} messages, {n_convs:,} conversations; once, then cached) ...",
+          file=sys.stderr, flush=True)
+    return path, build(path, a.messages, n_convs, log=lambda s: print(s, file=sys.stderr, flush=True)), True
+
+
+def ab_arm(other):
+    """(name, repo, db module, exchange module) of another checkout."""
+    other = os.path.abspath(other)
+    db_b = load_module("db_ab", os.path.join(other, "db.py"))
+    saved = sys.modules.get("db")
+    sys.modules["db"] = db_b  # exchange.py of the other checkout imports `db`
+    ex_path = os.path.join(other, "gateway", "exchange.py")  # older checkouts: exchange.py at the top
+    ex_b = load_module("exchange_ab", ex_path if os.path.exists(ex_path) else os.path.join(other, "exchange.py"))
+    sys.modules["db"] = saved
+    return other, other, db_b, ex_b
+
+
+def measure(rounds, arms, conns, targets, reqs, inner):
+    """A gunicorn gateway per arm on its history, then timed_rounds through them."""
+    with Servers() as S:
+        fake = S.add(start_fake())
+        clients = []
+        for (_, repo, _, _), target in zip(arms, targets):
+            kw = {"repo": repo} if repo else {}
+            clients.append(Client(S.add(start_gateway("http://127.0.0.1:9", fake, target, gunicorn_workers=1,
+                                                      **kw)).base_url))
+        try:
+            return timed_rounds(rounds, arms, conns, clients, reqs, inner)
+        finally:
+            for c in clients:
+                c.close()
+
+
+def main():
+    a = parse_args()
+    path, meta, built_now = cached_db(a)
     rounds = a.rounds or (15 if a.quick else 60)
     conn = db.connect(path)
     p = pick(conn)
-    reqs = requests_for(p)
-    inner = internals_for(p)
+    reqs, inner = requests_for(p), internals_for(p)
     from gateway import exchange
     arms, conns, targets = [], [], []  # (name, repo, db module, exchange module); per arm its connection, CHAT_DB
     if a.backend in ("sqlite", "both"):
         arms.append(("SQLite" if a.backend == "both" else "this checkout", None, db, exchange))
         conns.append(conn)
         targets.append(path)
-    if a.ab and a.backend != "sqlite":
-        ap.error("--ab compares two checkouts on SQLite: use it without --backend")
     if a.ab:
-        other = os.path.abspath(a.ab)
-        db_b = load_module("db_ab", os.path.join(other, "db.py"))
-        saved = sys.modules.get("db")
-        sys.modules["db"] = db_b  # exchange.py of the other checkout imports `db`
-        ex_path = os.path.join(other, "gateway", "exchange.py")  # older checkouts: exchange.py at the top
-        ex_b = load_module("exchange_ab", ex_path if os.path.exists(ex_path) else os.path.join(other, "exchange.py"))
-        sys.modules["db"] = saved
-        arms.append((other, other, db_b, ex_b))
+        arms.append(ab_arm(a.ab))
         conns.append(conn)
         targets.append(path)
-    pg = None
+    pg = pg_note = None
     if a.backend in ("postgres", "both"):
         pg, url, pg_note = load_postgres(path)
         arms.append(("PostgreSQL", None, db, exchange))
         conns.append(db.open_connection(url))
         targets.append(url)
-    http_ms = [[[] for _ in reqs] for _ in arms]
-    sql_ms = [[[] for _ in reqs] for _ in arms]
-    inner_ms = [[[] for _ in inner] for _ in arms]
     try:
-        with Servers() as S:
-            fake = S.add(start_fake())
-            clients = []
-            for (_, repo, _, _), target in zip(arms, targets):
-                kw = {"repo": repo} if repo else {}
-                clients.append(Client(S.add(start_gateway("http://127.0.0.1:9", fake, target, gunicorn_workers=1,
-                                                          **kw)).base_url))
-            timed_rounds(rounds, arms, conns, clients, reqs, inner, http_ms, sql_ms, inner_ms)
-            for c in clients:
-                c.close()
+        results = measure(rounds, arms, conns, targets, reqs, inner)
     finally:
         if pg:
             conns[-1].close()
             pg.stop()
-
-
     header(f"/history on {meta['messages']:,} messages", [
         f"DB: {meta['messages']:,} messages, {meta['conversations']:,} conversations (median "
         f"{p['median_n']} messages, largest {p['largest_n']}), {os.path.getsize(path) / 2**20:,.0f} MB; "
@@ -503,6 +542,13 @@ def main():
         f"Gateway: gunicorn, 1 gthread worker; 1 sequential keep-alive client; {rounds} rounds, request order "
         f"shuffled each round; SQL = the same db.py call in-process (no JSON/HTTP). Goal: HTTP p95 ≤ {GOAL_MS:g} ms."]
         + ([pg_note] if pg else []))
+    report(arms, reqs, inner, results, conn, explain_slow=a.backend != "postgres")
+    conn.close()
+
+
+def report(arms, reqs, inner, results, conn, explain_slow):
+    """The tables (one column group per arm), then the query plans of the first arm's requests over the goal."""
+    http_ms, sql_ms, inner_ms = results
     heads = ["request"]
     for k in range(len(arms)):
         tag = "" if len(arms) == 1 else f" ({'AB'[k]})"
@@ -517,7 +563,7 @@ def main():
         marks = ["✓" if pct(http_ms[k][i], 95) <= GOAL_MS else "✗" for k in range(len(arms))]
         row.append(" / ".join(marks))
         rows.append(row)
-        if pct(http_ms[0][i], 95) > GOAL_MS and a.backend != "postgres":
+        if pct(http_ms[0][i], 95) > GOAL_MS and explain_slow:
             slow.append((label, fn))
     if len(arms) > 1:
         print(f"A = {arms[0][0]}, B = {arms[1][0]}\n")
@@ -533,7 +579,6 @@ def main():
             print(f"    {sql[:150]}{'…' if len(sql) > 150 else ''}")
             for line in plan:
                 print(f"      - {line}")
-    conn.close()
 
 
 if __name__ == "__main__":
