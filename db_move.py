@@ -29,7 +29,7 @@ def migrate_to_postgres(sqlite_file, url) -> dict:
     db_postgres.init_db(url)
     src, dst = db.connect(sqlite_file), db_postgres.connect(url)
     try:
-        if counts(dst)["messages"] or counts(dst)["conversations"]:
+        if any(counts(dst).values()):
             raise SystemExit("the PostgreSQL history is not empty: migrate into a new database")
         with dst.raw.transaction():
             src.execute("BEGIN")  # one snapshot of the file, whoever writes to it meanwhile

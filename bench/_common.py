@@ -297,17 +297,23 @@ def _children_map():
     return kids
 
 
-def cpu_seconds(pid) -> float:
-    """user+system CPU of a process and all its descendants (e.g. gunicorn and its workers), seconds."""
-    kids, total, todo = _children_map(), 0.0, [pid]
-    tick = os.sysconf("SC_CLK_TCK")
+def process_tree(pid):
+    """pid and all its descendants (e.g. gunicorn and its workers)."""
+    kids, todo = _children_map(), [pid]
     while todo:
         p = todo.pop()
+        yield p
+        todo += kids.get(p, [])
+
+
+def cpu_seconds(pid) -> float:
+    """user+system CPU of a process and all its descendants, seconds."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for p in process_tree(pid):
         try:
             with open(f"/proc/{p}/stat", "rb") as f:
                 fields = f.read().rsplit(b")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
         except (OSError, ValueError, IndexError):
             pass
-        todo += kids.get(p, [])
     return total

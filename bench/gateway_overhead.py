@@ -127,7 +127,7 @@ def throughput(targets, seconds, conns, repeats):
     return res
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer requests, shorter load runs (< 1 min)")
     ap.add_argument("--n", type=int, help="sequential requests per target and run (default 400, quick 100)")
@@ -143,11 +143,74 @@ def main():
     ap.add_argument("--ab", metavar="PATH", action="append", default=[],
                     help="also run a gunicorn gateway from this other checkout (repeatable)")
     a = ap.parse_args()
-    n = a.n or (100 if a.quick else 400)
-    lat_runs = a.runs or (1 if a.quick else 3)
-    seconds = a.seconds or (1 if a.quick else 4)
-    repeats = a.repeats or (1 if a.quick else 3)
+    a.n = a.n or (100 if a.quick else 400)
+    a.runs = a.runs or (1 if a.quick else 3)
+    a.seconds = a.seconds or (1 if a.quick else 4)
+    a.repeats = a.repeats or (1 if a.quick else 3)
+    return a
 
+
+def start_gateways(S, a, qwen, fake, dbdir):
+    """(label, server) of the gateways measured: gunicorn, `python chat.py`, and the --ab checkouts."""
+    # GIGACHAT_MAX_CONCURRENCY=conns: the default (1, a personal key's limit) would queue
+    # the concurrent clients in the gateway and measure that limit, not the gateway.
+    common = dict(GIGACHAT_MAX_CONCURRENCY=str(a.conns))
+    gateways = [(f"gunicorn ({a.workers} gthread workers)",
+                 S.add(start_gateway(qwen.base_url, fake, os.path.join(dbdir, "gunicorn.db"),
+                                     gunicorn_workers=a.workers, **common)))]
+    if not a.no_werkzeug:
+        gateways.append(("`python chat.py` (werkzeug)",
+                         S.add(start_gateway(qwen.base_url, fake, os.path.join(dbdir, "werkzeug.db"), **common))))
+    for k, other in enumerate(a.ab):
+        gateways.append((f"gunicorn, {other}",
+                         S.add(start_gateway(qwen.base_url, fake, os.path.join(dbdir, f"ab{k}.db"),
+                                             gunicorn_workers=a.workers, repo=os.path.abspath(other), **common))))
+    return gateways
+
+
+def latency_rows(targets, a):
+    """(a): per run mode, upstream and path, medians over the runs of p50/p95 and of what the gateway adds."""
+    rows = []
+    for mode, block in (("warm", a.block), ("cold", 1)):
+        for up in ("gigachat", "qwen"):
+            tlist = targets[up]
+            per_run = []  # per run: [(p50, p95)] by target
+            for _ in range(a.runs):
+                lat = sequential(tlist, a.n, warmup=max(block, a.n // 10), block=block)
+                per_run.append([(pct(v, 50), pct(v, 95)) for v in lat])
+            for k, t in enumerate(tlist):
+                p50, p95 = (median([r[k][j] for r in per_run]) for j in (0, 1))
+                if t["gateway"] is None:
+                    rows.append([mode, up, t["label"], fmt(p50), fmt(p95), "–", "–", "–"])
+                    continue
+                add50 = [r[k][0] - r[0][0] for r in per_run]
+                add95 = [r[k][1] - r[0][1] for r in per_run]
+                rows.append([mode, up, t["label"], fmt(p50), fmt(p95), fmt(median(add50)),
+                             fmt(median(add95)), f"{fmt(min(add95))}–{fmt(max(add95))}"])
+    return rows
+
+
+def throughput_rows(targets, a):
+    """(b): per upstream and path, req/s and its ratio to direct, latency, CPU per request, errors."""
+    rows = []
+    for up, tlist in targets.items():
+        for t in tlist:  # warm every gunicorn worker (SDK client, token, status cache)
+            load(t["base"] + t["path"](0), 1, a.conns, method=t["method"], body=t["body"](0), auth=t["auth"])
+        res = throughput(tlist, a.seconds, a.conns, a.repeats)
+        base = [r["rps"] for r in res[0]]
+        for t, runs in zip(tlist, res):
+            rps = [r["rps"] for r in runs]
+            ratio = median([x / b for x, b in zip(rps, base)])
+            gw_cpu = [r["gw_cpu_ms"] for r in runs if r["gw_cpu_ms"] is not None]
+            rows.append([up, t["label"], fmt(median(rps), 0), fmt(ratio),
+                         fmt(median([r["p50_ms"] for r in runs])), fmt(median([r["p99_ms"] for r in runs])),
+                         fmt(median(gw_cpu)) if gw_cpu else "–",
+                         fmt(median([r["up_cpu_ms"] for r in runs])), sum(r["errors"] for r in runs)])
+    return rows
+
+
+def main():
+    a = parse_args()
     tiny = str(ensure_tiny_qwen())
     # History files on the repo's disk (not a tmpfs): SQLite's fsyncs cost what they cost there.
     dbdir = os.path.join(CACHE_DIR, f"gateway-{os.getpid()}")
@@ -159,55 +222,9 @@ def main():
             # One OpenMP thread: the tiny model gains nothing from two, and idle-spinning OpenMP
             # threads would steal CPU from the gateway on a 2-core machine.
             qwen = S.add(start_qwen(tiny, "-l", "512", env={"OMP_NUM_THREADS": "1", "LOG_LEVEL": "WARNING"}))
-            # GIGACHAT_MAX_CONCURRENCY=conns: the default (1, a personal key's limit) would queue
-            # the concurrent clients in the gateway and measure that limit, not the gateway.
-            common = dict(GIGACHAT_MAX_CONCURRENCY=str(a.conns))
-            gateways = [(f"gunicorn ({a.workers} gthread workers)",
-                         S.add(start_gateway(qwen.base_url, fake, os.path.join(dbdir, "gunicorn.db"),
-                                             gunicorn_workers=a.workers, **common)))]
-            if not a.no_werkzeug:
-                gateways.append(("`python chat.py` (werkzeug)",
-                                 S.add(start_gateway(qwen.base_url, fake, os.path.join(dbdir, "werkzeug.db"),
-                                                     **common))))
-            for k, other in enumerate(a.ab):
-                gateways.append((f"gunicorn, {other}",
-                                 S.add(start_gateway(qwen.base_url, fake, os.path.join(dbdir, f"ab{k}.db"),
-                                                     gunicorn_workers=a.workers, repo=os.path.abspath(other),
-                                                     **common))))
-            token = oauth_token(fake)
-            targets = targets_for(fake, qwen, gateways, token)
-
-            lat_rows, tp_rows = [], []
-            for mode, block in (("warm", a.block), ("cold", 1)):
-                for up in ("gigachat", "qwen"):
-                    tlist = targets[up]
-                    per_run = []  # per run: [(p50, p95)] by target
-                    for _ in range(lat_runs):
-                        lat = sequential(tlist, n, warmup=max(block, n // 10), block=block)
-                        per_run.append([(pct(v, 50), pct(v, 95)) for v in lat])
-                    for k, t in enumerate(tlist):
-                        p50, p95 = (median([r[k][j] for r in per_run]) for j in (0, 1))
-                        if t["gateway"] is None:
-                            lat_rows.append([mode, up, t["label"], fmt(p50), fmt(p95), "–", "–", "–"])
-                            continue
-                        add50 = [r[k][0] - r[0][0] for r in per_run]
-                        add95 = [r[k][1] - r[0][1] for r in per_run]
-                        lat_rows.append([mode, up, t["label"], fmt(p50), fmt(p95), fmt(median(add50)),
-                                         fmt(median(add95)), f"{fmt(min(add95))}–{fmt(max(add95))}"])
-            for up, tlist in ([] if a.latency_only else targets.items()):
-                for t in tlist:  # warm every gunicorn worker (SDK client, token, status cache)
-                    load(t["base"] + t["path"](0), 1, a.conns, method=t["method"], body=t["body"](0),
-                         auth=t["auth"])
-                res = throughput(tlist, seconds, a.conns, repeats)
-                base = [r["rps"] for r in res[0]]
-                for t, runs in zip(tlist, res):
-                    rps = [r["rps"] for r in runs]
-                    ratio = median([x / b for x, b in zip(rps, base)])
-                    gw_cpu = [r["gw_cpu_ms"] for r in runs if r["gw_cpu_ms"] is not None]
-                    tp_rows.append([up, t["label"], fmt(median(rps), 0), fmt(ratio),
-                                    fmt(median([r["p50_ms"] for r in runs])), fmt(median([r["p99_ms"] for r in runs])),
-                                    fmt(median(gw_cpu)) if gw_cpu else "–",
-                                    fmt(median([r["up_cpu_ms"] for r in runs])), sum(r["errors"] for r in runs)])
+            targets = targets_for(fake, qwen, start_gateways(S, a, qwen, fake, dbdir), oauth_token(fake))
+            lat_rows = latency_rows(targets, a)
+            tp_rows = [] if a.latency_only else throughput_rows(targets, a)
     finally:
         rmtree(dbdir)
 
@@ -216,14 +233,14 @@ def main():
         "gigachat SDK by the gateway) and qwen_server.py on tiny-qwen2 (CPU, OMP_NUM_THREADS=1, max_tokens=1, "
         "greedy). Each gateway request also writes the conversation, the question and the answer to SQLite "
         "(WAL, history file on the repo's disk)."])
-    print(f"(a) Latency, 1 sequential keep-alive client, {lat_runs} run(s) of {n} requests per row, medians over the "
+    print(f"(a) Latency, 1 sequential keep-alive client, {a.runs} run(s) of {a.n} requests per row, medians over the "
           f"runs (ms; added = via − direct, within a run; goal: added p95 ≤ 3 ms). warm: the targets take turns in "
           f"blocks of {a.block} requests; cold: they take turns request by request, so every request meets CPU "
           f"caches the other servers' processes evicted\n")
     print(md_table(["run", "upstream", "path", "p50", "p95", "added p50", "added p95", "added p95, min–max"],
                    lat_rows))
-    print(f"\n(b) Throughput, {a.conns} concurrent keep-alive clients, {load_tool()}, {repeats} interleaved "
-          f"run(s) of {seconds:g} s per row, medians; CPU = user+system time of the process tree per request "
+    print(f"\n(b) Throughput, {a.conns} concurrent keep-alive clients, {load_tool()}, {a.repeats} interleaved "
+          f"run(s) of {a.seconds:g} s per row, medians; CPU = user+system time of the process tree per request "
           f"(goal: × direct ≥ 0.6; GIGACHAT_MAX_CONCURRENCY={a.conns})\n")
     print(md_table(["upstream", "path", "req/s", "× direct", "p50 ms", "p99 ms", "gateway CPU ms/req",
                     "upstream CPU ms/req", "errors"], tp_rows))

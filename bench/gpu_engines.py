@@ -32,9 +32,8 @@ import time
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
-CACHE_DIR = os.path.join(REPO_ROOT, ".cache", "bench")
 sys.path.insert(0, REPO_ROOT)
-from _gpu_model import build_model, log, model_dir_for  # noqa: E402
+from _gpu_model import CACHE_DIR, build_model, log, model_dir_for  # noqa: E402
 
 ALL_CONFIGS = ["exllamav2:fp16", "exllamav2:q8", "exllamav2:q6", "exllamav2:q4", "transformers:eager",
                "transformers:compile"]

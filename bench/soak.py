@@ -147,15 +147,14 @@ class Load:
 
 
 def rss_mb(pid):
-    total, todo, kids = 0, [pid], c._children_map()
-    while todo:
-        p = todo.pop()
+    """Resident memory of a process and all its descendants, MB."""
+    total = 0
+    for p in c.process_tree(pid):
         try:
             with open(f"/proc/{p}/status") as f:
                 total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
         except (OSError, StopIteration):
             pass
-        todo += kids.get(p, [])
     return total / 1024
 
 
@@ -272,7 +271,7 @@ def main():
         problems, statuses, n_msg = check_history(db_path, load)
         with open(gw.log_path, encoding="utf-8", errors="replace") as f:
             log = f.read()
-        problems += [f"gateway log: {block[:1500]}" for block in log.split("\n2")
+        problems += [f"gateway log: {block[:500]} … {block[-1500:]}" for block in log.split("\n2")
                      if "Traceback" in block or " ERROR " in block][:3]
         problems += [f"a 500 answer: {body}" for body in load.errors[:3]]
     c.rmtree(tmp)
