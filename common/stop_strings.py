@@ -2,6 +2,12 @@
 and by the gateway for GigaChat, whose API has none."""
 
 
+def partial_tail(text, markers) -> int:
+    """Length of the longest end of `text` that is the start, not the whole, of one of `markers`: the
+    part to hold back, since the next text may complete that marker."""
+    return max((k for s in markers for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+
+
 class StopCutter:
     """Cuts streamed text at the first stop string. feed() returns what may go out now, holding back
     a tail that could be the start of a stop string; `hit` is set once one was found."""
@@ -17,7 +23,7 @@ class StopCutter:
         if cut >= 0:
             out, self.held, self.hit = self.held[:cut], "", True
             return out
-        keep = max((k for s in self.stops for k in range(1, len(s)) if self.held.endswith(s[:k])), default=0)
+        keep = partial_tail(self.held, self.stops)
         out, self.held = self.held[:len(self.held) - keep], self.held[len(self.held) - keep:]
         return out
 

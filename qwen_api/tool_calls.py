@@ -5,6 +5,7 @@ import json
 import uuid
 
 from common.api_common import ApiError
+from common.stop_strings import partial_tail
 from qwen_api import completions
 from engines.constrained import grammar_error, json_grammar, lark_grammar, tool_call_lark
 
@@ -114,7 +115,7 @@ class ToolCallStream:
         while self.buf:
             at = self.buf.find(OPEN)
             if at < 0:
-                keep = max((k for k in range(len(OPEN) - 1, 0, -1) if self.buf.endswith(OPEN[:k])), default=0)
+                keep = partial_tail(self.buf, (OPEN,))
                 self._text(out, self.buf[:len(self.buf) - keep])
                 self.buf = self.buf[len(self.buf) - keep:]
                 break
