@@ -3,10 +3,10 @@ whole or as SSE) and GET /qwen/status."""
 from flask import Blueprint, current_app, jsonify, request
 
 import db
-from common.api_common import ApiError, json_body, sse, sse_response
+from common.api_common import ApiError, json_body, sse
 from common.openai_format import parse_params
 from gateway import exchange
-from gateway.delivery import begin, metrics, providers, record_usage, tracked
+from gateway.delivery import begin, deliver, providers
 
 MAX_QUESTION_CHARS = 100_000
 
@@ -57,26 +57,22 @@ def ask(name):
     messages = exchange.fit_context(provider, head, turns, [{"role": "user", "content": q}],
                                     params.get("max_tokens"))
     ctx = exchange.start(conn, provider, sid, q, messages, system, params, title=title)
-    r = begin(ctx, stream)
-    m = metrics()
-    if stream:
-        return sse_response(exchange.closing_iter(tracked(m, page_events(m, r, ctx, sid)), r.close))
-    record_usage(m, name, r.get("usage"))
-    return jsonify({"answer": r["answer"], "model": r.get("model"), "provider": name, "session": sid,
-                    "message_id": r["message_id"], "finish_reason": r.get("finish_reason"),
-                    "blocked": r["status"] == "blocked", "usage": r.get("usage"), "elapsed_ms": r["elapsed_ms"]})
+    return deliver(name, begin(ctx, stream), stream, lambda events: page_events(events, name, sid),
+                   lambda r: {"answer": r["answer"], "model": r.get("model"), "provider": name, "session": sid,
+                              "message_id": r["message_id"], "finish_reason": r.get("finish_reason"),
+                              "blocked": r["status"] == "blocked", "usage": r.get("usage"),
+                              "elapsed_ms": r["elapsed_ms"]})
 
 
-def page_events(metrics, events, ctx, sid):
+def page_events(events, provider, sid):
     """SSE for browsers (EventSource) and curl -N: start, delta..., then done or error."""
-    yield sse({"type": "start", "session": sid, "provider": ctx["provider"].name})
-    for kind, value in events:  # (a client that hangs up: the response's close() settles `events`)
+    yield sse({"type": "start", "session": sid, "provider": provider})
+    for kind, value in events:
         if kind == "delta" or kind == "chunk" and value.get("delta"):
             yield sse({"type": "delta", "text": value if kind == "delta" else value["delta"]})
         elif kind == "chunk":
             continue  # (tool calls and logprobs are asked for on /v1 only)
         elif kind == "done":
-            record_usage(metrics, ctx["provider"].name, value.get("usage"))
             yield sse({"type": "done", "session": sid, "message_id": value["message_id"],
                        "model": value.get("model"), "finish_reason": value.get("finish_reason"),
                        "blocked": value["status"] == "blocked", "usage": value.get("usage"),

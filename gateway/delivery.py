@@ -1,9 +1,10 @@
-"""What the answering routes (/gigachat, /qwen, /v1/chat/completions) share: waiting for the first
-piece of an answer while watching the client, and the token and stream metrics."""
-from flask import current_app, request
+"""What the answering routes (/gigachat, /qwen, /v1/chat/completions, /v1/completions) share: waiting for
+the first piece of an answer while watching the client, the response (SSE or JSON), and the token and
+stream metrics."""
+from flask import current_app, jsonify, request
 
 from common import client_watch
-from common.api_common import ApiError
+from common.api_common import ApiError, sse_response
 from gateway import exchange
 
 
@@ -34,6 +35,23 @@ def begin(ctx, stream):
     except ApiError as e:
         e.headers["X-Session-ID"] = ctx["sid"]
         raise
+
+
+def deliver(name, r, stream, frames, whole):
+    """The response for begin()'s `r`: SSE of `frames(events)` (events: r's, the usage counted when the
+    answer is done), settled when the server closes it; or the JSON of `whole(r)`, counted now."""
+    m = metrics()
+    if stream:
+        return sse_response(exchange.closing_iter(tracked(m, frames(_counted(m, name, r))), r.close))
+    record_usage(m, name, r.get("usage"))
+    return jsonify(whole(r))
+
+
+def _counted(metrics, name, events):
+    for kind, value in events:  # (a client that hangs up: the response's close() settles `events`)
+        if kind == "done":
+            record_usage(metrics, name, value.get("usage"))
+        yield kind, value
 
 
 def tracked(metrics, frames):

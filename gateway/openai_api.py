@@ -8,10 +8,10 @@ import re
 from flask import Blueprint, current_app, jsonify, request
 
 import db
-from common.api_common import ApiError, json_body, sse, sse_response
+from common.api_common import ApiError, json_body, sse
 from common.openai_format import chunk, completion, new_id, parse_chat_request
 from gateway import exchange
-from gateway.delivery import begin, metrics, providers, record_usage, tracked
+from gateway.delivery import begin, deliver, providers
 
 # What the page can open (#c/<id>, GET /history/<id>): not "." or ".." (dot segments a URL drops).
 SESSION_ID = re.compile(r"(?!\.+$)[A-Za-z0-9._-]{1,100}")
@@ -90,7 +90,7 @@ def v1_chat():
     sid = session_id()
     ctx = exchange.start(conn, providers()[name], sid, question, messages, system, params, gc_model,
                          title=question.strip() or "(no question)")
-    model_out, cid, m = body.get("model"), new_id(), metrics()
+    model_out, cid = body.get("model"), new_id()
     try:
         r = begin(ctx, req["stream"])
     except ApiError as e:
@@ -98,21 +98,18 @@ def v1_chat():
             raise ApiError(404, f"GigaChat has no model {gc_model!r}: GET /v1/models lists the models.",
                            code="model_not_found", param="model", headers=e.headers)
         raise
-    if req["stream"]:
-        frames = completion_chunks(m, name, r, cid, model_out, req["include_usage"])
-        resp = sse_response(exchange.closing_iter(tracked(m, frames), r.close))
-    else:
-        record_usage(m, name, r.get("usage"))
-        resp = jsonify(completion(cid, model_out, r["answer"], r.get("finish_reason"), r.get("usage"),
-                                  logprobs=r.get("logprobs"), tool_calls=r.get("tool_calls")))
+    resp = deliver(name, r, req["stream"],
+                   lambda events: completion_chunks(events, cid, model_out, req["include_usage"]),
+                   lambda r: completion(cid, model_out, r["answer"], r.get("finish_reason"), r.get("usage"),
+                                        logprobs=r.get("logprobs"), tool_calls=r.get("tool_calls")))
     resp.headers["X-Session-ID"] = sid
     return resp
 
 
-def completion_chunks(metrics, name, events, cid, model, include_usage):
+def completion_chunks(events, cid, model, include_usage):
     """OpenAI's chat.completion.chunk frames for an answer's events, then [DONE]."""
     yield sse(chunk(cid, model, delta={"role": "assistant", "content": ""}))
-    for kind, value in events:  # (a client that hangs up: the response's close() settles `events`)
+    for kind, value in events:
         if kind == "delta":
             yield sse(chunk(cid, model, delta={"content": value}))
         elif kind == "chunk":  # tool call pieces and/or logprobs, passed on as the provider gave them
@@ -121,7 +118,6 @@ def completion_chunks(metrics, name, events, cid, model, include_usage):
                 delta["tool_calls"] = value["tool_calls"]
             yield sse(chunk(cid, model, delta=delta, logprobs=value.get("logprobs")))
         elif kind == "done":
-            record_usage(metrics, name, value.get("usage"))
             yield sse(chunk(cid, model, finish_reason=value.get("finish_reason") or "stop"))
             if include_usage:
                 yield sse(chunk(cid, model, usage=value.get("usage") or {}))

@@ -2,13 +2,13 @@
 fill-in-the-middle): passed on to the Qwen server's /v1/completions, streamed or not, and saved to
 history like a chat exchange. History keeps the question in Qwen2.5-Coder's own FIM notation,
 `<|fim_prefix|>PROMPT<|fim_suffix|>SUFFIX<|fim_middle|>` (a plain prompt as it is), the completion as the answer."""
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app
 
 import db
-from common.api_common import ApiError, json_body, sse, sse_response
+from common.api_common import ApiError, json_body, sse
 from qwen_api.completions import new_completion_id, parse_completion_request, text_completion
 from gateway import exchange
-from gateway.delivery import begin, metrics, providers, record_usage, tracked
+from gateway.delivery import begin, deliver, providers
 from gateway.openai_api import route_model, session_id
 
 bp = Blueprint("text_completions", __name__)
@@ -33,28 +33,23 @@ def v1_completions():
     conn, sid = db.get_db(), session_id()
     ctx = exchange.start(conn, providers()[name], sid, question, [], None, params,
                          title=question.strip()[:200] or "(empty prompt)")
-    model_out, cid, m = body.get("model"), new_completion_id(), metrics()
-    r = begin(ctx, req["stream"])
-    if req["stream"]:
-        frames = completion_frames(m, r, cid, model_out, req["include_usage"])
-        resp = sse_response(exchange.closing_iter(tracked(m, frames), r.close))
-    else:
-        record_usage(m, name, r.get("usage"))
-        out = text_completion(cid, model_out, r["answer"], r.get("finish_reason"), r.get("logprobs"), r.get("usage"))
-        resp = jsonify(out)
+    model_out, cid = body.get("model"), new_completion_id()
+    resp = deliver(name, begin(ctx, req["stream"]), req["stream"],
+                   lambda events: completion_frames(events, cid, model_out, req["include_usage"]),
+                   lambda r: text_completion(cid, model_out, r["answer"], r.get("finish_reason"), r.get("logprobs"),
+                                             r.get("usage")))
     resp.headers["X-Session-ID"] = sid
     return resp
 
 
-def completion_frames(metrics, events, cid, model, include_usage):
+def completion_frames(events, cid, model, include_usage):
     """text_completion frames for an answer's events, then [DONE]."""
-    for kind, value in events:  # (a client that hangs up: the response's close() settles `events`)
+    for kind, value in events:
         if kind == "delta":
             yield sse(text_completion(cid, model, value, None))
         elif kind == "chunk":
             yield sse(text_completion(cid, model, value.get("delta") or "", None, value.get("logprobs")))
         elif kind == "done":
-            record_usage(metrics, "qwen", value.get("usage"))
             yield sse(text_completion(cid, model, "", value.get("finish_reason") or "stop"))
             if include_usage:
                 yield sse(text_completion(cid, model, None, None, usage=value.get("usage") or {}))
