@@ -203,8 +203,11 @@ def add_message(db, conv_id, role, content, provider, model=None, system_prompt=
             (conv_id, provider, model, system_prompt, title[:200], now, now)).rowcount == 1
         # The conversation row is locked (updated) before the message names it: on PostgreSQL a
         # DELETE of the conversation then waits for this transaction instead of deadlocking with it.
-        if not created:  # (a conversation created just now is up to date)
-            db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conv_id))
+        # Gone: answered here, before the insert, since SQLite reuses a deleted question's id, and a
+        # UNIQUE question_id clash with a newer question's answer would be reported before the foreign key.
+        if not created and not db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?",
+                                          (now, conv_id)).rowcount:
+            raise ConversationGone(conv_id)
         message_id = db.execute(
             "INSERT INTO messages (conversation_id, role, content, provider, model, system_prompt, params, "
             "prompt_tokens, completion_tokens, precached_prompt_tokens, latency_ms, finish_reason, status, error, "

@@ -204,6 +204,20 @@ def test_answers_name_their_question_and_one_answer_a_question(any_conn):
     assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
 
 
+def test_a_late_answer_whose_question_id_was_reused_is_conversation_gone(any_conn):
+    """SQLite reuses the highest ids once their rows are deleted: a question of a deleted conversation
+    may share its id with a newer, answered question. The late answer is ConversationGone (found by
+    bench/soak.py as a 500: the UNIQUE question_id failed before the foreign key was checked)."""
+    conn = any_conn
+    q = save(conn, "gone", "старый вопрос", title="t")
+    db.delete_conversation(conn, "gone")
+    q2 = save(conn, "new", "новый вопрос", title="t")
+    db.add_message(conn, "new", "assistant", "ответ", "qwen", question_id=q2)
+    with pytest.raises(db.ConversationGone):
+        db.add_message(conn, "gone", "assistant", "поздно", "qwen", question_id=q)
+    assert [r["content"] for r in db.conversation_messages(conn, "new")] == ["новый вопрос", "ответ"]
+
+
 def test_search_matches_every_word_in_any_script_and_pages(any_conn):
     conn = any_conn
     a = save(conn, "s1", "Привет, МИР: first", title="t")
