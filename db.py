@@ -100,14 +100,10 @@ class _Pool:
 
     def __init__(self, path):
         self.path, self.idle, self.lock = path, [], threading.Lock()
-        self.in_use = 0  # connections handed out and not yet given back (0 when idle: none leaked)
-        self.on_change = lambda in_use: None  # told in_use whenever it changes (a metrics gauge)
 
     def get(self):
-        with self.lock:  # (the gauge is set under the lock: its last value is the true count)
-            self.in_use += 1
+        with self.lock:
             conn = self.idle.pop() if self.idle else None
-            self.on_change(self.in_use)
         if conn is None:
             start_maintenance(self.path, connect)  # once per process; checked when a connection is opened
             conn = connect(self.path)
@@ -117,13 +113,36 @@ class _Pool:
         if conn.in_transaction:  # a request that failed inside BEGIN ... COMMIT
             conn.rollback()
         with self.lock:
-            self.in_use -= 1
             keep = len(self.idle) < POOL_SIZE
             if keep:
                 self.idle.append(conn)
-            self.on_change(self.in_use)
         if not keep:
             conn.close()
+
+
+class _Counted:
+    """Either backend's pool, counting the connections handed out and not yet given back (`in_use`:
+    0 when idle, so none leaked), and telling `on_change` (a metrics gauge) each new count."""
+
+    def __init__(self, pool):
+        self.pool, self.lock, self.in_use = pool, threading.Lock(), 0
+        self.on_change = lambda in_use: None
+
+    def get(self):
+        conn = self.pool.get()  # (a connection that could not be opened is not counted)
+        self._count(+1)
+        return conn
+
+    def put(self, conn):
+        try:
+            self.pool.put(conn)
+        finally:
+            self._count(-1)
+
+    def _count(self, delta):
+        with self.lock:  # (the gauge is set under the lock: its last value is the true count)
+            self.in_use += delta
+            self.on_change(self.in_use)
 
 
 INTEGRITY_ERRORS = (sqlite3.IntegrityError,) + db_postgres.INTEGRITY_ERRORS
@@ -157,10 +176,10 @@ def init_app(app):
     target = app.config["DATABASE"]
     if db_postgres.is_url(target):
         db_postgres.init_db(target)
-        app.extensions["db_pool"] = db_postgres.Pool(target)
+        app.extensions["db_pool"] = _Counted(db_postgres.Pool(target))
     else:
         init_db(target)
-        app.extensions["db_pool"] = _Pool(target)
+        app.extensions["db_pool"] = _Counted(_Pool(target))
     app.teardown_appcontext(close_db)
 
 

@@ -155,13 +155,11 @@ def init_db(url):
 
 
 class Pool:
-    """db.py's pool interface (get/put, in_use, on_change) over psycopg_pool, opened lazily in the
+    """db.py's pool interface (get/put) over psycopg_pool, opened lazily in the
     process that serves (a gunicorn worker, not a master that forks)."""
 
     def __init__(self, url):
         self.url, self.lock, self.pool, self.pid = url, threading.Lock(), None, None
-        self.in_use = 0
-        self.on_change = lambda in_use: None
 
     def _pool(self):
         with self.lock:
@@ -173,11 +171,7 @@ class Pool:
             return self.pool
 
     def get(self) -> PgConn:
-        conn = PgConn(self._pool().getconn())
-        with self.lock:
-            self.in_use += 1
-            self.on_change(self.in_use)
-        return conn
+        return PgConn(self._pool().getconn())
 
     def put(self, conn):
         if conn.raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -186,6 +180,3 @@ class Pool:
             except psycopg.Error:
                 pass
         self._pool().putconn(conn.raw)
-        with self.lock:
-            self.in_use -= 1
-            self.on_change(self.in_use)
