@@ -11,7 +11,7 @@ import uuid
 from flask import current_app, g
 
 import db_postgres
-from db_maintenance import MAINTENANCE_INTERVAL_S, index_pending, start_maintenance  # noqa: F401
+from db_maintenance import MAINTENANCE_INTERVAL_S, index_pending, start_maintenance, write_transaction  # noqa: F401
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCHEMA_VERSION = 3  # schema.sql is this version; migrate_<n>.sql brings a file from n-1 to n
@@ -57,16 +57,11 @@ def init_db(path):
         for was, name, becomes in steps:
             with open(os.path.join(HERE, name), encoding="utf-8") as f:
                 script = f.read()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with write_transaction(conn):
                 if conn.execute("PRAGMA user_version").fetchone()[0] == was:  # not done by another process
                     for statement in _statements(script):
                         conn.execute(statement)
                     conn.execute(f"PRAGMA user_version = {becomes}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
     finally:
         conn.close()
 
@@ -214,35 +209,30 @@ def add_message(db, conv_id, role, content, provider, model=None, system_prompt=
     An answer names its question (question_id). Raises ConversationGone when either was deleted."""
     usage = usage or {}
     now = time.time()
-    db.execute("BEGIN IMMEDIATE")
     try:
-        created = title is not None and db.execute(
-            "INSERT INTO conversations (id, provider, model, system_prompt, title, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-            (conv_id, provider, model, system_prompt, title[:200], now, now)).rowcount == 1
-        # The conversation row is locked (updated) before the message names it: on PostgreSQL a
-        # DELETE of the conversation then waits for this transaction instead of deadlocking with it.
-        # Gone: answered here, before the insert, since SQLite reuses a deleted question's id, and a
-        # UNIQUE question_id clash with a newer question's answer would be reported before the foreign key.
-        if not created and not db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?",
-                                          (now, conv_id)).rowcount:
-            raise ConversationGone(conv_id)
-        message_id = db.execute(
-            "INSERT INTO messages (conversation_id, role, content, provider, model, system_prompt, params, "
-            "prompt_tokens, completion_tokens, precached_prompt_tokens, latency_ms, finish_reason, status, error, "
-            "created_at, question_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            (conv_id, role, content, provider, model, system_prompt,
-             json.dumps(params, ensure_ascii=False) if params is not None else None,
-             usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("precached_prompt_tokens"),
-             latency_ms, finish_reason, status, error, now, question_id)).fetchone()[0]
-        db.execute("COMMIT")
+        with write_transaction(db):
+            created = title is not None and db.execute(
+                "INSERT INTO conversations (id, provider, model, system_prompt, title, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                (conv_id, provider, model, system_prompt, title[:200], now, now)).rowcount == 1
+            # The conversation row is locked (updated) before the message names it: on PostgreSQL a
+            # DELETE of the conversation then waits for this transaction instead of deadlocking with it.
+            # Gone: answered here, before the insert, since SQLite reuses a deleted question's id, and a
+            # UNIQUE question_id clash with a newer question's answer would be reported before the foreign key.
+            if not created and not db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?",
+                                              (now, conv_id)).rowcount:
+                raise ConversationGone(conv_id)
+            message_id = db.execute(
+                "INSERT INTO messages (conversation_id, role, content, provider, model, system_prompt, params, "
+                "prompt_tokens, completion_tokens, precached_prompt_tokens, latency_ms, finish_reason, status, error, "
+                "created_at, question_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (conv_id, role, content, provider, model, system_prompt,
+                 json.dumps(params, ensure_ascii=False) if params is not None else None,
+                 usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("precached_prompt_tokens"),
+                 latency_ms, finish_reason, status, error, now, question_id)).fetchone()[0]
     except INTEGRITY_ERRORS as e:
-        db.execute("ROLLBACK")
         if "foreign key" in str(e).lower():
             raise ConversationGone(conv_id) from e
-        raise
-    except BaseException:
-        db.execute("ROLLBACK")
         raise
     return message_id
 

@@ -1,5 +1,6 @@
 """History upkeep off the request path, one thread per server process and database: moving queued
 messages into the full-text index, and WAL checkpoints (requests only append rows)."""
+import contextlib
 import logging
 import os
 import sqlite3
@@ -13,21 +14,28 @@ IDLE_CHECKPOINT_BUSY_MS = 100  # an idle-time checkpoint gives way at once to a 
 log = logging.getLogger(__name__)
 
 
+@contextlib.contextmanager
+def write_transaction(conn):
+    """BEGIN IMMEDIATE (the write lock now) ... COMMIT; ROLLBACK and re-raise on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def index_pending(db, batch=INDEX_BATCH) -> int:
     """Moves queued messages (fts_pending) into the full-text index, one short transaction per batch;
     returns how many."""
     done = 0
     while True:
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(db):
             db.execute("INSERT INTO messages_fts (rowid, content) SELECT m.id, m.content FROM messages m "
                        "JOIN (SELECT id FROM fts_pending ORDER BY id LIMIT ?) p ON m.id = p.id", (batch,))
             n = db.execute("DELETE FROM fts_pending WHERE id IN (SELECT id FROM fts_pending ORDER BY id LIMIT ?)",
                            (batch,)).rowcount
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         done += n
         if n < batch:
             return done
