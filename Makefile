@@ -50,8 +50,11 @@ postgresql:
 test: models chromium nginx postgresql
 	$(PY) -m pytest -q tests
 
-bench: models
+$(VENV)/.bench-installed: $(VENV)/.installed bench/requirements-bench.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements-bench.txt  # llama_cpp.server, the baseline
+	touch $@
+
+bench: models $(VENV)/.bench-installed
 	$(PY) bench/gateway_overhead.py && $(PY) bench/history.py && $(PY) bench/stream_overhead.py && \
 	  $(PY) bench/llamacpp_server.py && $(PY) bench/upstreams.py
 

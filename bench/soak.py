@@ -211,7 +211,9 @@ def check_history(db_path, load):
             problems.append(f"answer {mid} names another question than the one it answered")
     statuses = Counter(r[0] for r in conn.execute("SELECT status FROM messages WHERE role = 'assistant'"))
     conn.close()
-    db.index_pending(db.connect(db_path))  # what maintenance has not indexed yet, then a full count
+    indexer = db.connect(db_path)
+    db.index_pending(indexer)  # what maintenance has not indexed yet, then a full count
+    indexer.close()
     conn = sqlite3.connect(db_path)
     conn.execute("INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')")
     n_fts = conn.execute("SELECT count(*) FROM messages_fts_docsize").fetchone()[0]
