@@ -14,7 +14,7 @@ import db_postgres
 from db_maintenance import MAINTENANCE_INTERVAL_S, index_pending, start_maintenance, write_transaction  # noqa: F401
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCHEMA_VERSION = 3  # schema.sql is this version; migrate_<n>.sql brings a file from n-1 to n
+SCHEMA_VERSION = 4  # schema.sql is this version; migrate_<n>.sql brings a file from n-1 to n
 BUSY_TIMEOUT_MS = 5000
 WAL_AUTOCHECKPOINT_PAGES = 10000  # a safety net: the maintenance thread checkpoints every second
 # The -wal file is cut back to this size whenever it starts over (journal_size_limit); and when no one
@@ -54,6 +54,7 @@ def init_db(path):
             raise RuntimeError(f"{path} was written by a newer version (schema {version}); upgrade the app")
         steps = [(0, "schema.sql", SCHEMA_VERSION)] if version == 0 else \
             [(v - 1, f"migrate_{v}.sql", v) for v in range(version + 1, SCHEMA_VERSION + 1)]
+        conn.execute("PRAGMA foreign_keys = OFF")  # a step may rebuild a table (migrate_4.sql): checked below
         for was, name, becomes in steps:
             with open(os.path.join(HERE, name), encoding="utf-8") as f:
                 script = f.read()
@@ -61,6 +62,10 @@ def init_db(path):
                 if conn.execute("PRAGMA user_version").fetchone()[0] == was:  # not done by another process
                     for statement in _statements(script):
                         conn.execute(statement)
+                    broken = conn.execute("PRAGMA foreign_key_check").fetchone()
+                    if broken:
+                        raise RuntimeError(f"{name} would leave {path} with a broken reference {tuple(broken)}; "
+                                           f"the file is unchanged")
                     conn.execute(f"PRAGMA user_version = {becomes}")
     finally:
         conn.close()

@@ -1,4 +1,4 @@
--- Dual AI Chat API history: the current schema (version 3, PRAGMA user_version), which db.init_db
+-- Dual AI Chat API history: the current schema (version 4, PRAGMA user_version), which db.init_db
 -- gives a new file in one go. Older files are brought up to it by migrate_<n>.sql in turn.
 CREATE TABLE IF NOT EXISTS conversations (
     id            TEXT PRIMARY KEY,
@@ -11,7 +11,9 @@ CREATE TABLE IF NOT EXISTS conversations (
 );
 
 CREATE TABLE IF NOT EXISTS messages (
-    id                      INTEGER PRIMARY KEY,
+    -- AUTOINCREMENT (version 4): an id is never given again, even after its conversation was deleted,
+    -- so an answer still in flight for a deleted question can never name someone else's question.
+    id                      INTEGER PRIMARY KEY AUTOINCREMENT,
     conversation_id         TEXT NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
     role                    TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
     content                 TEXT NOT NULL,

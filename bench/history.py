@@ -37,7 +37,7 @@ import db  # noqa: E402
 
 GOAL_MS = 10.0
 RARE_EN, RARE_RU, RARE_COUNT = "zyzzogeton", "квазиэкситон", 25
-DB_FORMAT = 5  # bump when the generator changes, so cached files are rebuilt
+DB_FORMAT = 6  # bump when the generator changes, so cached files are rebuilt
 
 EN_COMMON = ("the of and to a in is it you that he was for on are with as I his they be at one have this from "
              "or had by not word but what some we can out other were all there when up use your how said an "

@@ -68,10 +68,11 @@ def test_deletes_and_edits_keep_the_index_exact_whether_indexed_or_queued(conn):
     assert db.delete_conversation(conn, "old") and db.delete_conversation(conn, "new")  # one of each kind
     assert fts_ok(conn) and db.index_pending(conn) == 1
     assert fts_ids(conn, "gamma") == [keep] and fts_ok(conn)
-    # the same id again, after the newest rows were deleted: SQLite reuses ids of INTEGER PRIMARY KEY
+    # after the newest rows were deleted: a new id all the same (AUTOINCREMENT, version 4; a plain INTEGER
+    # PRIMARY KEY would give `keep`'s id again)
     db.delete_conversation(conn, "keep")
-    again = save(conn, "again", "reused id delta", title="t")
-    assert again in (old, new, keep) and fts_ids(conn, "gamma") == []
+    again = save(conn, "again", "new id delta", title="t")
+    assert again > keep and fts_ids(conn, "gamma") == []
     conn.execute("UPDATE messages SET content = 'edited epsilon' WHERE id = ?", (again,))  # queued, edited
     assert db.index_pending(conn) == 1 and fts_ids(conn, "delta") == [] and fts_ids(conn, "epsilon") == [again]
     conn.execute("UPDATE messages SET content = 'edited zeta' WHERE id = ?", (again,))  # indexed, edited
@@ -105,7 +106,7 @@ def test_version_1_file_is_migrated_and_keeps_its_index(tmp_path):
     db.init_db(path)
     db.init_db(path)  # a second run (another worker) changes nothing
     conn = db.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION == 4
     new = save(conn, "v1", "новое сообщение")
     assert [r["content"] for r in db.list_messages(conn, q="сообщение")] == ["новое сообщение", "старое сообщение"]
     db.delete_conversation(conn, "v1")
@@ -144,7 +145,8 @@ def shape(path):
                                            "'sqlite_%' AND name NOT LIKE 'messages_fts_%'"):
             if kind == "table":
                 out[name] = ([tuple(r) for r in c.execute(f"PRAGMA table_info({name})")],
-                             [tuple(r) for r in c.execute(f"PRAGMA foreign_key_list({name})")])
+                             [tuple(r) for r in c.execute(f"PRAGMA foreign_key_list({name})")],
+                             "AUTOINCREMENT" in sql.upper())
             elif kind == "index":
                 out[name] = [tuple(r) for r in c.execute(f"PRAGMA index_info({name})")] + \
                     [r[2] for r in c.execute("PRAGMA index_list(messages)") if r[1] == name]
@@ -162,6 +164,7 @@ def test_a_new_file_and_a_migrated_one_have_the_same_schema(tmp_path):
     db.init_db(old)
     assert shape(new) == shape(old)
     assert "question_id" in [c[1] for c in shape(new)["messages"][0]]
+    assert shape(new)["messages"][2]  # ids never given twice (version 4)
 
 
 def test_version_2_answers_are_paired_with_the_question_just_before_them(tmp_path):
@@ -216,6 +219,21 @@ def test_a_late_answer_whose_question_id_was_reused_is_conversation_gone(any_con
     with pytest.raises(db.ConversationGone):
         db.add_message(conn, "gone", "assistant", "поздно", "qwen", question_id=q)
     assert [r["content"] for r in db.conversation_messages(conn, "new")] == ["новый вопрос", "ответ"]
+
+
+def test_a_late_answer_in_a_session_recreated_under_its_id_names_no_new_question(any_conn):
+    """A client may recreate a deleted session under the same X-Session-ID while an answer of the deleted
+    one is still in flight: the new question gets a new id (never the deleted one's), so the late answer
+    finds its question gone, and the new question keeps its own answer."""
+    conn = any_conn
+    q = save(conn, "s", "старый вопрос", title="t")
+    db.delete_conversation(conn, "s")
+    q2 = save(conn, "s", "новый вопрос", title="t")
+    assert q2 != q
+    with pytest.raises(db.ConversationGone):
+        db.add_message(conn, "s", "assistant", "поздно", "qwen", question_id=q)
+    db.add_message(conn, "s", "assistant", "ответ", "qwen", question_id=q2)
+    assert [(p["question"], p["answer"]) for p in db.answered_pairs(conn, "s")] == [("новый вопрос", "ответ")]
 
 
 def test_search_matches_every_word_in_any_script_and_pages(any_conn):
