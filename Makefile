@@ -14,9 +14,25 @@ DETACH ?=
 
 .PHONY: install models run start stop test chromium nginx postgresql bench gpu-wheels gpu-check gpu-bench
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# llama-cpp-python is built here, once, as a local wheel: native CPU flags but never llama.cpp's AMX kernels,
+# which segfault on the first token on Intel Xeons with AMX (llama.cpp#20824). pip's own wheel cache is bypassed
+# (--no-cache-dir): it ignores CMAKE_ARGS/CFLAGS and could hand back a native AMX build made earlier.
+# LLAMA_AMX=1 builds with AMX (for a llama.cpp that is fixed); QWEN_LLAMA_AMX=1 then lets qwen_server use it.
+LLAMA_CPP_VERSION := $(shell sed -n 's/^llama-cpp-python==\([0-9.]*\).*/\1/p' requirements.txt)
+LLAMA_AMX ?=
+LLAMA_NOAMX_FLAGS := $(if $(LLAMA_AMX),,-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
+LLAMA_WHEELS := .cache/llama-wheel$(if $(LLAMA_AMX),-amx,-noamx)
+
+$(LLAMA_WHEELS)/.built: requirements.txt
+	@echo "Building llama-cpp-python $(LLAMA_CPP_VERSION) (pip compiles llama.cpp: ~5 min on 2 cores, once)"
+	rm -rf $(LLAMA_WHEELS) && mkdir -p $(LLAMA_WHEELS)
+	CFLAGS="$(LLAMA_NOAMX_FLAGS)" CXXFLAGS="$(LLAMA_NOAMX_FLAGS)" python3 -m pip wheel -q --disable-pip-version-check \
+	  --no-cache-dir --no-deps -w $(LLAMA_WHEELS) "llama-cpp-python==$(LLAMA_CPP_VERSION)"
+	touch $@
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt $(LLAMA_WHEELS)/.built
 	python3 -m venv $(VENV)
-	@echo "Installing (the first time pip compiles llama.cpp for llama-cpp-python: ~5 min on 2 cores; later installs reuse pip's cached wheel)"
+	$(PY) -m pip install -q --disable-pip-version-check --force-reinstall --no-deps $(LLAMA_WHEELS)/llama_cpp_python-*.whl
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)" -r requirements-dev.txt
 	touch $@
 
