@@ -1,0 +1,42 @@
+// The model switch: GigaChat, Qwen, and Auto (POST /ask) when GET /config lists it.
+import { $ } from "./dom.js";
+import { PROVIDER_NAMES, state } from "./state.js";
+
+// GET /config lists "auto" among the choices when the gateway can route: as a configured provider
+// ({"providers": {"auto": {...}}}) or in a list of model choices ({"models": [..., "auto"]}).
+export function autoAvailable(config) {
+  const providers = config.providers || {};
+  if (providers.auto) return providers.auto.configured !== false;
+  return ["models", "choices"].some((k) => Array.isArray(config[k]) && config[k].includes("auto"));
+}
+
+export function currentModel() {
+  const checked = document.querySelector('input[name="model"]:checked');
+  return checked ? checked.value : "gigachat";
+}
+
+export function updatePlaceholder() {
+  const model = currentModel();
+  $("input").placeholder = model === "auto" ? "Message (Auto picks the model)…" : `Message ${PROVIDER_NAMES[model]}…`;
+}
+
+export function setModel(provider) {
+  const radio = document.querySelector(`input[name="model"][value="${provider in PROVIDER_NAMES ? provider : "gigachat"}"]`);
+  if (radio && !radio.closest("label").hidden) radio.checked = true;
+  updatePlaceholder();
+}
+
+// The choice a new page opens on: Auto when the gateway offers it; else the current one if its provider
+// is configured, else the first that is (the demo has no GigaChat key, so it opens on Qwen).
+export function defaultModel() {
+  if (autoAvailable(state.config)) return "auto";
+  const providers = state.config.providers || {};
+  const works = (name) => !providers[name] || providers[name].configured;
+  const current = currentModel();
+  return works(current) ? current : (["gigachat", "qwen"].find(works) || current);
+}
+
+export function bindModels() {
+  $("auto-choice").hidden = !autoAvailable(state.config);
+  for (const radio of document.querySelectorAll('input[name="model"]')) radio.addEventListener("change", updatePlaceholder);
+}

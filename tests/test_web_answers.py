@@ -1,0 +1,196 @@
+"""The web page, round two, in Debian's headless Chromium against the real gateway and the fake GigaChat
+(which echoes the question, so a question written in Markdown comes back as a Markdown answer; its
+/_debug/stats counts the requests that reached it). Qwen is not needed here: its URL points nowhere.
+
+Highlighted code, rendered Markdown, hostile Markdown, Regenerate and Edit, the theme toggle, axe-core in
+both themes, keyboard-only use, the phone drawer and the message box above the on-screen keyboard.
+The README's screenshots (docs/screenshots/*.png) are taken here."""
+import os
+import uuid
+
+import pytest
+
+from conftest import start_gateway
+from helpers import free_port, http, stop_process
+from webpage import LAST_ASSISTANT, SCREENSHOTS, Web, browser  # noqa: F401 (browser: a fixture)
+
+CODE = 'def greet(name):\n    # say hello\n    return f"Hello, {name}!"\n\nprint(greet("world"))'
+CODE_Q = f"Here is the code:\n\n```python\n{CODE}\n```\n\nAnd after the code, a few more words to stream."
+MARKDOWN_Q = ("Languages\n\n## Table of languages\n\n| lang | year |\n|:--|--:|\n| Python | 1991 |\n| Rust | 2015 |\n\n"
+              "- first *item*\n- second **item**\n  1. nested `code`\n  2. two\n\n"
+              "See [the docs](https://example.com/docs?a=1&b=2) or write to [us](mailto:team@example.com).")
+HOSTILE_Q = ('[click me](javascript:window.__xss=1) [upper](JaVaScRiPt:window.__xss=2) '
+             '[data](data:text/html,<script>window.__xss=3</script>) [relative](/history/export) '
+             '![pic](https://example.com/x.png "t") ![bad](x" onerror="window.__xss=4) '
+             '<a href="javascript:window.__xss=5">raw link</a> <img src=x onerror="window.__xss=6">\n\n'
+             '<div onmouseover="window.__xss=7">block html</div>\n\n<svg onload="window.__xss=8"></svg>\n\n'
+             '<iframe src="javascript:window.__xss=9"></iframe>\n\n<script>window.__xss=10</script>\n\n'
+             '[fine](https://example.com/safe)')
+
+
+@pytest.fixture(scope="module")
+def gc_gateway(fake_gigachat, tmp_path_factory):
+    """The gateway with GigaChat (the fake) and no reachable Qwen."""
+    proc = start_gateway(f"http://127.0.0.1:{free_port()}", fake_gigachat, tmp_path_factory.mktemp("gw-answers"))
+    yield proc
+    stop_process(proc)
+
+
+@pytest.fixture
+def web(browser, gc_gateway):
+    w = Web(browser, gc_gateway.base_url, color_scheme="light")
+    yield w
+    w.close()
+
+
+def chat_calls(fake):
+    return http("GET", fake.base_url + "/_debug/stats")[2]["chat_calls"]
+
+
+def history(base_url, sid):
+    status, _, body = http("GET", f"{base_url}/history/{sid}")
+    assert status == 200, body
+    return body
+
+
+def answer_dom(page):
+    """What the last answer's body holds: its links, elements, attributes and text."""
+    return page.evaluate(f"""() => {{ const b = ({LAST_ASSISTANT})().querySelector('.msg-body');
+        const all = [...b.querySelectorAll('*')];
+        return {{links: [...b.querySelectorAll('a')].map(a => [a.textContent, a.getAttribute('href'), a.rel, a.target]),
+                 tags: [...new Set(all.map(e => e.tagName.toLowerCase()))],
+                 handlers: all.flatMap(e => [...e.attributes].map(a => a.name)).filter(n => n.startsWith('on')),
+                 text: b.textContent, xss: window.__xss === undefined ? null : window.__xss}}; }}""")
+
+
+def tab_to(page, selector, back=False, limit=80):
+    """Presses Tab (Shift+Tab) until the focused element matches `selector`: the keyboard only."""
+    for _ in range(limit):
+        page.keyboard.press("Shift+Tab" if back else "Tab")
+        if page.evaluate("s => document.activeElement && document.activeElement.matches(s)", selector):
+            return
+    raise AssertionError(f"{selector} cannot be reached with the Tab key")
+
+
+def focus_ring(page):
+    """The focused element (or, for a visually hidden radio, its label's text) has a visible outline."""
+    return page.evaluate("""() => { let e = document.activeElement;
+        if (e.type === 'radio') e = e.nextElementSibling;
+        const s = getComputedStyle(e);
+        return s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) >= 1; }""")
+
+
+# -- Markdown and highlighting ---------------------------------------------------------------------------
+
+def test_code_answer_is_highlighted_while_it_streams_without_rebuilding(web):
+    page = web.open()
+    web.model("gigachat")
+    web.ask("[[fault:sleepstream=0.05]]" + CODE_Q)
+    # the block is highlighted as soon as its fence closes, while the rest still streams
+    page.wait_for_function(f"() => ({LAST_ASSISTANT})().querySelector('.msg-body').textContent.includes('a few')")
+    assert page.evaluate(f"() => ({LAST_ASSISTANT})().dataset.status") == "streaming"
+    page.evaluate(f"() => ({LAST_ASSISTANT})().querySelector('.code-block').dataset.seen = '1'")
+    status, text, _, _ = web.wait_answer()
+    assert status == "ok" and text.endswith("a few more words to stream.")
+    block = page.locator(".msg-assistant .code-block").last
+    assert block.get_attribute("data-seen") == "1", "the finished code block was rebuilt as the answer streamed on"
+    assert block.locator("pre code").text_content() == CODE  # the text is intact, token spans and all
+    assert block.locator(".hljs-keyword").first.text_content() == "def"
+    assert block.locator(".hljs-title").first.text_content() == "greet"
+    assert block.locator(".hljs-comment").text_content() == "# say hello"
+    assert 'f"Hello, {name}!"' in block.locator(".hljs-string").first.text_content()
+    colours = page.evaluate("""() => ['.hljs-keyword', '.hljs-string', '.hljs-comment'].map(s =>
+        getComputedStyle(document.querySelector('.msg-assistant ' + s)).color)""")
+    assert len(set(colours)) == 3, colours  # styled, not grey text
+    # from the history, the same
+    page.reload()
+    page.wait_for_selector("body[data-ready='1']", state="attached")
+    assert page.locator(".msg-assistant .code-block .hljs-keyword").first.text_content() == "def"
+
+
+def test_markdown_table_list_heading_emphasis_and_links(web):
+    page = web.open()
+    web.model("gigachat")
+    web.ask(MARKDOWN_Q)
+    assert web.wait_answer()[0] == "ok"
+    for _ in range(2):  # streamed, then reopened from the history
+        body = page.locator(".msg-assistant .msg-body").last
+        assert body.locator("h2").text_content() == "Table of languages"
+        assert body.locator("table th").all_text_contents() == ["lang", "year"]
+        assert body.locator("table tbody tr").count() == 2
+        assert body.locator("table tbody td").all_text_contents() == ["Python", "1991", "Rust", "2015"]
+        assert body.locator("table tbody td >> nth=1").get_attribute("data-align") == "right"
+        assert body.locator("ul > li").count() == 2 and body.locator("ul > li > ol > li").count() == 2
+        assert body.locator("ul > li em").text_content() == "item"
+        assert body.locator("ul > li strong").text_content() == "item"
+        assert body.locator("ol .inline-code").text_content() == "code"
+        assert "|" not in body.text_content() and "**" not in body.text_content()
+        links = answer_dom(page)["links"]
+        assert links == [["the docs", "https://example.com/docs?a=1&b=2", "noopener noreferrer", "_blank"],
+                         ["us", "mailto:team@example.com", "noopener noreferrer", "_blank"]]
+        # the question stays plain text
+        assert page.locator(".msg-user .msg-body").last.text_content() == MARKDOWN_Q
+        assert page.locator(".msg-user .msg-body *").count() == 0
+        page.reload()
+        page.wait_for_selector("body[data-ready='1']", state="attached")
+
+
+def test_hostile_markdown_is_inert(web):
+    page = web.open()
+    web.model("gigachat")
+    web.ask(HOSTILE_Q)
+    assert web.wait_answer()[0] == "ok"
+    for _ in range(2):  # streamed, then reopened from the history
+        page.hover(".msg-assistant .msg-body")
+        page.click(".msg-assistant .md-link-off >> nth=0")  # "click me": text, not a link
+        page.wait_for_timeout(300)  # an injected <img onerror> or <svg onload> would have fired by now
+        dom = answer_dom(page)
+        assert dom["xss"] is None and not dom["handlers"], dom
+        assert not {"img", "script", "iframe", "svg", "div", "object", "embed"} & set(dom["tags"]), dom["tags"]
+        assert [href for _, href, _, _ in dom["links"]] == ["https://example.com/x.png", "https://example.com/safe"]
+        assert all(rel == "noopener noreferrer" for _, _, rel, _ in dom["links"])
+        # raw HTML is shown as text
+        for raw in ('<img src=x onerror="window.__xss=6">', '<a href="javascript:window.__xss=5">',
+                    '<div onmouseover="window.__xss=7">block html</div>', "<script>window.__xss=10</script>"):
+            assert raw in dom["text"], raw
+        assert page.locator(".msg-user .msg-body").last.text_content() == HOSTILE_Q
+        assert page.locator(".msg-user .msg-body *").count() == 0
+        page.reload()
+        page.wait_for_selector("body[data-ready='1']", state="attached")
+
+
+# -- Regenerate and Edit ---------------------------------------------------------------------------------
+
+def test_regenerate_and_edit_each_ask_the_upstream_once(web, fake_gigachat):
+    page = web.open()
+    web.model("gigachat")
+    word = "wombat" + uuid.uuid4().hex[:6]
+    web.ask(f"first about the {word}")
+    assert web.wait_answer()[0] == "ok"
+    sid = web.session()
+    calls = chat_calls(fake_gigachat)
+    # Regenerate, clicked twice at once: one new exchange, one request upstream
+    page.evaluate("() => { const b = document.querySelector('.msg-assistant .msg-regen'); b.click(); b.click(); }")
+    status, text, _, _ = web.wait_answer()
+    assert status == "ok" and text == f"Эхо: first about the {word}"
+    assert chat_calls(fake_gigachat) == calls + 1
+    assert page.locator(".msg").count() == 4 and web.session() == sid
+    assert page.locator(".msg-regen").evaluate_all("bs => bs.filter(b => b.offsetParent).length") == 1
+    # Edit the first question: Escape cancels without sending ...
+    page.locator(".msg-user .msg-edit").first.click()
+    page.keyboard.press("Escape")
+    assert page.locator(".edit-form").count() == 0 and chat_calls(fake_gigachat) == calls + 1
+    # ... Enter sends the edited text as a new exchange; the earlier ones stay
+    page.locator(".msg-user .msg-edit").first.click()
+    page.fill(".edit-input", f"edited about the {word}, Кириллица")
+    page.keyboard.press("Enter")
+    status, text, _, _ = web.wait_answer()
+    assert status == "ok" and text == f"Эхо: edited about the {word}, Кириллица"
+    assert chat_calls(fake_gigachat) == calls + 2
+    sent = http("GET", fake_gigachat.base_url + "/_debug/last_request")[2]["body"]["messages"]
+    assert sent[-1] == {"role": "user", "content": f"edited about the {word}, Кириллица"}
+    assert page.locator(".msg-user .msg-body").first.text_content() == f"first about the {word}"
+    conv = history(web.base_url, sid)
+    assert [m["content"] for m in conv["messages"] if m["role"] == "user"] == [
+        f"first about the {word}", f"first about the {word}", f"edited about the {word}, Кириллица"]
+    assert [m["status"] for m in conv["messages"] if m["role"] == "assistant"] == ["ok"] * 3
