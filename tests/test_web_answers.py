@@ -194,3 +194,143 @@ def test_regenerate_and_edit_each_ask_the_upstream_once(web, fake_gigachat):
     assert [m["content"] for m in conv["messages"] if m["role"] == "user"] == [
         f"first about the {word}", f"first about the {word}", f"edited about the {word}, Кириллица"]
     assert [m["status"] for m in conv["messages"] if m["role"] == "assistant"] == ["ok"] * 3
+
+
+# -- themes and accessibility ----------------------------------------------------------------------------
+
+def theme(page):
+    return page.evaluate("""() => [document.documentElement.dataset.theme,
+                                   getComputedStyle(document.body).backgroundColor]""")
+
+
+def test_theme_toggle_overrides_the_system_and_axe_finds_nothing_serious(web):
+    page = web.open()
+    assert theme(page) == ["light", "rgb(255, 255, 255)"]  # the system's (light) setting
+    web.model("gigachat")
+    web.ask("a first conversation")
+    web.wait_answer()
+    page.click("#new-chat")  # two conversations in the sidebar
+    web.ask("[[fault:blacklist]] off topic")  # a blocked answer, with its badge
+    web.wait_answer()
+    web.ask(MARKDOWN_Q)
+    web.wait_answer()
+    web.ask(CODE_Q)
+    web.wait_answer()
+    page.evaluate("document.getElementById('chat').scrollTop = 1e9")  # the code answer, under the table
+    assert web.run_axe() == []
+    os.makedirs(SCREENSHOTS, exist_ok=True)
+    page.screenshot(path=os.path.join(SCREENSHOTS, "light.png"))
+    assert page.get_attribute("#theme-btn", "aria-label") == "Switch to the dark theme"
+    page.click("#theme-btn")
+    assert theme(page) == ["dark", "rgb(23, 25, 29)"]
+    page.mouse.move(700, 300)  # no hover on the toggle in the screenshot
+    assert web.run_axe() == []
+    page.screenshot(path=os.path.join(SCREENSHOTS, "dark.png"))
+    page.reload()  # remembered, over the system's light
+    page.wait_for_selector("body[data-ready='1']", state="attached")
+    assert theme(page)[0] == "dark" and page.get_attribute("#theme-btn", "aria-label") == "Switch to the light theme"
+    page.emulate_media(color_scheme="dark")
+    page.click("#theme-btn")  # light, over the system's dark
+    page.reload()
+    page.wait_for_selector("body[data-ready='1']", state="attached")
+    assert theme(page) == ["light", "rgb(255, 255, 255)"]
+
+
+def test_a_new_visitor_gets_the_system_theme(browser, gc_gateway):
+    w = Web(browser, gc_gateway.base_url, color_scheme="dark")
+    try:
+        page = w.open()
+        assert theme(page) == ["dark", "rgb(23, 25, 29)"]
+        page.emulate_media(color_scheme="light")  # followed while the toggle is not used
+        page.wait_for_function("document.documentElement.dataset.theme === 'light'")
+    finally:
+        w.close()
+
+
+def test_keyboard_only(web):
+    web.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page = web.open()
+    assert page.evaluate("document.activeElement.id") == "input"
+    # switch the model: to the checked radio, then the arrow keys
+    tab_to(page, "input[name=model]:checked", back=True)
+    assert focus_ring(page)
+    start = page.evaluate("document.activeElement.value")
+    page.keyboard.press("ArrowRight" if start == "gigachat" else "ArrowLeft")
+    page.keyboard.press("ArrowLeft" if start == "gigachat" else "ArrowRight")
+    assert page.is_checked("input[name=model][value='gigachat']")
+    page.keyboard.press("ArrowRight")
+    assert page.is_checked("input[name=model][value='qwen']") and page.get_attribute("#input", "placeholder") == "Message Qwen…"
+    page.keyboard.press("ArrowLeft")
+    assert page.is_checked("input[name=model][value='gigachat']")
+    # send with Enter, stop with the Stop button
+    tab_to(page, "#input")
+    page.keyboard.type("[[fault:sleepstream=0.3]] " + " ".join(f"w{i}" for i in range(60)))
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"() => ({LAST_ASSISTANT})().querySelector('.msg-body').textContent.length > 10")
+    tab_to(page, "#stop")
+    assert focus_ring(page)
+    page.keyboard.press("Enter")
+    assert web.wait_answer(timeout=5_000)[0] == "cancelled"
+    first = web.session()
+    # copy code
+    page.keyboard.press("Escape")
+    tab_to(page, "#new-chat", back=True)
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "input" and page.locator(".msg").count() == 0
+    for i, line in enumerate(CODE_Q.split("\n")):  # Shift+Enter between the lines, Enter sends
+        if i:
+            page.keyboard.press("Shift+Enter")
+        page.keyboard.type(line)
+    page.keyboard.press("Enter")
+    assert web.wait_answer()[0] == "ok" and page.locator(".msg").count() == 2
+    tab_to(page, ".msg-assistant .copy-btn", back=True)
+    assert focus_ring(page)
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.activeElement.textContent === 'Copied'")
+    assert page.evaluate("navigator.clipboard.readText()") == CODE
+    # open the first conversation from the sidebar, then delete it
+    tab_to(page, f".conv[data-session='{first}'] .conv-open", back=True)
+    assert focus_ring(page)
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelectorAll('.msg').length === 2")
+    assert web.session() == first and page.evaluate("document.activeElement.id") == "input"
+    tab_to(page, f".conv[data-session='{first}'] .conv-del", back=True)
+    assert focus_ring(page) and page.is_visible(f".conv[data-session='{first}'] .conv-del")
+    page.once("dialog", lambda d: d.accept())  # the browser's own confirm dialog
+    page.keyboard.press("Enter")
+    page.wait_for_selector(f".conv[data-session='{first}']", state="detached")
+    assert http("GET", f"{web.base_url}/history/{first}")[0] == 404
+
+
+# -- phone width -----------------------------------------------------------------------------------------
+
+def test_phone_drawer_and_the_message_box_above_the_keyboard(browser, gc_gateway):
+    w = Web(browser, gc_gateway.base_url, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
+            device_scale_factor=2, color_scheme="light")
+    try:
+        page = w.open()
+        w.model("gigachat")
+        w.ask(MARKDOWN_Q + "\n\n```python\nvalues = [" + ", ".join(str(i) for i in range(40)) + "]\n```")
+        assert w.wait_answer()[0] == "ok"
+        assert page.evaluate("""() => { const d = document.documentElement, c = document.getElementById('chat');
+            return d.scrollWidth <= d.clientWidth && c.scrollWidth <= c.clientWidth; }"""), "sideways scroll at 390 px"
+        assert w.run_axe() == []
+        os.makedirs(SCREENSHOTS, exist_ok=True)
+        page.screenshot(path=os.path.join(SCREENSHOTS, "phone.png"))
+        # the sidebar is a drawer: closed, opened by the menu button with the focus inside, closed by Escape
+        assert not page.is_visible("#sidebar")
+        page.click("#menu-btn")
+        page.wait_for_selector("#sidebar", state="visible")
+        page.wait_for_function("document.activeElement.id === 'new-chat'")
+        assert page.get_attribute("#menu-btn", "aria-expanded") == "true"
+        page.keyboard.press("Escape")
+        page.wait_for_selector("#sidebar", state="hidden")
+        assert page.evaluate("document.activeElement.id") == "menu-btn"
+        # the on-screen keyboard takes half the height (interactive-widget=resizes-content): the box stays in view
+        page.tap("#input")
+        page.set_viewport_size({"width": 390, "height": 420})
+        box, send = page.locator("#input").bounding_box(), page.locator("#send").bounding_box()
+        assert box["y"] >= 0 and box["y"] + box["height"] <= 420 and send["y"] + send["height"] <= 420, (box, send)
+        assert page.evaluate("document.activeElement.id") == "input"
+    finally:
+        w.close()

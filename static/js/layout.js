@@ -12,7 +12,10 @@ export function openSidebar() {
   document.body.classList.add("sidebar-open");
   $("scrim").hidden = false;
   $("menu-btn").setAttribute("aria-expanded", "true");
-  $("new-chat").focus();
+  // the drawer is focusable once its slide-in has begun (it is visibility: hidden until then)
+  const focusIn = () => { if (document.body.classList.contains("sidebar-open")) $("new-chat").focus(); };
+  focusIn();
+  if (document.activeElement !== $("new-chat")) requestAnimationFrame(() => requestAnimationFrame(focusIn));
 }
 
 export function closeSidebar(returnFocus = false) {
