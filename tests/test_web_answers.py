@@ -12,7 +12,7 @@ import pytest
 
 from conftest import start_gateway
 from helpers import free_port, http, stop_process
-from webpage import LAST_ASSISTANT, SCREENSHOTS, Web, browser  # noqa: F401 (browser: a fixture)
+from webpage import LAST_ASSISTANT, SCREENSHOTS, Web
 
 CODE = 'def greet(name):\n    # say hello\n    return f"Hello, {name}!"\n\nprint(greet("world"))'
 CODE_Q = f"Here is the code:\n\n```python\n{CODE}\n```\n\nAnd after the code, a few more words to stream."
@@ -63,6 +63,20 @@ def answer_dom(page):
                  text: b.textContent, xss: window.__xss === undefined ? null : window.__xss}}; }}""")
 
 
+def answered(web, question):
+    """The page after GigaChat answered `question` in a new conversation."""
+    page = web.open()
+    web.model("gigachat")
+    web.ask(question)
+    assert web.wait_answer()[0] == "ok"
+    return page
+
+
+def reload(page):
+    page.reload()
+    page.wait_for_selector("body[data-ready='1']", state="attached")
+
+
 def tab_to(page, selector, back=False, limit=80):
     """Presses Tab (Shift+Tab) until the focused element matches `selector`: the keyboard only."""
     for _ in range(limit):
@@ -85,7 +99,7 @@ def focus_ring(page):
 def test_code_answer_is_highlighted_while_it_streams_without_rebuilding(web):
     page = web.open()
     web.model("gigachat")
-    web.ask("[[fault:sleepstream=0.05]]" + CODE_Q)
+    web.ask("[[fault:sleepstream=0.1]]" + CODE_Q)
     # the block is highlighted as soon as its fence closes, while the rest still streams
     page.wait_for_function(f"() => ({LAST_ASSISTANT})().querySelector('.msg-body').textContent.includes('a few')")
     assert page.evaluate(f"() => ({LAST_ASSISTANT})().dataset.status") == "streaming"
@@ -103,16 +117,12 @@ def test_code_answer_is_highlighted_while_it_streams_without_rebuilding(web):
         getComputedStyle(document.querySelector('.msg-assistant ' + s)).color)""")
     assert len(set(colours)) == 3, colours  # styled, not grey text
     # from the history, the same
-    page.reload()
-    page.wait_for_selector("body[data-ready='1']", state="attached")
+    reload(page)
     assert page.locator(".msg-assistant .code-block .hljs-keyword").first.text_content() == "def"
 
 
 def test_markdown_table_list_heading_emphasis_and_links(web):
-    page = web.open()
-    web.model("gigachat")
-    web.ask(MARKDOWN_Q)
-    assert web.wait_answer()[0] == "ok"
+    page = answered(web, MARKDOWN_Q)
     for _ in range(2):  # streamed, then reopened from the history
         body = page.locator(".msg-assistant .msg-body").last
         assert body.locator("h2").text_content() == "Table of languages"
@@ -131,15 +141,11 @@ def test_markdown_table_list_heading_emphasis_and_links(web):
         # the question stays plain text
         assert page.locator(".msg-user .msg-body").last.text_content() == MARKDOWN_Q
         assert page.locator(".msg-user .msg-body *").count() == 0
-        page.reload()
-        page.wait_for_selector("body[data-ready='1']", state="attached")
+        reload(page)
 
 
 def test_hostile_markdown_is_inert(web):
-    page = web.open()
-    web.model("gigachat")
-    web.ask(HOSTILE_Q)
-    assert web.wait_answer()[0] == "ok"
+    page = answered(web, HOSTILE_Q)
     for _ in range(2):  # streamed, then reopened from the history
         page.hover(".msg-assistant .msg-body")
         page.click(".msg-assistant .md-link-off >> nth=0")  # "click me": text, not a link
@@ -155,8 +161,7 @@ def test_hostile_markdown_is_inert(web):
             assert raw in dom["text"], raw
         assert page.locator(".msg-user .msg-body").last.text_content() == HOSTILE_Q
         assert page.locator(".msg-user .msg-body *").count() == 0
-        page.reload()
-        page.wait_for_selector("body[data-ready='1']", state="attached")
+        reload(page)
 
 
 # -- Regenerate and Edit ---------------------------------------------------------------------------------
@@ -203,16 +208,26 @@ def theme(page):
                                    getComputedStyle(document.body).backgroundColor]""")
 
 
-def test_theme_toggle_overrides_the_system_and_axe_finds_nothing_serious(web):
+def test_theme_toggle_overrides_the_system_and_axe_finds_nothing_serious(browser, fake_gigachat, tmp_path):
+    gw = start_gateway(f"http://127.0.0.1:{free_port()}", fake_gigachat, tmp_path)  # a fresh history to show
+    web = Web(browser, gw.base_url, color_scheme="light")
+    try:
+        theme_toggle_and_axe(web)
+    finally:
+        web.close()
+        stop_process(gw)
+
+
+def theme_toggle_and_axe(web):
     page = web.open()
     assert theme(page) == ["light", "rgb(255, 255, 255)"]  # the system's (light) setting
     web.model("gigachat")
-    web.ask("a first conversation")
+    web.ask("Что такое SSE?")
     web.wait_answer()
     page.click("#new-chat")  # two conversations in the sidebar
-    web.ask("[[fault:blacklist]] off topic")  # a blocked answer, with its badge
-    web.wait_answer()
     web.ask(MARKDOWN_Q)
+    web.wait_answer()
+    web.ask("[[fault:blacklist]] off topic")  # a blocked answer, with its badge
     web.wait_answer()
     web.ask(CODE_Q)
     web.wait_answer()
@@ -226,13 +241,11 @@ def test_theme_toggle_overrides_the_system_and_axe_finds_nothing_serious(web):
     page.mouse.move(700, 300)  # no hover on the toggle in the screenshot
     assert web.run_axe() == []
     page.screenshot(path=os.path.join(SCREENSHOTS, "dark.png"))
-    page.reload()  # remembered, over the system's light
-    page.wait_for_selector("body[data-ready='1']", state="attached")
+    reload(page)  # remembered, over the system's light
     assert theme(page)[0] == "dark" and page.get_attribute("#theme-btn", "aria-label") == "Switch to the light theme"
     page.emulate_media(color_scheme="dark")
     page.click("#theme-btn")  # light, over the system's dark
-    page.reload()
-    page.wait_for_selector("body[data-ready='1']", state="attached")
+    reload(page)
     assert theme(page) == ["light", "rgb(255, 255, 255)"]
 
 
@@ -262,15 +275,20 @@ def test_keyboard_only(web):
     assert page.is_checked("input[name=model][value='qwen']") and page.get_attribute("#input", "placeholder") == "Message Qwen…"
     page.keyboard.press("ArrowLeft")
     assert page.is_checked("input[name=model][value='gigachat']")
-    # send with Enter, stop with the Stop button
+    # send with Enter, stop with the Stop button, then with Escape in the message box
     tab_to(page, "#input")
-    page.keyboard.type("[[fault:sleepstream=0.3]] " + " ".join(f"w{i}" for i in range(60)))
-    page.keyboard.press("Enter")
-    page.wait_for_function(f"() => ({LAST_ASSISTANT})().querySelector('.msg-body').textContent.length > 10")
-    tab_to(page, "#stop")
-    assert focus_ring(page)
-    page.keyboard.press("Enter")
-    assert web.wait_answer(timeout=5_000)[0] == "cancelled"
+    for stop_key in ("Tab", "Escape"):
+        page.keyboard.type("[[fault:sleepstream=0.3]] " + " ".join(f"w{i}" for i in range(60)))
+        page.keyboard.press("Enter")
+        page.wait_for_function(f"() => ({LAST_ASSISTANT})().querySelector('.msg-body').textContent.length > 10")
+        if stop_key == "Tab":
+            tab_to(page, "#stop")
+            assert focus_ring(page)
+            page.keyboard.press("Enter")
+        else:
+            page.keyboard.press("Escape")
+        assert web.wait_answer(timeout=5_000)[0] == "cancelled"
+        assert page.evaluate("document.activeElement.id") == "input"
     first = web.session()
     # copy code
     page.keyboard.press("Escape")
@@ -292,8 +310,8 @@ def test_keyboard_only(web):
     tab_to(page, f".conv[data-session='{first}'] .conv-open", back=True)
     assert focus_ring(page)
     page.keyboard.press("Enter")
-    page.wait_for_function("document.querySelectorAll('.msg').length === 2")
-    assert web.session() == first and page.evaluate("document.activeElement.id") == "input"
+    page.wait_for_function(f"location.hash === '#c/{first}'")  # (set once its messages are shown)
+    assert page.locator(".msg").count() == 4 and page.evaluate("document.activeElement.id") == "input"
     tab_to(page, f".conv[data-session='{first}'] .conv-del", back=True)
     assert focus_ring(page) and page.is_visible(f".conv[data-session='{first}'] .conv-del")
     page.once("dialog", lambda d: d.accept())  # the browser's own confirm dialog
@@ -334,3 +352,19 @@ def test_phone_drawer_and_the_message_box_above_the_keyboard(browser, gc_gateway
         assert page.evaluate("document.activeElement.id") == "input"
     finally:
         w.close()
+
+
+def test_answers_render_under_the_page_csp(browser, gc_gateway):
+    """Markdown, highlighting and the theme work with the CSP enforced (no inline script, no eval)."""
+    w = Web(browser, gc_gateway.base_url, bypass_csp=False)
+    try:
+        page = w.open(ready=False)
+        page.wait_for_selector("body[data-ready='1']", state="attached")
+        page.click(".model-switch label:has(input[value='gigachat'])")
+        w.ask(CODE_Q + "\n\n" + MARKDOWN_Q)
+        page.wait_for_selector(".msg-assistant[data-status='ok'] .code-block .hljs-keyword")
+        assert page.locator(".msg-assistant table td").count() == 4
+        page.click("#theme-btn")
+        page.wait_for_selector("html[data-theme='dark']", state="attached")
+    finally:
+        w.close()  # fails on any CSP violation reported on the console

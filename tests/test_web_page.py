@@ -13,7 +13,7 @@ import pytest
 
 from conftest import start_gateway
 from helpers import free_port, http, stop_process
-from webpage import ARTIFACTS, LAST_ASSISTANT, XSS, Web, browser  # noqa: F401 (browser: a fixture)
+from webpage import ARTIFACTS, LAST_ASSISTANT, XSS, Web
 
 
 @pytest.fixture

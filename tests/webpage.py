@@ -16,10 +16,10 @@ XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2">'
 LAST_ASSISTANT = "() => [...document.querySelectorAll('.msg-assistant')].pop()"
 
 
-# -- browser fixtures ---------------------------------------------------------------------------------
+# -- the browser ---------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def browser():
+def launch_browser():
+    """Debian's Chromium, driven by Playwright: yields the browser (conftest.py's `browser` fixture)."""
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing, so the web page cannot be tested: install Debian's Chromium "
                     f"(`make chromium`, i.e. `apt-get install -y chromium`).", pytrace=False)
