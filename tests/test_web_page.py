@@ -249,7 +249,8 @@ def test_errors_are_shown_readably(browser, fake_gigachat, tmp_path):
     web = Web(browser, gw.base_url)
     try:
         page = web.open()
-        assert page.is_checked("input[name=model][value='qwen']")  # GigaChat has no key: the page opens on Qwen
+        # GigaChat has no key: the page opens on Qwen (or on Auto, where the gateway offers it)
+        assert not page.is_checked("input[name=model][value='gigachat']")
         page.wait_for_selector("#qwen-status[data-state='offline']")
         assert "Qwen offline" in page.text_content("#qwen-status")
         assert dead in page.get_attribute("#qwen-status", "title")

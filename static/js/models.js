@@ -26,12 +26,16 @@ export function setModel(provider) {
   updatePlaceholder();
 }
 
-// The choice a new page opens on: Auto when the gateway offers it; else the current one if its provider
-// is configured, else the first that is (the demo has no GigaChat key, so it opens on Qwen).
+// The choice a new page opens on: the gateway's default_provider, else Auto when it is offered; else the
+// current one if its provider is configured, else the first that is (the demo has no GigaChat key).
 export function defaultModel() {
-  if (autoAvailable(state.config)) return "auto";
   const providers = state.config.providers || {};
   const works = (name) => !providers[name] || providers[name].configured;
+  const preferred = state.config.default_provider;
+  if (preferred in PROVIDER_NAMES && (preferred !== "auto" || autoAvailable(state.config)) && works(preferred)) {
+    return preferred;
+  }
+  if (autoAvailable(state.config)) return "auto";
   const current = currentModel();
   return works(current) ? current : (["gigachat", "qwen"].find(works) || current);
 }
