@@ -100,14 +100,16 @@ def test_code_answer_is_highlighted_while_it_streams_without_rebuilding(web):
     page = web.open()
     web.model("gigachat")
     web.ask("[[fault:sleepstream=0.1]]" + CODE_Q)
-    # the block is highlighted as soon as its fence closes, while the rest still streams
+    # the block is highlighted as it grows, and keeps its node from its first line to the end of the answer
+    page.wait_for_selector(".msg-assistant[data-status='streaming'] .code-block")
+    page.evaluate(f"() => ({LAST_ASSISTANT})().querySelector('.code-block').dataset.seen = '1'")
+    page.wait_for_selector(".msg-assistant[data-status='streaming'] .code-block[data-seen='1'] .hljs-keyword")
     page.wait_for_function(f"() => ({LAST_ASSISTANT})().querySelector('.msg-body').textContent.includes('a few')")
     assert page.evaluate(f"() => ({LAST_ASSISTANT})().dataset.status") == "streaming"
-    page.evaluate(f"() => ({LAST_ASSISTANT})().querySelector('.code-block').dataset.seen = '1'")
     status, text, _, _ = web.wait_answer()
     assert status == "ok" and text.endswith("a few more words to stream.")
     block = page.locator(".msg-assistant .code-block").last
-    assert block.get_attribute("data-seen") == "1", "the finished code block was rebuilt as the answer streamed on"
+    assert block.get_attribute("data-seen") == "1", "the code block was rebuilt as the answer streamed on"
     assert block.locator("pre code").text_content() == CODE  # the text is intact, token spans and all
     assert block.locator(".hljs-keyword").first.text_content() == "def"
     assert block.locator(".hljs-title").first.text_content() == "greet"

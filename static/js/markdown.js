@@ -62,13 +62,16 @@ function inlineToken(t) {
   }
 }
 
+const codeOf = new WeakMap();  // a code block's text, for its Copy button (it grows while the answer streams)
+
 export function codeBlock(lang, code) {
   const box = el("div", "code-block");
+  codeOf.set(box, code);
   const head = el("div", "code-head");
   head.append(el("span", "code-lang", lang || "code"));
   const btn = button("copy-btn", "Copy", `Copy ${lang || ""} code`.replace("  ", " "));
   btn.addEventListener("click", async () => {
-    const ok = await copyText(code);
+    const ok = await copyText(codeOf.get(box));
     btn.textContent = ok ? "Copied" : "Copy failed";
     btn.classList.toggle("copied", ok);
     setTimeout(() => { btn.textContent = "Copy"; btn.classList.remove("copied"); }, 1500);
@@ -78,10 +81,21 @@ export function codeBlock(lang, code) {
   pre.tabIndex = 0;  // a long line scrolls sideways: the keyboard can scroll it too
   pre.setAttribute("aria-label", `${lang || "Code"} block`);
   const codeEl = el("code", lang ? `lang-${lang.replace(/[^\w-]/g, "")}` : "");
+  codeEl.dataset.lang = lang || "";
   highlightInto(codeEl, code, lang);
   pre.append(codeEl);
   box.append(head, pre);
   return box;
+}
+
+function codeLang(t) {
+  return (t.lang || "").trim().split(/\s/)[0];
+}
+
+function updateCode(box, code) {
+  codeOf.set(box, code);
+  const codeEl = box.querySelector("pre > code");
+  highlightInto(codeEl, code, codeEl.dataset.lang);
 }
 
 function table(t) {
@@ -127,7 +141,7 @@ function block(t) {
   switch (t.type) {
     case "paragraph": return wrap("p", "md-text", t.tokens);
     case "heading": return wrap(`h${Math.min(Math.max(t.depth, 1), 6)}`, "md-heading", t.tokens);
-    case "code": return codeBlock((t.lang || "").trim().split(/\s/)[0], t.text);
+    case "code": return codeBlock(codeLang(t), t.text);
     case "list": return list(t);
     case "table": return table(t);
     case "blockquote": { const q = el("blockquote"); q.append(...blocks(t.tokens)); return q; }
@@ -152,11 +166,17 @@ export function renderMarkdown(container, text, cache) {
   }
   tokens.forEach((t, i) => {
     const old = cache[i];
-    if (old && old.raw === t.raw && old.node.parentNode === container) return;
+    const kept = old && old.node.parentNode === container;
+    if (kept && old.raw === t.raw) return;
+    if (kept && t.type === "code" && old.type === "code" && old.lang === t.lang) {
+      updateCode(old.node, t.text);  // a growing code block keeps its node (and its scroll position)
+      old.raw = t.raw;
+      return;
+    }
     const node = block(t);
-    if (old && old.node.parentNode === container) container.replaceChild(node, old.node);
+    if (kept) container.replaceChild(node, old.node);
     else container.append(node);
-    cache[i] = { raw: t.raw, node };
+    cache[i] = { raw: t.raw, node, type: t.type, lang: t.lang };
   });
   for (const old of cache.splice(tokens.length)) old.node.remove();
 }
