@@ -6,7 +6,7 @@ import { state } from "./state.js";
 export const KEY_STORAGE = "dualchat.apiKey";
 export const KEY_SAVED_EVENT = "dualchat:key-saved";
 
-export class ApiError extends Error {
+class ApiError extends Error {
   constructor(message, status, code) {
     super(message);
     this.status = status;

@@ -5,7 +5,7 @@ import hljs from "../vendor/highlight.min.js";
 
 const CLASS_OK = /^[\w-]+$/;
 
-export function languageOf(lang) {
+function languageOf(lang) {
   const language = lang && hljs.getLanguage(lang);
   return language ? lang : null;
 }

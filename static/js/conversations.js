@@ -17,7 +17,7 @@ export function setSession(id, title) {
   markActive();
 }
 
-export function newChat() {
+function newChat() {
   stopStreaming();
   setSession(null, null);
   $("messages").replaceChildren();
@@ -80,7 +80,7 @@ async function deleteConversation(conv) {
   refreshSidebar();
 }
 
-export async function exportJsonl(session) {
+async function exportJsonl(session) {
   try {
     const qs = session ? `&session=${encodeURIComponent(session)}` : "";
     const resp = await request(`/history/export?format=jsonl${qs}`);

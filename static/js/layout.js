@@ -6,9 +6,7 @@ const THEME_STORAGE = "dualchat.theme";
 const NARROW = window.matchMedia("(max-width: 700px)");
 const SYSTEM_DARK = window.matchMedia("(prefers-color-scheme: dark)");
 
-export function sidebarIsDrawer() { return NARROW.matches; }
-
-export function openSidebar() {
+function openSidebar() {
   document.body.classList.add("sidebar-open");
   $("scrim").hidden = false;
   $("menu-btn").setAttribute("aria-expanded", "true");

@@ -2,7 +2,7 @@
 import { askForKey, authHeaders, KEY_STORAGE } from "./api.js";
 import { bindChat } from "./chat.js";
 import { bindConversations, openConversation, refreshSidebar } from "./conversations.js";
-import { $, showBanner, storageGet, storageSet } from "./dom.js";
+import { $, hideBanner, showBanner, storageGet, storageSet } from "./dom.js";
 import { bindLayout, closeSidebar } from "./layout.js";
 import { setEmpty } from "./messages.js";
 import { bindModels, defaultModel, setModel, updatePlaceholder } from "./models.js";
@@ -29,7 +29,7 @@ function bind() {
   bindConversations();
   bindSettings();
   bindStatus();
-  $("banner-close").addEventListener("click", () => { $("banner").hidden = true; $("input").focus(); });
+  $("banner-close").addEventListener("click", () => { hideBanner(); $("input").focus(); });
   document.addEventListener("keydown", (ev) => {
     if (ev.key !== "Escape" || ev.defaultPrevented) return;
     if (!$("settings").hidden) { openSettings(false); $("settings-btn").focus(); }

@@ -10,7 +10,7 @@ import { highlightInto } from "./codehl.js";
 
 const SAFE_PROTOCOLS = new Set(["http:", "https:", "mailto:"]);
 
-export function safeUrl(href) {
+function safeUrl(href) {
   try {
     const url = new URL(String(href || "").trim());
     return SAFE_PROTOCOLS.has(url.protocol) ? url.href : null;
@@ -64,7 +64,7 @@ function inlineToken(t) {
 
 const codeOf = new WeakMap();  // a code block's text, for its Copy button (it grows while the answer streams)
 
-export function codeBlock(lang, code) {
+function codeBlock(lang, code) {
   const box = el("div", "code-block");
   codeOf.set(box, code);
   const head = el("div", "code-head");

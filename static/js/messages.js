@@ -13,7 +13,7 @@ const STATUS_BADGES = {
   error: "Error",
 };
 
-export function chatNearBottom() {
+function chatNearBottom() {
   const c = $("chat");
   return c.scrollHeight - c.scrollTop - c.clientHeight < 80;
 }
@@ -108,7 +108,7 @@ export function addAssistantMessage(provider, question) {
   return { msg, who, route, badge, body, error, meta, text: "", blocks: [], renderPending: false };
 }
 
-export function renderView(view) {
+function renderView(view) {
   view.renderPending = false;
   const stick = chatNearBottom();
   const streaming = view.msg.dataset.status === "streaming";

@@ -4,7 +4,7 @@ import { PROVIDER_NAMES, state } from "./state.js";
 
 // GET /config lists "auto" among the choices when the gateway can route: as a configured provider
 // ({"providers": {"auto": {...}}}) or in a list of model choices ({"models": [..., "auto"]}).
-export function autoAvailable(config) {
+function autoAvailable(config) {
   const providers = config.providers || {};
   if (providers.auto) return providers.auto.configured !== false;
   return ["models", "choices"].some((k) => Array.isArray(config[k]) && config[k].includes("auto"));
