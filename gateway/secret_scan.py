@@ -1,0 +1,98 @@
+"""Secrets in a question: passwords, API keys and tokens, private keys, connection strings with credentials,
+.env-style lines. detect-secrets' own detectors (AWS, GitHub, Slack, Stripe, JWT, private keys, URLs with a
+password, `password = "..."` assignments, ...) run first, called directly on the text: never its
+verification, which would send the secret to the service it belongs to. Rules of our own add what it misses
+on tests/routing_eval.jsonl (bench/routing.py counts those misses): passwords written in prose, in Russian
+or English ("my password is ...", "пароль от банка: ..."), bearer tokens, test-mode Stripe keys,
+fine-grained GitHub tokens, connection strings whose password holds '!' or '%', login / password pairs."""
+import re
+from dataclasses import dataclass
+
+from detect_secrets.plugins import (aws, basic_auth, discord, github_token, gitlab_token, jwt, keyword, mailchimp,
+                                    npm, openai, private_key, pypi_token, sendgrid, slack, stripe, telegram_token,
+                                    twilio)
+from detect_secrets.util.filetype import FileType
+
+REDACTED = "[REDACTED]"
+_PLUGINS = [m() for m in (aws.AWSKeyDetector, basic_auth.BasicAuthDetector, discord.DiscordBotTokenDetector,
+                          github_token.GitHubTokenDetector, gitlab_token.GitLabTokenDetector, jwt.JwtTokenDetector,
+                          mailchimp.MailchimpDetector, npm.NpmDetector, openai.OpenAIDetector,
+                          private_key.PrivateKeyDetector, pypi_token.PypiTokenDetector, sendgrid.SendGridDetector,
+                          slack.SlackDetector, stripe.StripeDetector, telegram_token.TelegramBotTokenDetector,
+                          twilio.TwilioKeyDetector)]
+_KEYWORD = keyword.KeywordDetector()
+_KEYWORD_STYLES = [keyword.REGEX_BY_FILETYPE[t] for t in (FileType.YAML, FileType.PYTHON)]
+
+# (kind, pattern with a `secret` group, whether the value must look generated: a letter and a digit or symbol)
+_RULES = [(kind, re.compile(p, flags), strict) for kind, p, flags, strict in (
+    ("private key", r"(?P<secret>-----BEGIN [A-Z ]*PRIVATE KEY( BLOCK)?-----[\s\S]*?(-----END [A-Z ]*PRIVATE KEY"
+                    r"( BLOCK)?-----|\Z))", 0, False),
+    ("connection string", r"\b[a-z][a-z0-9+.-]*://[^\s/:@]*:(?P<secret>[^\s/@]+)@[^\s/@]", re.I, False),
+    ("bearer token", r"\bBearer\s+(?P<secret>[A-Za-z0-9._~+/=-]{16,})", re.I, False),
+    ("GitHub token", r"\b(?P<secret>gh[pousr]_[A-Za-z0-9]{20,}|github_pat_\w{22,})", 0, False),
+    ("Stripe key", r"\b(?P<secret>[sr]k_(live|test)_[0-9A-Za-z]{16,})", 0, False),
+    ("Slack token", r"\b(?P<secret>xox[abposr]-[0-9A-Za-z-]{10,})|hooks\.slack\.com/services/(?P<hook>\S+)", 0,
+     False),
+    ("AWS secret key", r"aws_secret_access_key\W{1,4}(?P<secret>[A-Za-z0-9/+=]{40})", re.I, False),
+    (".env secret", r"^\s*(export\s+)?[A-Z0-9_]*(SECRET|TOKEN|PASSWORD|PASSWD|PASS|PWD|API_?KEY|ACCESS_KEY|"
+                    r"PRIVATE_KEY|CREDENTIALS?|AUTH)[A-Z0-9_]*\s*=\s*[\"']?(?P<secret>[^\s\"'#]{6,})", re.M, False),
+    ("password", r"(?<![\w.])(password|passwd|pwd|passphrase|парол[ьяеюи]\w*|secret|secret_key|api[_-]?key|"
+                 r"access[_-]?key|token|ключ|токен)\b[\"']?(\s+(is|was|это|от\s+\w+))?\s*[:=—–-]?\s*[\"'«]?"
+                 r"(?P<secret>[^\s\"'»,;]{6,})", re.I, True),
+    ("login and password", r"\b(login|логин|username|user)\b[^\n/]{0,20}?\s[^\s/]+\s*/\s*(?P<secret>[^\s\"'»,;]{6,})",
+     re.I, True),
+)]
+_PLACEHOLDER = re.compile(r"(?i)^([<{\[($%]|\*{3}|x{3}|\.{3}|(os|process|env|self|settings|config)\b|"
+                          r"(your|my)[_-]|changeme$|example|placeholder|password$|secret$|none$|null$|true$|"
+                          r"false$|string$|\w+\()")
+_GENERATED = re.compile(r"(?=.*[A-Za-zА-Яа-я])(?=.*[0-9!@#$%^&*+=~])")
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # what it is, e.g. "AWS Access Key", "password" (never the secret itself)
+    start: int  # where the secret is in the text (for redaction)
+    end: int
+
+
+def _plugin_findings(text):
+    offset = 0
+    for full in text.splitlines(keepends=True):
+        line = full.rstrip("\r\n")
+        found = [(p.secret_type, s) for p in _PLUGINS for s in p.analyze_string(line)]
+        found += [("Secret Keyword", s) for style in _KEYWORD_STYLES
+                  for s in _KEYWORD.analyze_string(line, denylist_regex_to_group=style)]
+        for kind, secret in found:
+            at = line.find(secret)
+            if at >= 0 and not _PLACEHOLDER.match(secret):
+                yield Finding(kind, offset + at, offset + at + len(secret))
+        offset += len(full)
+
+
+def _rule_findings(text):
+    for kind, pattern, strict in _RULES:
+        for m in pattern.finditer(text):
+            group = "secret" if m.group("secret") is not None else "hook"
+            value = m.group(group).rstrip(".?)»")
+            if _PLACEHOLDER.match(value) or (strict and not _GENERATED.match(value)):
+                continue
+            yield Finding(kind, m.start(group), m.start(group) + len(value))
+
+
+def find(text: str) -> list:
+    """The secrets in text (Findings, in order, overlapping ones included)."""
+    if not text:
+        return []
+    return sorted({*_plugin_findings(text), *_rule_findings(text)}, key=lambda f: (f.start, -f.end))
+
+
+def redact(text: str) -> str:
+    """text with every secret replaced by [REDACTED]."""
+    out, pos = [], 0
+    for f in find(text):
+        if out and f.start <= pos:  # overlapping or touching the one before: one mark for both
+            pos = max(pos, f.end)
+            continue
+        out += [text[pos:f.start], REDACTED]
+        pos = f.end
+    return "".join(out) + text[pos:]
