@@ -4,6 +4,7 @@ Every route (code, general, private), every fallback (GigaChat not configured, u
 Qwen down), and that GigaChat's side never receives a secret (the fake GigaChat's request log)."""
 import os
 import subprocess
+import time
 
 import pytest
 import requests
@@ -110,6 +111,19 @@ def test_a_secret_stays_local_and_so_does_its_conversation(gw, fake_gigachat, qw
     assert any(PASSWORD in str(req["messages"]) for req in qwen.requests)  # (the local model got it)
 
 
+def test_routes_are_kept_on_postgresql_too(qwen, fake_gigachat, postgres, tmp_path):
+    proc = start_gateway(qwen.base_url, fake_gigachat, tmp_path, CHAT_DB=postgres.new_database())
+    try:
+        _, a = ask(proc, SECRET_Q)
+        _, b = ask(proc, GENERAL_Q, session=a["session"])  # kept local: the conversation was private
+        _, c = ask(proc, GENERAL_Q)
+        assert (a["route"], b["route"], c["route"]) == ("private", "private", "general")
+        msgs = requests.get(f"{proc.base_url}/history/{a['session']}", timeout=10).json()["messages"]
+        assert [m["route"] for m in msgs] == ["private"] * 4
+    finally:
+        stop_process(proc)
+
+
 def test_explicit_gigachat_with_a_secret_is_refused(gw, fake_gigachat):
     r = requests.post(gw.base_url + "/gigachat", json={"q": SECRET_Q}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["code"] == "secret_in_request"
@@ -143,6 +157,24 @@ def test_gigachat_failures_fall_back_to_qwen(gw, fake_gigachat, fault, route):
         msgs = requests.get(f"{gw.base_url}/history/{sid}", timeout=10).json()["messages"]
         assert [(m["provider"], m["route"], m["status"]) for m in msgs][-1] == ("qwen", route, "ok")
         assert len(msgs) == 2  # one question, one answer: the failed try left no row
+
+
+def test_a_client_that_left_gets_no_fallback(gw, fake_gigachat, qwen):
+    """GigaChat fails after the client hung up: Qwen is not asked on its behalf, and the exchange is saved
+    as cancelled."""
+    http("POST", fake_gigachat.base_url + "/_control", {"next": ["slow=1.5,500"]})
+    asked_before = len(qwen.requests)
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.post(gw.base_url + "/ask", json={"q": "Hung up on " + GENERAL_Q}, timeout=0.5)
+    (question,) = requests.get(gw.base_url + "/history", params={"q": "Hung"}, timeout=10).json()["messages"]
+    for _ in range(50):
+        rows = requests.get(f"{gw.base_url}/history/{question['session']}", timeout=10).json()["messages"]
+        if len(rows) == 2:
+            break
+        time.sleep(0.1)
+    assert [(m["role"], m["status"], m["provider"]) for m in rows] == [("user", "ok", "gigachat"),
+                                                                         ("assistant", "cancelled", "gigachat")]
+    assert len(qwen.requests) == asked_before
 
 
 def test_qwen_down_general_questions_go_to_gigachat_private_ones_get_503(gw, fake_gigachat, qwen):
@@ -219,7 +251,8 @@ def test_gigachat_not_configured_falls_back_to_qwen(gw_no_gigachat):
 @pytest.fixture(scope="module")
 def gw_gigachat_unreachable(qwen, fake_gigachat, tmp_path_factory):
     proc = start_gateway(qwen.base_url, fake_gigachat, tmp_path_factory.mktemp("gcdead"),
-                         GIGACHAT_BASE_URL=DEAD + "/api/v1", GIGACHAT_AUTH_URL=DEAD + "/api/v2/oauth")
+                         GIGACHAT_BASE_URL=DEAD + "/api/v1", GIGACHAT_AUTH_URL=DEAD + "/api/v2/oauth",
+                         CHAT_SECRETS_TO_GIGACHAT="allow")
     yield proc
     stop_process(proc)
 
@@ -230,6 +263,9 @@ def test_gigachat_unreachable_falls_back_to_qwen(gw_gigachat_unreachable):
                           timeout=30)
         assert r.status_code == 200 and r.headers["X-Routed-To"] == "qwen"
         assert "fallback: gigachat unreachable" in r.text
+    # CHAT_SECRETS_TO_GIGACHAT=allow: an explicit request with a secret is sent (and fails on the network)
+    r = requests.post(gw_gigachat_unreachable.base_url + "/gigachat", json={"q": SECRET_Q}, timeout=30)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "gigachat_unreachable"
 
 
 @pytest.fixture(scope="module")
