@@ -9,6 +9,7 @@ to GigaChat: it gets a 503 that says why.
 
 An explicit GigaChat request holding a secret is refused (400) by default; CHAT_SECRETS_TO_GIGACHAT=redact
 sends it with the secrets replaced by [REDACTED], =allow sends it as it is."""
+import functools
 from dataclasses import dataclass
 
 from flask import current_app
@@ -36,8 +37,14 @@ def message_texts(messages):
     return [m["content"] for m in messages if isinstance(m.get("content"), str)]
 
 
+@functools.lru_cache(maxsize=512)  # a conversation's earlier turns are scanned once, not at every turn
+def kinds_in(text) -> tuple:
+    return tuple(dict.fromkeys(f.kind for f in secret_scan.find(text)))
+
+
 def secret_kinds(texts) -> tuple:
-    return tuple(dict.fromkeys(f.kind for text in texts for f in secret_scan.find(text)))
+    """The kinds of secret (never the secrets) in any of texts."""
+    return tuple(dict.fromkeys(kind for text in texts for kind in kinds_in(text)))
 
 
 def decide(question, messages, kept_local=False, qwen_only=False) -> Decision:
