@@ -56,7 +56,7 @@ def ask(name):
     head = [{"role": "system", "content": system}] if system else []
     tail = [{"role": "user", "content": q}]
     provider = routing.auto(conn, sid, q, head + turns + tail) if name == routing.AUTO \
-        else routing.explicit(name, providers(), head + turns + tail)
+        else routing.explicit(name, providers(), head + turns + tail, conn, sid)
     messages = exchange.fit_context(provider, head, turns, tail, params.get("max_tokens"))
     ctx = exchange.start(conn, provider, sid, q, messages, system, params, title=title)
     r = begin(ctx, stream)  # (from here on, provider.name is the model that answers)

@@ -92,7 +92,7 @@ def v1_chat():
     sid = session_id()
     qwen_only = any(body.get(field) not in neutral for field, neutral in NOT_ON_GIGACHAT.items())
     provider = routing.auto(conn, sid, question, messages, qwen_only) if name == routing.AUTO \
-        else routing.explicit(name, providers(), messages)
+        else routing.explicit(name, providers(), messages, conn, sid)
     ctx = exchange.start(conn, provider, sid, question, messages, system, params, gc_model,
                          title=question.strip() or "(no question)")
     model_out, cid = body.get("model"), new_id()

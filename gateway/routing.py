@@ -181,23 +181,26 @@ def policy() -> str:
     return value if value in POLICIES else "refuse"
 
 
-def explicit(name, providers, messages):
+def explicit(name, providers, messages, conn=None, sid=None):
     """The provider for a request that named `name`: GigaChat only after the secrets check (a 400, or a
-    redacting wrapper, per CHAT_SECRETS_TO_GIGACHAT)."""
+    redacting wrapper, per CHAT_SECRETS_TO_GIGACHAT). A conversation that model auto kept local for privacy
+    is refused to GigaChat too (under the default policy) even when the turn with the secret is not sent."""
     provider = providers[name]
     if name != "gigachat" or policy() == "allow":
         return provider
     kinds = secret_kinds(message_texts(messages))
-    if not kinds:
-        return provider
     if policy() == "redact":
-        routed = Routed(providers, Decision("gigachat", None), fallback=False, redact=True)
-        routed.route = None
-        return routed
-    raise ApiError(400, f"This request holds a secret ({', '.join(kinds)}), and GigaChat is a cloud service, so it "
-                        f"was not sent. Ask model \"auto\" or \"qwen\" to keep it on this machine, or remove the "
-                        f"secret (CHAT_SECRETS_TO_GIGACHAT=redact in .env sends it with secrets masked).",
-                   code="secret_in_request")
+        return Routed(providers, Decision("gigachat", None), fallback=False, redact=True) if kinds else provider
+    if kinds:
+        raise ApiError(400, f"This request holds a secret ({', '.join(kinds)}), and GigaChat is a cloud service, "
+                            f"so it was not sent. Ask model \"auto\" or \"qwen\" to keep it on this machine, or "
+                            f"remove the secret (CHAT_SECRETS_TO_GIGACHAT=redact in .env sends it with secrets "
+                            f"masked).", code="secret_in_request")
+    if conn is not None and sid and db.has_route(conn, sid, PRIVATE):
+        raise ApiError(400, "This conversation was kept on this machine for privacy (an earlier turn held a "
+                            "secret), so GigaChat is not asked in it: ask model \"auto\" or \"qwen\", or start a "
+                            "new conversation for GigaChat.", code="secret_in_request", param="session")
+    return provider
 
 
 def auto(conn, sid, question, messages, qwen_only=False):

@@ -103,6 +103,9 @@ def test_a_secret_stays_local_and_so_does_its_conversation(gw, fake_gigachat, qw
     v1 = s.post(gw.base_url + "/v1/chat/completions", headers={"X-Session-ID": a["session"]}, timeout=30,
                 json={"model": "auto", "messages": [{"role": "user", "content": "Write a poem about autumn."}]})
     assert v1.json()["route"] == "private" and v1.json()["provider"] == "qwen"
+    g = s.post(gw.base_url + "/v1/chat/completions", headers={"X-Session-ID": a["session"]}, timeout=30,
+               json={"model": "gigachat", "messages": [{"role": "user", "content": "Write a poem."}]})
+    assert g.status_code == 400 and g.json()["error"]["code"] == "secret_in_request"  # nor by asking GigaChat
     fresh = s.post(gw.base_url + "/v1/chat/completions", timeout=30,
                    json={"model": "auto", "messages": [{"role": "user", "content": "Write a poem about autumn."}]})
     assert fresh.json()["route"] == "general"  # (the same question in a new conversation)
