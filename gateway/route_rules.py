@@ -43,13 +43,15 @@ vba css html div flexbox venv virtualenv alembic nvm repository repo commit comm
 typeerror keyerror valueerror nullpointerexception ci/cd pipeline sdk framework frameworks oop integer boolean
 datetime dataframe lambda callback callbacks middleware microservice microservices serialization serialize
 deserialize parse parsing parser tuple tuples dict dictionary iterator iterators generator generators
-component components state props hooks usestate useeffect unicode utf-8 encoding localhost ip dns ssl tls ssh cli gui ui ux backend exception exceptions thread threads
+component components state props hooks usestate useeffect unicode utf-8 encoding localhost ip dns ssl tls ssh
+cli gui ui ux backend exception exceptions thread threads
 multithreading concurrency latency websocket websockets jvm gc heap binary hash cache caching codebase
 переменн массив рекурси алгоритм компил отлад дебаг баг рефактор ревью скрипт бэкенд бекенд фронтенд деплой
 репозитори коммит мерж регуляр декоратор замыкани горутин сборщик мьютекс семафор сериализ распарс парсинг
 парсер логировани фреймворк программировани юнит кортеж стек ооп джаваскрипт жаваскрипт питоне питону питоном
 бд субд индексы запрос запросы запроса запросом вебпак эндпоинт эндпойнт микросервис контейнер виртуальн
-компонент операционн асинхрон синхрон многопоточ потоков кодировк сервер серверу сервера сервере бэкапов бэкап переменные""".split()
+компонент операционн асинхрон синхрон многопоточ потоков кодировк сервер серверу сервера сервере бэкапов бэкап
+переменные""".split()
 _WEAK = """python java rust ruby go swift shell code coding program programming programmer script class classes
 method methods object objects function functions string strings list lists loop loops index bug bugs test tests
 process processes server servers port ports memory leak profile branch merge push pull library libraries
@@ -75,7 +77,8 @@ _PHRASES = [(re.compile(p), w) for p, w in (
      r"typescript|kotlin|php|ruby|swift|vba)\b", 3),
     (r"\b(code review|unit tests?|stack trace|list comprehension|big o|o\(n|time complexity|hash map|linked list|"
      r"binary search|garbage collector|race condition|dependency injection|environment variables?|"
-     r"virtual environment|regular expressions?|programming languages?|floating point|pull request|merge conflict|data type|system call|memory leak|"
+     r"virtual environment|regular expressions?|programming languages?|floating point|pull request|"
+     r"merge conflict|data type|system call|memory leak|"
      r"сборщик мусора|переменн\w* окружения|тип\w* данных|баз\w* данных|код[ау]? ревью|юнит-тест\w*|"
      r"язык\w* программирования|регулярн\w* выражени\w*|структур\w* данных|сложность алгоритма)\b", 3),
 )]

@@ -184,6 +184,12 @@ def test_qwen_down_general_questions_go_to_gigachat_private_ones_get_503(gw, fak
     qwen.fail_status = 503
     r, a = ask(gw, CODE_Q)
     assert r.status_code == 200 and (a["provider"], a["route"]) == ("gigachat", "fallback: qwen unavailable")
+    r = requests.post(gw.base_url + "/ask", json={"q": CODE_Q, "stream": 1}, stream=True, timeout=30)
+    ev = sse_events(r)
+    assert r.headers["X-Routed-To"] == "gigachat" and ev[0]["route"] == ev[-1]["route"] == "fallback: qwen unavailable"
+    http("POST", fake_gigachat.base_url + "/_control", {"next": ["402"]})  # both fail: the fallback's error
+    r, a = ask(gw, CODE_Q)
+    assert r.status_code == 402 and a["error"]["code"] == "gigachat_quota_exceeded"
     r, a = ask(gw, SECRET_Q)
     assert r.status_code == 503 and a["error"]["code"] == "private_needs_local_model"
     assert "privacy" in a["error"]["message"] and "not sent to GigaChat" in a["error"]["message"]
