@@ -1,7 +1,8 @@
 """POST /v1/completions through the gateway (what editor plugins call: a prompt, and with `suffix`
 fill-in-the-middle; model "qwen", or "auto", which here always means Qwen): passed on to the Qwen server's
 /v1/completions, streamed or not, and saved to history like a chat exchange. History keeps the question in
-Qwen2.5-Coder's own FIM notation, `<|fim_prefix|>PROMPT<|fim_suffix|>SUFFIX<|fim_middle|>` (a plain prompt as it is), the completion as the answer."""
+Qwen2.5-Coder's own FIM notation, `<|fim_prefix|>PROMPT<|fim_suffix|>SUFFIX<|fim_middle|>` (a plain prompt as
+it is), the completion as the answer."""
 from flask import Blueprint, current_app
 
 import db
