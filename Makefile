@@ -63,8 +63,10 @@ nginx:
 postgresql:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null)
 
+# lint first (ruff; its settings and pytest's are in pyproject.toml), then every test under tests/
 test: models chromium nginx postgresql
-	$(PY) -m pytest -q tests
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
 
 $(VENV)/.bench-installed: $(VENV)/.installed bench/requirements-bench.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements-bench.txt  # llama_cpp.server, the baseline

@@ -292,7 +292,7 @@ def report(args, load, ran, rss, statuses, n_msg, in_use, streams, wal, contexts
             ("answers clients received, each found saved under its own question", len(load.acked)),
             ("answer statuses", ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))),
             ("questions without exactly one answer, wrong pairs, leftovers", len(problems)),
-            (f"GigaChat contexts checked / mixed pairs", f"{contexts} / {bad_contexts}"),
+            ("GigaChat contexts checked / mixed pairs", f"{contexts} / {bad_contexts}"),
             ("history connections still held / streams still open", f"{in_use:g} / {streams:g}"),
             ("WAL at the end (bytes)", wal),
             ("gateway RSS MB after 1 min → end", f"{c.fmt(warm[0][1], 1)} → {c.fmt(rss[-1][1], 1)}"),
