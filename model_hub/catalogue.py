@@ -7,7 +7,7 @@ tokens) with the Q4 cache + runtime buffers."""
 from dataclasses import dataclass
 from typing import Optional
 
-from model_hub.fit import Shape, needed_bytes
+from model_hub.fit import Shape, free_bytes, needed_bytes
 
 GB = 10**9
 DEFAULT_CONTEXT = 16384
@@ -63,18 +63,34 @@ def _gb(n: int) -> str:
     return f"{n / GB:.1f} GB"
 
 
+def _free(vram: bool):
+    """Free RAM, or free VRAM when an NVIDIA GPU is present (--list-models exits: CUDA may start here)."""
+    if not vram:
+        return free_bytes(False)
+    from model_hub.settings import HubSettings
+    if not HubSettings.gpu_present():
+        return None
+    try:
+        return free_bytes(True)
+    except Exception:  # noqa: BLE001 - no torch with CUDA: the column says "?"
+        return None
+
+
 def table() -> str:
-    """The catalogue as `--list-models` prints it."""
-    rows = [("NAME", "REPO:QUANT", "FILE", "NEEDS", "ENGINE")]
+    """The catalogue as `--list-models` prints it, with whether each one fits this machine's free memory."""
+    free = {False: _free(False), True: _free(True)}
+    rows = [("NAME", "REPO:QUANT", "FILE", "NEEDS", "FITS HERE", "ENGINE")]
     for e in CATALOGUE:
-        rows.append((e.name, f"{e.gguf_repo}:Q4_K_M", _gb(e.gguf_bytes),
-                     _gb(needed_bytes(e.gguf_bytes, e.shape, DEFAULT_CONTEXT, "q4")) + " RAM", "llamacpp (CPU)"))
-        rows.append(("", f"{e.exl2_repo}:4_25", _gb(e.exl2_bytes),
-                     _gb(needed_bytes(e.exl2_bytes, e.shape, DEFAULT_CONTEXT, "q4")) + " VRAM", "exllamav2 (GPU)"))
+        for vram, repo, size, engine in ((False, f"{e.gguf_repo}:Q4_K_M", e.gguf_bytes, "llamacpp (CPU)"),
+                                         (True, f"{e.exl2_repo}:4_25", e.exl2_bytes, "exllamav2 (GPU)")):
+            need = needed_bytes(size, e.shape, DEFAULT_CONTEXT, "q4")
+            fits = "?" if free[vram] is None else "yes" if need <= free[vram] else "no"
+            rows.append(("" if vram else e.name, repo, _gb(size), _gb(need) + (" VRAM" if vram else " RAM"), fits,
+                         engine))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines += ["", f"NEEDS: weights + KV cache at {DEFAULT_CONTEXT} tokens with the q4 cache (-cache q4, the default) "
-              "+ runtime buffers.",
+              "+ runtime buffers; FITS HERE: within the free RAM/VRAM now (? = no NVIDIA GPU seen).",
               "Serve one: python qwen_server.py -m NAME  (GGUF on the CPU; EXL2 with --engine auto on an NVIDIA "
               "GPU, or --engine exllamav2;",
               "  --engine transformers takes the original Qwen/Qwen2.5-Coder-<size>-Instruct), or "

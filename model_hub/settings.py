@@ -25,5 +25,8 @@ class HubSettings:
         from huggingface_hub.utils import get_token
         return cls(endpoint=constants.ENDPOINT, cache_dir=constants.HF_HUB_CACHE, offline=constants.HF_HUB_OFFLINE,
                    token=get_token(), timeout_s=float(constants.HF_HUB_ETAG_TIMEOUT),
-                   progress_bar=sys.stderr.isatty(),
-                   gpu=os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0"))
+                   progress_bar=sys.stderr.isatty(), gpu=cls.gpu_present())
+
+    @staticmethod
+    def gpu_present() -> bool:
+        return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0")
