@@ -15,7 +15,7 @@ plain git blobs (git sha1 listed), as on the hub.
   HEAD /{repo}/resolve/{rev}/{file}                    X-Repo-Commit, ETag (X-Linked-Etag, X-Linked-Size for LFS)
   GET  /{repo}/resolve/{rev}/{file}                    the bytes; `Range: bytes=N-` answers 206
   404s carry X-Error-Code RepoNotFound / RevisionNotFound / EntryNotFound, as the hub's do.
-  GET  /_health, GET /_requests (every request so far: method, path, range)
+  GET  /_health, GET /_requests (every request so far: method, path, range, authorization)
 
 Faults: --rate sends file bytes at most this fast; --cut-after N closes the connection after N bytes of
 the first whole-file GET of each LFS file (Content-Length promised the whole file); --corrupt FILE flips
@@ -100,7 +100,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _record(self):
         with self.hub.lock:
-            self.hub.requests.append({"method": self.command, "path": self.path, "range": self.headers.get("Range")})
+            self.hub.requests.append({"method": self.command, "path": self.path, "range": self.headers.get("Range"),
+                                      "authorization": self.headers.get("Authorization")})
 
     def do_GET(self):
         self._record()

@@ -184,3 +184,17 @@ def test_a_missing_local_path_is_tried_as_a_repo_only_when_it_looks_like_one(tmp
     assert "models/not-here" in repo_like and "pass -m with a local path" in repo_like
     path = one_error_line(qwen_cli("-m", "./models/not-here.gguf", "--port", str(free_port()), env=env))
     assert "not-here.gguf" in path and "download" not in path
+
+
+def test_hf_home_and_hf_token_are_honoured(repos_json, tmp_path):
+    hub = start_hub(repos_json)
+    try:
+        env = hub_env(tmp_path / "unused", hub.base_url, HF_HUB_CACHE=None, HF_HOME=str(tmp_path / "home"),
+                      HF_TOKEN="hf_fake_token")
+        r = qwen_cli("-m", "test-org/Split-GGUF:Q8_0", "--download-only", env=env)
+        seen = [q for q in hub_requests(hub) if "/Split-GGUF" in q["path"]]
+    finally:
+        stop_process(hub)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().startswith(str(tmp_path / "home" / "hub" / "models--test-org--Split-GGUF")), r.stdout
+    assert seen and all(q["authorization"] == "Bearer hf_fake_token" for q in seen)  # the API call and the file
