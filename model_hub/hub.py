@@ -120,8 +120,9 @@ def _download(ref: ModelRef, revision: str, commit: str, sibling, s: HubSettings
     size = sibling.lfs.size if sibling.lfs else sibling.size
     log.info("downloading %s from %s/%s (%s MB) into %s", name, s.endpoint, ref.repo,
              f"{size / 1e6:.1f}" if size else "?", s.cache_dir)
+    bar = None if s.progress_bar else partial(LogProgress, name=name)  # None: huggingface_hub's own tqdm bar
     path = hf_hub_download(ref.repo, name, revision=revision, cache_dir=s.cache_dir, endpoint=s.endpoint,
-                           token=s.token, etag_timeout=s.timeout_s, tqdm_class=None if s.progress_bar else partial(LogProgress, name=name))
+                           token=s.token, etag_timeout=s.timeout_s, tqdm_class=bar)
     _verify(ref, path, sibling)
     return path
 

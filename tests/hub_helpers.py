@@ -73,12 +73,17 @@ def hub_env(cache, endpoint, **over) -> dict:
                         "OMP_NUM_THREADS": "1", **over})
 
 
+def merged_env(overlay) -> dict:
+    """os.environ with an overlay laid on it (a None value removes that variable), as start_process does."""
+    full = {k: v for k, v in os.environ.items() if overlay.get(k, "") is not None}
+    full.update({k: v for k, v in overlay.items() if v is not None})
+    return full
+
+
 def qwen_cli(*args, env, timeout=120):
     """qwen_server.py run to its end (--download-only, --list-models, a start that fails)."""
-    full = {k: v for k, v in os.environ.items() if k not in env or env[k] is not None}
-    full.update({k: v for k, v in env.items() if v is not None})
-    return subprocess.run([PYTHON, os.path.join(REPO_ROOT, "qwen_server.py"), *args], env=full, cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run([PYTHON, os.path.join(REPO_ROOT, "qwen_server.py"), *args], env=merged_env(env),
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def one_error_line(r) -> str:

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from helpers import PYTHON, REPO_ROOT, free_port, stop_process
-from hub_helpers import QWEN_05B_FILE, SMOL_FILE, SMOL_REPO, hub_env, qwen_cli, repos_json, start_hub
+from hub_helpers import (QWEN_05B_FILE, SMOL_FILE, SMOL_REPO, hub_env, merged_env, qwen_cli, repos_json,
+                         start_hub)
 from model_hub.names import gguf_quant, gguf_quants, pick_gguf, split_complete
 
 assert repos_json  # a fixture, used by name
@@ -40,9 +41,7 @@ def test_list_models_prints_each_size_with_repo_size_memory_and_engine(tmp_path)
 
 def test_progress_bar_on_a_terminal(repos_json, tmp_path):
     hub = start_hub(repos_json, "--rate", "60000000")
-    env = {k: v for k, v in os.environ.items()}
-    env.update({k: v for k, v in hub_env(tmp_path / "hf", hub.base_url).items() if v is not None})
-    env.pop("HF_TOKEN", None)
+    env = merged_env(hub_env(tmp_path / "hf", hub.base_url))
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a 0-column pty gets an empty bar
     try:
@@ -107,10 +106,8 @@ def test_quant_choice_is_case_insensitive_with_q4_k_m_the_default():
 def test_demo_ready_block_names_repo_quant_and_file(repos_json, tmp_path):
     hub = start_hub(repos_json)
     run_dir = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items()}
-    env.update({k: v for k, v in hub_env(tmp_path / "hf", hub.base_url).items() if v is not None})
-    env.update(RUN_DIR=str(run_dir), CHAT_DB=str(tmp_path / "history.db"), LOG_LEVEL="INFO")
-    env.pop("HF_TOKEN", None)
+    env = merged_env(hub_env(tmp_path / "hf", hub.base_url, RUN_DIR=str(run_dir),
+                             CHAT_DB=str(tmp_path / "history.db")))
     demo = [PYTHON, os.path.join(REPO_ROOT, "tools", "demo.py")]
     try:
         r = subprocess.run([*demo, "start", "-m", "qwen2.5-coder-0.5b", "--engine", "llamacpp", "--qwen-port",
