@@ -140,3 +140,14 @@ def warn_if_too_big(path, max_seq_len, cache, vram) -> Optional[str]:
            f"(python qwen_server.py --list-models), a smaller -l or -cache q4 needs less.")
     log.warning("%s", msg)
     return msg
+
+
+def warn_before_download(label, weights) -> Optional[str]:
+    """A GGUF whose weights alone (plus runtime buffers) exceed the free RAM: warned before it downloads."""
+    need, free = needed_bytes(weights, None, 0, "q4"), free_bytes(False)
+    if free is None or need <= free:
+        return None
+    msg = (f"{label} needs at least {need / GIB:.1f} GiB of RAM and {free / GIB:.1f} GiB is free: it will download, "
+           f"but may not load (python qwen_server.py --list-models shows what fits)")
+    log.warning("%s", msg)
+    return msg

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from functools import partial
 
 from model_hub import HubError, ResolvedModel
+from model_hub.fit import warn_before_download
 from model_hub.names import ModelRef, gguf_quants, pick_gguf
 from model_hub.settings import HubSettings
 
@@ -68,6 +69,8 @@ def hub_errors(ref: ModelRef, s: HubSettings):
         raise HubError(f"the hub answered {e.response.status_code} for {where}: try again later") from None
     except OSError as e:  # a cut the retries did not get past, a full disk, a size mismatch
         raise HubError(f"downloading {where} failed: {str(e).splitlines()[0]}: run again to retry") from None
+    except ValueError as e:  # a malformed repo id; a file over 50 GB without hf_xet
+        raise HubError(f"cannot download {where}: {str(e).strip().splitlines()[0]}") from None
 
 
 def fetch(ref: ModelRef, s: HubSettings) -> ResolvedModel:
@@ -88,6 +91,8 @@ def fetch(ref: ModelRef, s: HubSettings) -> ResolvedModel:
             info = api.model_info(ref.repo, revision=revision, files_metadata=True, timeout=s.timeout_s)
             siblings = {f.rfilename: f for f in info.siblings or []}
             names = [f for f in siblings if DIR_FILE.match(f)]
+        if picked:  # a GGUF runs from RAM: say so before a download that could not load anyway
+            warn_before_download(ref.label, sum(_size(siblings[n]) for n in names))
         paths = [_download(ref, revision, info.sha, siblings[name], s) for name in names]
     path = paths[0] if picked else os.path.dirname(paths[names.index("config.json")]) if "config.json" in names \
         else None
@@ -117,14 +122,17 @@ def _download(ref: ModelRef, revision: str, commit: str, sibling, s: HubSettings
     cached = try_to_load_from_cache(ref.repo, name, cache_dir=s.cache_dir, revision=commit)
     if isinstance(cached, str):
         return cached
-    size = sibling.lfs.size if sibling.lfs else sibling.size
-    log.info("downloading %s from %s/%s (%s MB) into %s", name, s.endpoint, ref.repo,
-             f"{size / 1e6:.1f}" if size else "?", s.cache_dir)
+    log.info("downloading %s from %s/%s (%.1f MB) into %s", name, s.endpoint, ref.repo, _size(sibling) / 1e6,
+             s.cache_dir)
     bar = None if s.progress_bar else partial(LogProgress, name=name)  # None: huggingface_hub's own tqdm bar
     path = hf_hub_download(ref.repo, name, revision=revision, cache_dir=s.cache_dir, endpoint=s.endpoint,
                            token=s.token, etag_timeout=s.timeout_s, tqdm_class=bar)
     _verify(ref, path, sibling)
     return path
+
+
+def _size(sibling) -> int:
+    return (sibling.lfs.size if sibling.lfs else sibling.size) or 0
 
 
 def _verify(ref: ModelRef, path: str, sibling):

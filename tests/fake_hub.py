@@ -5,7 +5,8 @@ a model, so qwen_server's `-m owner/repo:QUANT` runs for real against HF_ENDPOIN
     python tests/fake_hub.py --port 8766 --repos repos.json [--rate BYTES_PER_S] [--cut-after BYTES]
                              [--corrupt FILE]
 
-repos.json: {"owner/repo": {"BRANCH": {"FILE": "/path/on/disk" | {"text": "..."}}}}; each branch's commit
+repos.json: {"owner/repo": {"BRANCH": {"FILE": "/path/on/disk" | {"text": "..."} | {"zeros": SIZE}}}}
+({"zeros": N}: N zero bytes, listed with a made-up sha256, for a file too big to have); each branch's commit
 is a fixed sha1 of (repo, branch). Files over 10 kB and weights are LFS files (sha256 listed), the rest
 plain git blobs (git sha1 listed), as on the hub.
 
@@ -37,15 +38,23 @@ CHUNK = 64 * 1024
 class Blob:
     def __init__(self, spec):
         self.path = spec if isinstance(spec, str) else None
-        self.data = None if self.path else spec["text"].encode("utf-8")
-        self.size = os.path.getsize(self.path) if self.path else len(self.data)
+        self.zeros = None if self.path else spec.get("zeros")
+        self.data = None if self.path or self.zeros else spec["text"].encode("utf-8")
+        self.size = os.path.getsize(self.path) if self.path else self.zeros or len(self.data)
         self.lfs = self.size > LFS_MIN or (self.path or "").endswith((".gguf", ".safetensors"))
+        if self.zeros:
+            self.digest = "0" * 64
+            return
         h = hashlib.sha256() if self.lfs else hashlib.sha1(b"blob %d\0" % self.size)
         for chunk in self.chunks(0):
             h.update(chunk)
         self.digest = h.hexdigest()  # the LFS sha256, or the git blob id
 
     def chunks(self, start):
+        if self.zeros:
+            for at in range(start, self.size, CHUNK):
+                yield bytes(min(CHUNK, self.size - at))
+            return
         if self.data is not None:
             yield self.data[start:]
             return

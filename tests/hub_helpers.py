@@ -21,9 +21,10 @@ def sha256(path) -> str:
     return h.hexdigest()
 
 
-def write_repos(path, gguf, tmp):
+def write_repos(path, gguf, hf_dir, tmp):
     """The repos the fake serves: SmolLM2's GGUF under two quant tags, the same file as the catalogue's
-    Qwen 0.5B (so a short name ends in a real answer), a split GGUF and an EXL2-style repo (branch = quant)."""
+    Qwen 0.5B (so a short name ends in a real answer), SmolLM2's Hugging Face dir, a split GGUF, an
+    EXL2-style repo (branch = quant) and a GGUF too big for any machine."""
     parts = []
     for i in (1, 2):
         part = os.path.join(tmp, f"part{i}.bin")
@@ -37,22 +38,24 @@ def write_repos(path, gguf, tmp):
         SMOL_REPO: {"main": {SMOL_FILE: gguf, "smollm2-135m-instruct-q8_0.gguf": gguf,
                              "README.md": {"text": "# SmolLM2 (fake hub)"}}},
         "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF": {"main": {QWEN_05B_FILE: gguf}},
+        "test-org/Huge-GGUF": {"main": {"huge-Q4_K_M.gguf": {"zeros": 4 * 2**40}}},  # 4 TiB: more than any RAM
         "test-org/Split-GGUF": {"main": {"model-Q4_K_M-00001-of-00002.gguf": parts[0],
                                          "model-Q4_K_M-00002-of-00002.gguf": parts[1], "model-Q8_0.gguf": parts[0]}},
         "test-org/Tiny-exl2": {"main": {"README.md": {"text": "branches: 4_25, 6_5"}},
                                "4_25": {"config.json": {"text": '{"architectures": ["Qwen2ForCausalLM"]}'},
                                         "tokenizer.json": {"text": "{}"}, "model.safetensors": weights},
                                "6_5": {"config.json": {"text": "{}"}}},
+        "test-org/SmolLM2-135M-Instruct": {"main": {name: os.path.join(hf_dir, name) for name in os.listdir(hf_dir)}},
     }
     with open(path, "w", encoding="utf-8") as f:
         json.dump(repos, f)
 
 
 @pytest.fixture(scope="session")
-def repos_json(smollm2_gguf, tmp_path_factory):
+def repos_json(smollm2_gguf, smollm2_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fake-hub")
     path = str(tmp / "repos.json")
-    write_repos(path, smollm2_gguf, str(tmp))
+    write_repos(path, smollm2_gguf, smollm2_dir, str(tmp))
     return path
 
 

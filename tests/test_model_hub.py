@@ -198,3 +198,34 @@ def test_hf_home_and_hf_token_are_honoured(repos_json, tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().startswith(str(tmp_path / "home" / "hub" / "models--test-org--Split-GGUF")), r.stdout
     assert seen and all(q["authorization"] == "Bearer hf_fake_token" for q in seen)  # the API call and the file
+
+
+def test_a_gguf_bigger_than_the_free_ram_is_warned_about_before_it_downloads(repos_json, tmp_path):
+    hub = start_hub(repos_json)
+    try:
+        r = qwen_cli("-m", "test-org/Huge-GGUF", "--download-only", env=hub_env(tmp_path / "hf", hub.base_url))
+    finally:
+        stop_process(hub)
+    lines = r.stderr.splitlines()
+    warned = [i for i, line in enumerate(lines) if "test-org/Huge-GGUF needs at least 4096.5 GiB of RAM" in line]
+    assert warned, r.stderr
+    # huggingface_hub then refuses a plain HTTP download over 50 GB: that too is one line, not a traceback
+    assert "too large" in one_error_line(r)
+    assert not [f for _, _, files in os.walk(tmp_path / "hf") for f in files if "huge" in f or len(f) >= 64]
+
+
+def test_a_hugging_face_model_repo_is_served_by_transformers(repos_json, tmp_path):
+    hub = start_hub(repos_json)
+    try:
+        proc = _serve("test-org/SmolLM2-135M-Instruct", hub_env(tmp_path / "hf", hub.base_url), "--engine", "auto")
+        try:
+            st = http("GET", proc.base_url + "/status")[2]
+            assert _ask(proc)["choices"][0]["message"]["content"].strip()
+        finally:
+            stop_process(proc)
+    finally:
+        stop_process(hub)
+    assert st["engine"] == "transformers" and st["model"] == "SmolLM2-135M-Instruct"
+    assert st["source"]["quant"] is None and st["source"]["file"] is None
+    assert sorted(os.listdir(st["source"]["path"])) == sorted(st["source"]["files"])
+    assert "model.safetensors" in st["source"]["files"] and "chat_template.jinja" in st["source"]["files"]
