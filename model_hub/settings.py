@@ -14,7 +14,7 @@ class HubSettings:
     cache_dir: str  # HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub
     offline: bool  # HF_HUB_OFFLINE=1: the cache only, never a network call
     token: Optional[str]  # HF_TOKEN (or the token `hf auth login` stored), for gated/private repos
-    timeout_s: float  # HF_HUB_ETAG_TIMEOUT: how long a metadata call may wait (an unreachable hub fails in this)
+    timeout_s: float  # HF_HUB_ETAG_TIMEOUT, else 5 s: how long a metadata call may wait (a silent hub fails in this)
     progress_bar: bool  # a progress bar on a terminal; log lines (every 10 %) otherwise
     gpu: bool  # an NVIDIA GPU is present (short names pick EXL2 with --engine auto); no CUDA call: it
     #            must not be initialised before qwen_server's worker forks
@@ -24,7 +24,8 @@ class HubSettings:
         from huggingface_hub import constants
         from huggingface_hub.utils import get_token
         return cls(endpoint=constants.ENDPOINT, cache_dir=constants.HF_HUB_CACHE, offline=constants.HF_HUB_OFFLINE,
-                   token=get_token(), timeout_s=float(constants.HF_HUB_ETAG_TIMEOUT),
+                   token=get_token(),
+                   timeout_s=float(constants.HF_HUB_ETAG_TIMEOUT) if os.environ.get("HF_HUB_ETAG_TIMEOUT") else 5.0,
                    progress_bar=sys.stderr.isatty(), gpu=cls.gpu_present())
 
     @staticmethod
