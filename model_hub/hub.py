@@ -7,7 +7,9 @@ import os
 import re
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
+from typing import Optional
 
 from model_hub import HubError, ResolvedModel
 from model_hub.fit import warn_before_download
@@ -73,46 +75,61 @@ def hub_errors(ref: ModelRef, s: HubSettings):
         raise HubError(f"cannot download {where}: {str(e).strip().splitlines()[0]}") from None
 
 
+@dataclass
+class Plan:
+    """What to download: the files of one quant (GGUF) or of one branch's model dir."""
+    quant: Optional[str]
+    revision: str
+    commit: str
+    siblings: dict  # file name -> huggingface_hub's RepoSibling (size, sha256 / git sha1)
+    names: list
+    gguf: bool
+
+
 def fetch(ref: ModelRef, s: HubSettings) -> ResolvedModel:
     from huggingface_hub import HfApi
     api = HfApi(endpoint=s.endpoint, token=s.token)
     with hub_errors(ref, s):
-        info = api.model_info(ref.repo, revision="main", files_metadata=True, timeout=s.timeout_s)
-        siblings = {f.rfilename: f for f in info.siblings or []}
-        quants = gguf_quants(siblings)
-        picked = pick_gguf(quants, ref.quant) if quants else None
-        if picked:
-            quant, names = picked
-            revision = "main"
-        elif not quants and ref.quant is None:
-            quant, revision, names = None, "main", [f for f in siblings if DIR_FILE.match(f)]
-        else:
-            quant = revision = _branch(api, ref, s, quants)
-            info = api.model_info(ref.repo, revision=revision, files_metadata=True, timeout=s.timeout_s)
-            siblings = {f.rfilename: f for f in info.siblings or []}
-            names = [f for f in siblings if DIR_FILE.match(f)]
-        if picked:  # a GGUF runs from RAM: say so before a download that could not load anyway
-            warn_before_download(ref.label, sum(_size(siblings[n]) for n in names))
-        paths = [_download(ref, revision, info.sha, siblings[name], s) for name in names]
-    path = paths[0] if picked else os.path.dirname(paths[names.index("config.json")]) if "config.json" in names \
-        else None
-    if path is None:
-        raise HubError(f"{ref.label} has neither GGUF files nor a config.json: it is no model this server can load")
-    return ResolvedModel(path, ref.repo, quant, revision, info.sha, tuple(names), False)
+        plan = _plan(api, ref, s)
+        if plan.gguf:  # a GGUF runs from RAM: say so before a download that could not load anyway
+            warn_before_download(ref.label, sum(_size(plan.siblings[n]) for n in plan.names))
+        paths = [_download(ref, plan.revision, plan.commit, plan.siblings[name], s) for name in plan.names]
+    path = paths[0] if plan.gguf else os.path.dirname(paths[plan.names.index("config.json")])
+    return ResolvedModel(path, ref.repo, plan.quant, plan.revision, plan.commit, tuple(plan.names), False)
 
 
-def _branch(api, ref: ModelRef, s: HubSettings, quants: dict) -> str:
-    """The EXL2 branch a quant names; an unknown quant is one line listing those the repo has."""
+def _info(api, repo, revision, s: HubSettings):
+    info = api.model_info(repo, revision=revision, files_metadata=True, timeout=s.timeout_s)
+    return info, {f.rfilename: f for f in info.siblings or []}
+
+
+def _plan(api, ref: ModelRef, s: HubSettings) -> Plan:
+    """A GGUF quant on main; else the model dir of main (no quant) or of the branch the quant names."""
+    info, siblings = _info(api, ref.repo, "main", s)
+    quants = gguf_quants(siblings)
+    picked = pick_gguf(quants, ref.quant) if quants else None
+    if picked:
+        return Plan(picked[0], "main", info.sha, siblings, picked[1], True)
+    if ref.quant is None and not quants and "config.json" in siblings:
+        return Plan(None, "main", info.sha, siblings, [f for f in siblings if DIR_FILE.match(f)], False)
+    info, siblings = _branch(api, ref, s, quants)
+    if "config.json" not in siblings:
+        raise HubError(f"{ref.label} has no config.json and no GGUF file: it is no model this server can load")
+    return Plan(ref.quant, ref.quant, info.sha, siblings, [f for f in siblings if DIR_FILE.match(f)], False)
+
+
+def _branch(api, ref: ModelRef, s: HubSettings, quants: dict):
+    """(info, siblings) of the EXL2 branch a quant names; else one line listing the quants the repo has."""
     from huggingface_hub import errors
     if ref.quant:
         try:
-            api.model_info(ref.repo, revision=ref.quant, timeout=s.timeout_s)
-            return ref.quant
+            return _info(api, ref.repo, ref.quant, s)
         except errors.RevisionNotFoundError:
             pass
     branches = [] if quants else [b.name for b in api.list_repo_refs(ref.repo).branches if b.name != "main"]
     have = ", ".join(list(quants) + sorted(branches)) or "none (only its main branch)"
-    what = f"no quant {ref.quant!r}" if ref.quant else "several quants and none is Q4_K_M"
+    what = f"no quant {ref.quant!r}" if ref.quant else "several quants and none is Q4_K_M" if quants else \
+        "no model on its main branch"
     raise HubError(f"{ref.repo} has {what}; it has: {have} (-m {ref.repo}:QUANT)")
 
 

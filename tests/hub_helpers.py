@@ -44,7 +44,7 @@ def write_repos(path, gguf, hf_dir, tmp):
         "test-org/Tiny-exl2": {"main": {"README.md": {"text": "branches: 4_25, 6_5"}},
                                "4_25": {"config.json": {"text": '{"architectures": ["Qwen2ForCausalLM"]}'},
                                         "tokenizer.json": {"text": "{}"}, "model.safetensors": weights},
-                               "6_5": {"config.json": {"text": "{}"}}},
+                               "6_5": {"README.md": {"text": "not uploaded yet"}}},
         "test-org/SmolLM2-135M-Instruct": {"main": {name: os.path.join(hf_dir, name) for name in os.listdir(hf_dir)}},
     }
     with open(path, "w", encoding="utf-8") as f:

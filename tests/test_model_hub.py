@@ -108,11 +108,15 @@ def test_unknown_quant_lists_the_quants_the_repo_has(repos_json, tmp_path):
         env = hub_env(tmp_path / "hf", hub.base_url)
         gguf = one_error_line(qwen_cli("-m", f"{SMOL_REPO}:Q5_K_M", env=env))
         exl2 = one_error_line(qwen_cli("-m", "test-org/Tiny-exl2:3_0", env=env))
+        exl2_main = one_error_line(qwen_cli("-m", "test-org/Tiny-exl2", env=env))  # main holds no model
+        no_config = one_error_line(qwen_cli("-m", "test-org/Tiny-exl2:6_5", env=env))
         missing = one_error_line(qwen_cli("-m", "test-org/no-such-model", env=env))
     finally:
         stop_process(hub)
     assert "no quant 'Q5_K_M'" in gguf and "it has: Q4_1, Q8_0" in gguf
     assert "no quant '3_0'" in exl2 and "it has: 4_25, 6_5" in exl2
+    assert "no model on its main branch; it has: 4_25, 6_5" in exl2_main
+    assert "test-org/Tiny-exl2:6_5 has no config.json" in no_config
     assert "test-org/no-such-model: no such model repository" in missing
     assert not os.path.exists(tmp_path / "hf" / "models--test-org--SmolLM2-135M-Instruct-GGUF" / "blobs")
 
