@@ -42,6 +42,8 @@ class ResolvedModel:
 def resolve(spec: str, engine: str = "auto", download: bool = True) -> Optional[ResolvedModel]:
     """The local files of the model `spec` names, or None when `spec` is a local path. Cached files are
     used with no network call; otherwise (unless HF_HUB_OFFLINE=1) they are downloaded. Raises HubError."""
+    if os.path.exists(spec):  # a local path: not even huggingface_hub is imported
+        return None
     from model_hub import cache, hub
     from model_hub.names import parse_spec
     from model_hub.settings import HubSettings
