@@ -23,9 +23,10 @@ DETACH ?=
 LLAMA_CPP_VERSION := $(shell sed -n 's/^llama-cpp-python==\([0-9.]*\).*/\1/p' requirements.txt)
 LLAMA_AMX ?=
 LLAMA_NOAMX_FLAGS := $(if $(LLAMA_AMX),,-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
-LLAMA_WHEELS := .cache/llama-wheel$(if $(LLAMA_AMX),-amx,-noamx)
+# The folder names the version and the flags, so only a change of either rebuilds (not every requirements edit).
+LLAMA_WHEELS := .cache/llama-wheel-$(LLAMA_CPP_VERSION)$(if $(LLAMA_AMX),-amx,-noamx)
 
-$(LLAMA_WHEELS)/.built: requirements.txt
+$(LLAMA_WHEELS)/.built:
 	@echo "Building llama-cpp-python $(LLAMA_CPP_VERSION) (pip compiles llama.cpp: ~5 min on 2 cores, once)"
 	rm -rf $(LLAMA_WHEELS) && mkdir -p $(LLAMA_WHEELS)
 	CFLAGS="$(LLAMA_NOAMX_FLAGS)" CXXFLAGS="$(LLAMA_NOAMX_FLAGS)" python3 -m pip wheel -q --disable-pip-version-check \
