@@ -218,30 +218,6 @@ def test_slow_clients_do_not_starve_health(request, server_name, slow_part):
         crowd.join(10)
 
 
-def test_a_header_that_never_ends_is_dropped(qwen_tiny):
-    """wsgi_server.HEADER_TIMEOUT_S (10 s) after its first byte, however steadily it trickles."""
-    s = socket.create_connection(address(qwen_tiny))
-    s.settimeout(0.5)
-    t0 = time.monotonic()
-    try:
-        s.sendall(b"GET /health HTTP/1.1\r\nX-Slow: ")
-        while time.monotonic() - t0 < 20:
-            try:
-                if s.recv(100) == b"":
-                    break
-            except socket.timeout:
-                try:
-                    s.sendall(b"z")
-                except OSError:  # reset by the server
-                    break
-            except OSError:
-                break
-        dropped_after = time.monotonic() - t0
-    finally:
-        s.close()
-    assert 9 < dropped_after < 13, dropped_after
-
-
 # -- bounded metric labels -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("server_name", ["gunicorn_gateway", "qwen_tiny"])
