@@ -104,7 +104,7 @@ def test_readme_curl_lines_work_on_the_demo(demo):
     asked = []
     for line in lines:
         url = re.search(r"https?://\S+", line).group(0)
-        assert url.isascii(), f"a raw non-ASCII URL fails under gunicorn (400); use --data-urlencode: {line}"
+        assert url.isascii(), f"a URL carries only ASCII: use --data-urlencode: {line}"
         cmd = line.replace("127.0.0.1:5000", f"127.0.0.1:{demo['chat_port']}")
         cmd = cmd.replace("127.0.0.1:5001", f"127.0.0.1:{demo['qwen_port']}")
         cmd = cmd.replace("curl ", "curl -sS --fail-with-body --max-time 120 ", 1)
