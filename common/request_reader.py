@@ -19,6 +19,7 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CONTENT_LENGTH = re.compile(rb"\ncontent-length:[ \t]*(\d{1,12})[ \t]*\r?\n", re.IGNORECASE)
 _CHUNKED = re.compile(rb"\ntransfer-encoding:[^\n]*chunked[ \t]*\r?\n", re.IGNORECASE)
 _EXPECT_CONTINUE = re.compile(rb"\r?\nexpect:[ \t]*100-continue[ \t]*(?=\r?\n)", re.IGNORECASE)
+_UNSAFE_IN_TARGET = re.compile(rb"[^\x21-\x7e]")  # RFC 9112 3.2: a request target is printable ASCII
 _CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]{1,8})[^\r\n]*\r\n")
 
 
@@ -59,6 +60,7 @@ class Incoming:
     body_start: int = 0
     body_end: Optional[int] = None  # with a Content-Length: where the read-ahead body ends
     chunked: bool = False
+    chunk_pos: int = 0  # with a chunked body: where the next chunk's size line starts (scanned so far)
     send_continue: bool = False  # a 100 Continue is due (the client waits for it before its body)
 
     def verdict(self, now: float, timeout_s: float) -> Verdict:
@@ -69,7 +71,8 @@ class Incoming:
         if self.body_end is not None:
             return Verdict.READY if len(self.data) >= self.body_end else Verdict.WAIT
         if self.chunked:
-            return Verdict.READY if chunked_end(self.data, self.body_start) is not None else Verdict.WAIT
+            end, self.chunk_pos = chunked_end(self.data, self.body_start, self.chunk_pos or self.body_start)
+            return Verdict.READY if end is not None else Verdict.WAIT
         return Verdict.READY
 
     def _head_in(self) -> bool:
@@ -97,36 +100,33 @@ class Incoming:
         return True
 
 
-def chunked_end(data, start: int):
-    """Where a chunked body that begins at `start` ends (after its last chunk and trailers); None while it is
-    incomplete. A malformed one, or one over BODY_AHEAD_MAX, "ends" where the parser will see the problem."""
-    pos = start
+def chunked_end(data, start: int, pos: int):
+    """(where a chunked body that begins at `start` ends, after its last chunk and trailers, or None while it
+    is incomplete; where to scan on from next time, `pos` being where this scan starts: a chunk boundary).
+    A malformed body, or one over BODY_AHEAD_MAX, "ends" where it is: the parser or the app refuses it."""
     while True:
         if len(data) - start > BODY_AHEAD_MAX + 65536:
-            return len(data)  # over the limit: the app refuses it (413) from what is here
+            return len(data), pos  # over the limit: the app refuses it (413) from what is here
         line = _CHUNK_SIZE.match(data, pos)
         if line is None:
-            crlf = data.find(b"\r\n", pos)
-            return None if crlf < 0 and len(data) - pos < 1024 else len(data)
+            incomplete = data.find(b"\r\n", pos) < 0 and len(data) - pos < 1024
+            return (None if incomplete else len(data)), pos
         size = int(line.group(1), 16)
-        pos = line.end()
         if size == 0:
-            trailers_end = data.find(b"\r\n\r\n", pos - 2)
-            return trailers_end + 4 if trailers_end >= 0 else None
-        pos += size + 2
-        if pos > len(data):
-            return None
+            trailers_end = data.find(b"\r\n\r\n", line.end() - 2)
+            return (trailers_end + 4 if trailers_end >= 0 else None), pos
+        if line.end() + size + 2 > len(data):
+            return None, pos
+        pos = line.end() + size + 2
 
 
 def rewrite_head(head: bytes) -> bytes:
-    """Raw non-ASCII bytes in the request target %-escaped, as a browser sends them (`curl '...?q=Привет'`
-    types them raw; gunicorn refuses them with a 400): the app then reads the same question either way."""
+    """Bytes a URL may not carry raw (non-ASCII, controls) %-escaped in the request target, as a browser
+    sends them: `curl '...?q=Привет'` types UTF-8 raw, and gunicorn refuses every such byte with a 400
+    (the Werkzeug server took them). The app then reads the same question either way; a NUL stays data."""
     line_end = head.find(b"\n")
-    line = head[:line_end]
-    if line.isascii():
+    parts = head[:line_end].split(b" ", 2)
+    if len(parts) != 3 or not _UNSAFE_IN_TARGET.search(parts[1]):
         return head
-    parts = line.split(b" ", 2)
-    if len(parts) != 3:
-        return head
-    target = b"".join(b"%%%02X" % c if c >= 0x80 else bytes((c,)) for c in parts[1])
+    target = _UNSAFE_IN_TARGET.sub(lambda m: b"%%%02X" % m.group()[0], parts[1])
     return b" ".join((parts[0], target, parts[2])) + head[line_end:]

@@ -141,7 +141,7 @@ class HeadersFirstWorker(ThreadWorker):
         now = time.monotonic()
         while self.deadlines and self.deadlines[0][0] <= now:
             _, _, conn, incoming = heapq.heappop(self.deadlines)
-            if conn.incoming is incoming and incoming.deadline <= now:  # not read since, nor handed on
+            if conn.incoming is incoming and incoming.deadline <= now:  # still being read, and this is its deadline
                 part = incoming.part
                 self._stop_reading(conn)
                 self.nr_conns -= 1
@@ -150,7 +150,10 @@ class HeadersFirstWorker(ThreadWorker):
                 self.log.debug("closed %s: its request %s was not in within %g s", conn.client, part,
                                self.timeout_s)
                 for listener in _slow_close_listeners:
-                    listener(part)
+                    try:
+                        listener(part)
+                    except Exception:  # a metric must never stop the worker's loop
+                        self.log.exception("on_slow_close listener failed")
         while self.lingering and self.lingering[0][0] <= now:
             self._close_lingering(self.lingering.popleft()[1])
 
@@ -184,7 +187,7 @@ class HeadersFirstWorker(ThreadWorker):
         util.close(sock)
 
     def handle(self, conn):
-        if conn.request_bytes is not None:  # read by the poller: the parser starts from these bytes
+        if getattr(conn, "request_bytes", None) is not None:  # read by the poller: the parser starts from these bytes
             conn.sock.setblocking(True)
             conn.init()
             conn.parser.unreader.unread(conn.request_bytes)
