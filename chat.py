@@ -79,7 +79,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Dual AI Chat API gateway (GigaChat + local Qwen, SQLite history). "
                                             "`python chat.py ask \"…\"` / `python chat.py chat`: talk to a "
                                             "running one from the terminal.",
-                                epilog=request_reader.HELP)
+                                epilog="env GUNICORN_THREADS (default 16): requests served at once, streams included "
+                                       "(`gunicorn -c gunicorn.conf.py chat:app` for several processes). "
+                                       + request_reader.HELP)
     p.add_argument("--host", default=os.environ.get("CHAT_HOST", "127.0.0.1"), help="bind address (env CHAT_HOST)")
     p.add_argument("--port", type=int, default=int(os.environ.get("CHAT_PORT", "5000")),
                    help="port (env CHAT_PORT, default 5000)")

@@ -8,7 +8,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # common.wsgi_server, whichever way gunicorn is started
-from common import request_reader  # noqa: E402 - the standard library only
+from common import request_reader  # the standard library only
 from common.env import load_env  # noqa: E402 - light: prometheus_client must not be imported yet
 
 load_env()  # .env first: CHAT_HOST, CHAT_PORT and GUNICORN_* set there apply here, as they do to chat.py

@@ -8,7 +8,6 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Optional
 
 TIMEOUT_ENV = "SLOW_CLIENT_TIMEOUT"
 DEFAULT_TIMEOUT_S = 5.0
@@ -58,7 +57,7 @@ class Incoming:
     head_max: int  # past this many bytes with no end of head, the parser answers (431/400)
     part: str = "head"  # "head" until the request head is in, then "body"
     body_start: int = 0
-    body_end: Optional[int] = None  # with a Content-Length: where the read-ahead body ends
+    body_end: int | None = None  # with a Content-Length: where the read-ahead body ends
     chunked: bool = False
     chunk_pos: int = 0  # with a chunked body: where the next chunk's size line starts (scanned so far)
     send_continue: bool = False  # a 100 Continue is due (the client waits for it before its body)

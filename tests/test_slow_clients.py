@@ -4,7 +4,6 @@ servers, raw sockets; SLOW_CLIENT_TIMEOUT at its default (5 s)."""
 import concurrent.futures
 import json
 import re
-import selectors
 import socket
 import threading
 import time
@@ -192,7 +191,7 @@ def trickle_until_closed(addr, first, rest, tick=0.2, limit=15.0):
                 got += data
                 if not data:
                     break
-            except socket.timeout:
+            except TimeoutError:
                 try:
                     s.sendall(rest[i:i + 1])
                     i += 1
@@ -275,7 +274,7 @@ def test_raw_utf8_in_the_url_is_read_as_typed(servers, name):
     server = servers[name]
     with socket.create_connection(address(server), timeout=30) as s:
         s.sendall("GET /qwen?q=Сырой+запрос+ёЁ!&max_tokens=4 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                  "Connection: close\r\n\r\n".encode("utf-8"))
+                  "Connection: close\r\n\r\n".encode())
         data = b""
         while chunk := s.recv(65536):
             data += chunk
