@@ -96,3 +96,17 @@ def test_a_vocab_that_cannot_be_read_fails_each_request_that_needs_it_with_the_r
     with pytest.raises(RuntimeError, match="no tokenizer.json"):
         vocab.get()
     assert vocab.state().startswith("failed: ValueError: no tokenizer.json")
+
+
+def test_a_model_built_by_an_older_recipe_is_built_again(tmp_path):
+    """Checkouts that hold the tiny Qwen2 of before (no added tokens) get the new one, not a stale cache."""
+    from tools.make_models import _ensure
+
+    def build(tmp, _out):
+        tmp.mkdir()
+        (tmp / "made").write_text("x")
+    path, built = _ensure(tmp_path, "m", build)
+    assert built and (path / "made").exists() and _ensure(tmp_path, "m", build) == (path, False)
+    (path / ".complete").write_text("2026-01-01T00:00:00\n")  # a marker written before versions: version 1
+    assert _ensure(tmp_path, "m", build, 1) == (path, False)
+    assert _ensure(tmp_path, "m", build, 2) == (path, True) and _ensure(tmp_path, "m", build, 2) == (path, False)

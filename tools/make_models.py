@@ -50,6 +50,7 @@ QWEN_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[
 QWEN_TEMPLATE = (Path(__file__).parent / "qwen2.5_chat_template.jinja").read_text(encoding="utf-8")
 TINY_QWEN = "tiny-qwen2-coder"
 TINY_QWEN_GGUF = "tiny-qwen2-coder-gguf"
+TINY_QWEN_VERSION = 2  # 2: Qwen2.5's 22 added tokens with its `special` flags (issue 21); checkouts rebuild
 
 # Tokenizer training text: English, Russian and Python, so each gets its common pieces merged.
 CORPUS = """
@@ -123,22 +124,32 @@ def _fix_dir(d: Path, chat_template: str) -> None:
     assert any(d.glob("*.safetensors")), "weights must be saved as safetensors"
 
 
-def _ensure(out_dir, name: str, build) -> tuple[Path, bool]:
-    """Return (path, built). Builds into a temp dir and renames it into place atomically."""
+def _built(final: Path, version: int) -> bool:
+    """Whether `final` is complete and of this build version (a marker without one is version 1)."""
+    try:
+        first = (final / MARKER).read_text().split("\n", 1)[0]
+    except OSError:
+        return False
+    return (int(first.split()[1]) if first.startswith("version ") else 1) == version
+
+
+def _ensure(out_dir, name: str, build, version=1) -> tuple[Path, bool]:
+    """Return (path, built). Builds into a temp dir and renames it into place atomically; a model built
+    by an older version of its recipe (`version`, in the marker) is built again."""
     out_dir = Path(out_dir or REPO / "models")
     final = out_dir / name
-    if (final / MARKER).exists():
+    if _built(final, version):
         return final, False
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel runs (test workers) wait here, then find it cached
-        if (final / MARKER).exists():
+        if _built(final, version):
             return final, False
         tmp = out_dir / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
         try:
             build(tmp, out_dir)
-            (tmp / MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))  # last: marks it complete
+            (tmp / MARKER).write_text(f"version {version}\n" + time.strftime("%Y-%m-%dT%H:%M:%S\n"))  # last
             shutil.rmtree(final, ignore_errors=True)  # a dir without marker is incomplete
             os.replace(tmp, final)
         finally:
@@ -272,12 +283,12 @@ def _build_smollm2(tmp: Path, out_dir: Path) -> None:
 
 
 def ensure_tiny_qwen(out_dir=None) -> Path:
-    return _ensure(out_dir, TINY_QWEN, _build_tiny_qwen)[0]
+    return _ensure(out_dir, TINY_QWEN, _build_tiny_qwen, TINY_QWEN_VERSION)[0]
 
 
 def ensure_tiny_qwen_gguf(out_dir=None) -> Path:
     """The tiny Qwen2's GGUF file (models/tiny-qwen2-coder-gguf/tiny-qwen2-coder-f16.gguf)."""
-    return _ensure(out_dir, TINY_QWEN_GGUF, _build_tiny_qwen_gguf)[0] / f"{TINY_QWEN}-f16.gguf"
+    return _ensure(out_dir, TINY_QWEN_GGUF, _build_tiny_qwen_gguf, TINY_QWEN_VERSION)[0] / f"{TINY_QWEN}-f16.gguf"
 
 
 def ensure_smollm2_gguf(out_dir=None) -> Path:
@@ -307,10 +318,11 @@ def main() -> None:
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never try a hub
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # keep output to one line per model
-    for name, build in [(TINY_QWEN, _build_tiny_qwen), (TINY_QWEN_GGUF, _build_tiny_qwen_gguf),
-                        ("smollm2-135m-instruct", _build_smollm2)]:
+    for name, build, version in [(TINY_QWEN, _build_tiny_qwen, TINY_QWEN_VERSION),
+                                 (TINY_QWEN_GGUF, _build_tiny_qwen_gguf, TINY_QWEN_VERSION),
+                                 ("smollm2-135m-instruct", _build_smollm2, 1)]:
         t0 = time.time()
-        path, built = _ensure(out, name, build)
+        path, built = _ensure(out, name, build, version)
         print(f"{path}: {f'built in {time.time() - t0:.1f}s' if built else 'already cached'}", flush=True)
 
 
