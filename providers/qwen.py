@@ -11,7 +11,7 @@ from urllib3.exceptions import HTTPError, NewConnectionError
 from urllib3.exceptions import TimeoutError as UpstreamTimeout  # not the builtin of that name
 
 from common.api_common import ApiError
-from providers import Provider
+from providers import Provider, usage_count
 
 STATUS_TTL = 30  # seconds to trust a cached /status (the context size rarely changes)
 STATUS_TIMEOUT = urllib3.Timeout(connect=2.0, read=5.0)
@@ -75,6 +75,7 @@ class QwenProvider(Provider):
         self.pool.ConnectionCls = _abortable(self.pool.ConnectionCls)
         self.prefix = urllib3.util.parse_url(self.base_url).path or ""
         self._status, self._status_at = None, 0.0
+        self._no_counter = set()  # token-count endpoints this upstream does not have (404)
 
     def _request(self, method, path, body=None, stream=False, timeout=None, abort=None):
         data = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
@@ -134,8 +135,10 @@ class QwenProvider(Provider):
             data = self._json("POST", *self._body(messages, params, False), abort=abort)
         choice = data["choices"][0]
         message, logprobs = choice.get("message") or {}, choice.get("logprobs")
-        return {"answer": choice["text"] if "text" in choice else message.get("content") or "",
-                "finish_reason": choice.get("finish_reason"), "usage": data.get("usage") or {},
+        answer = choice["text"] if "text" in choice else message.get("content") or ""
+        usage = usage_count.filled(self, data.get("usage"), messages, params,
+                                   [{"delta": answer, "tool_calls": message.get("tool_calls")}])
+        return {"answer": answer, "finish_reason": choice.get("finish_reason"), "usage": usage,
                 "model": data.get("model"), "blocked": False, "tool_calls": message.get("tool_calls"),
                 "logprobs": logprobs.get("content") if logprobs and "message" in choice else logprobs}
 
@@ -143,7 +146,13 @@ class QwenProvider(Provider):
         """Yields {"delta": text}..., then {"finish_reason", "usage", "model", "blocked"}."""
         with _aborting(cancel) as abort:
             r = self._request("POST", *self._body(messages, params, True), stream=True, abort=abort)
-            yield from self._events(r)
+            pieces = []
+            for ev in self._events(r):
+                if "usage" in ev:  # the last one
+                    ev["usage"] = usage_count.filled(self, ev["usage"], messages, params, pieces)
+                else:
+                    pieces.append(ev)
+                yield ev
 
     def _events(self, r):
         final = {"finish_reason": None, "usage": {}, "model": None, "blocked": False}
@@ -215,6 +224,34 @@ class QwenProvider(Provider):
 
     def count_tokens(self, messages) -> int:
         return self._json("POST", "/v1/token/count", {"messages": messages})["count"]
+
+    def count_text(self, text):
+        """Tokens in `text` by the upstream's tokenizer (usage_count.COUNTERS), or None if it cannot say."""
+        for path, field in usage_count.COUNTERS:
+            if path in self._no_counter:
+                continue
+            try:
+                return int(self._json("POST", path, {field: text}, timeout=STATUS_TIMEOUT)["count"])
+            except ApiError as e:
+                if e.status not in (404, 405):  # a failure now, not a missing endpoint: asked again next time
+                    return None
+                self._no_counter.add(path)
+            except (KeyError, ValueError, TypeError):
+                self._no_counter.add(path)
+        return None
+
+    def count_prompt(self, messages, params):
+        """The chat prompt's tokens, template included, where the upstream counts them (qwen_server)."""
+        if params.get("completion") or "/v1/token/count" in self._no_counter:
+            return None
+        try:
+            return int(self.count_tokens(messages))
+        except ApiError as e:
+            if e.status in (404, 405):
+                self._no_counter.add("/v1/token/count")
+            return None
+        except (KeyError, ValueError, TypeError):
+            return None
 
     def models(self):
         try:

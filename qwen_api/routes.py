@@ -22,7 +22,7 @@ def chat_completions():
     svc, body = service(), json_body()
     engine = svc.engine
     req = parse_chat_request(body, SEED_DEFAULTS, tools_ok=True)
-    shape = parse_shaping(body)  # response_format, tools, logprobs
+    shape = parse_shaping(body, engine.tool_tag_ids())  # response_format, tools, logprobs
     params = {**req["params"], "grammar": shape["grammar"], "logprobs": shape["logprobs"],
               "top_logprobs": shape["top_logprobs"]}
     params["max_tokens"] = svc.budget(req["messages"], params.get("max_tokens"), shape["tools"])

@@ -57,16 +57,16 @@ def parse_tools(body):
     return tools, "named", name
 
 
-def parse_shaping(body: dict) -> dict:
+def parse_shaping(body: dict, tag_ids=None) -> dict:
     """The request's grammar (llguidance), tools to render, tool mode, logprobs settings; 400 when
-    something is malformed (every engine honours all of them)."""
+    something is malformed (every engine honours all of them). `tag_ids`: the engine's tool_tag_ids()."""
     tools, mode, name = parse_tools(body)
     grammar = response_format_grammar(body.get("response_format"))
     if mode in ("required", "named"):
         if grammar is not None:
             raise _bad("response_format", "A forced tool call and 'response_format' cannot both shape the "
                                           "answer: drop one of them.")
-        grammar = lark_grammar(tool_call_lark(tools, name))
+        grammar = lark_grammar(tool_call_lark(tools, name, tag_ids))
     if grammar is not None:
         error = grammar_error(grammar)
         if error:
