@@ -11,7 +11,10 @@ import logging
 import threading
 import time
 
+from flask import current_app
+
 import db
+import db_journal
 from common.api_common import ApiError
 
 ANSWER_RESERVE = 1024  # tokens kept free for the answer when max_tokens is not given
@@ -131,14 +134,16 @@ def merge_tool_call_deltas(calls, deltas):
 
 
 def _save_answer(ctx, text, info, status, error=None):
-    """The answer row; ApiError 409 when the conversation was deleted meanwhile."""
+    """The answer row's id, or None when the database could not take it now: then it is in the journal
+    (db_journal.py), written to the history once the database is back. ApiError 409 when the
+    conversation was deleted meanwhile."""
+    record = {"conv_id": ctx["sid"], "role": "assistant", "content": saved_text(text, info.get("tool_calls")),
+              "provider": ctx["provider"].name, "model": ctx["model"] or info.get("model"),
+              "system_prompt": ctx["system"], "params": ctx["params"], "usage": info.get("usage"),
+              "latency_ms": _elapsed_ms(ctx), "finish_reason": info.get("finish_reason"), "status": status,
+              "error": error, "question_id": ctx["question_id"]}
     try:
-        return db.add_message(ctx["conn"], ctx["sid"], "assistant", saved_text(text, info.get("tool_calls")),
-                              ctx["provider"].name,
-                              ctx["model"] or info.get("model"), ctx["system"], ctx["params"],
-                              usage=info.get("usage"), latency_ms=_elapsed_ms(ctx),
-                              finish_reason=info.get("finish_reason"), status=status, error=error,
-                              question_id=ctx["question_id"])
+        return ctx["journal"].save(ctx["conn"], record)
     except db.ConversationGone:
         raise session_deleted() from None
 
@@ -147,6 +152,9 @@ def start(conn, provider, sid, question, messages, system, params, model=None, t
     """Saves the question (creating the conversation when a title is given); returns the context
     for the answer functions. A provider that can't be asked at all is refused first: nothing is saved."""
     provider.check_ready()
+    journal = current_app.extensions["history_journal"]
+    if journal.pending:  # answers that ended while the database was away go in before this question
+        journal.replay(wait=False)
     try:
         saved = {k: v for k, v in params.items() if k != "completion"}  # (its prompt is the question)
         qid = db.add_message(conn, sid, "user", question, provider.name, model, system, saved, title=title)
@@ -154,7 +162,8 @@ def start(conn, provider, sid, question, messages, system, params, model=None, t
         raise ApiError(404, f"Session {sid!r} was deleted: omit 'session' to start a new conversation.",
                        code="unknown_session", param="session") from None
     return {"conn": conn, "provider": provider, "sid": sid, "messages": messages, "system": system,
-            "params": params, "model": model, "t0": time.perf_counter(), "question_id": qid, "cancel": Cancel()}
+            "params": params, "model": model, "t0": time.perf_counter(), "question_id": qid, "cancel": Cancel(),
+            "journal": journal}
 
 
 def _save_failure(ctx, e):
@@ -194,6 +203,8 @@ def open_stream(ctx):
         raise _save_failure(ctx, e)
     try:
         conn, give_back = db.borrow()
+    except db_journal.unavailable_errors():  # (PostgreSQL gone meanwhile: the answer goes to the journal)
+        conn, give_back = None, lambda conn: None
     except BaseException:
         upstream.close()
         raise

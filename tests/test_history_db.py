@@ -315,6 +315,26 @@ def test_history_files_are_private(tmp_path):
         os.umask(old)
 
 
+def test_an_existing_world_readable_history_is_made_private_at_open(tmp_path):
+    path = str(tmp_path / "old.db")
+    conn = db.connect(path)  # a file made by an older version, or copied in with a umask of 022
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("CREATE TABLE t (x)")
+    for suffix in ("", "-wal", "-shm"):
+        os.chmod(path + suffix, 0o644)
+    db.init_db(path)  # (what the server does when it starts)
+    assert [mode(path + suffix) for suffix in ("", "-wal", "-shm")] == [0o600] * 3
+    conn.close()
+    os.unlink(path + "-wal")
+    os.unlink(path + "-shm")
+    os.chmod(path, 0o644)
+    conn = db.connect(path)
+    db.init_db(path)
+    save(conn, "m", "secret", title="t")  # the -wal and -shm SQLite creates now
+    assert [mode(path + suffix) for suffix in ("", "-wal", "-shm")] == [0o600] * 3
+    conn.close()
+
+
 def test_the_wal_stays_bounded_after_a_burst_and_files_are_private(fake_gigachat, tmp_path):
     old = os.umask(0o022)
     try:
