@@ -324,12 +324,11 @@ def test_an_existing_world_readable_history_is_made_private_at_open(tmp_path):
         os.chmod(path + suffix, 0o644)
     db.init_db(path)  # (what the server does when it starts)
     assert [mode(path + suffix) for suffix in ("", "-wal", "-shm")] == [0o600] * 3
-    conn.close()
-    os.unlink(path + "-wal")
-    os.unlink(path + "-shm")
+    conn.close()  # (the last connection removes the -wal and -shm)
+    assert not os.path.exists(path + "-wal")
     os.chmod(path, 0o644)
-    conn = db.connect(path)
     db.init_db(path)
+    conn = db.connect(path)
     save(conn, "m", "secret", title="t")  # the -wal and -shm SQLite creates now
     assert [mode(path + suffix) for suffix in ("", "-wal", "-shm")] == [0o600] * 3
     conn.close()
