@@ -251,6 +251,14 @@ def add_message(db, conv_id, role, content, provider, model=None, system_prompt=
     return message_id
 
 
+def forget_question(db, conv_id, question_id):
+    """Removes a question the upstream refused as invalid (and its conversation, if nothing else is in it)."""
+    with write_transaction(db):
+        db.execute("DELETE FROM messages WHERE id = ?", (question_id,))
+        db.execute("DELETE FROM conversations WHERE id = ? AND NOT EXISTS (SELECT 1 FROM messages "
+                   "WHERE conversation_id = ?)", (conv_id, conv_id))
+
+
 def answered_pairs(db, conv_id):
     """(question, answer) rows of a conversation's answered exchanges, in the order of the questions'
     ids: the order the questions were saved in, whatever order their answers finished in."""

@@ -111,7 +111,7 @@ class Journal:
         while True:
             try:
                 self.replay()
-            except Exception:  # noqa: BLE001 - the thread must live on; the next round tries again
+            except Exception:  # the thread must live on; the next round tries again
                 log.exception("history journal replay failed")
             self.wake.wait(RETRY_S)
             self.wake.clear()

@@ -3,12 +3,12 @@
 The question is saved before the upstream call; exactly one answer row, naming its question, is
 saved however the exchange ends: answered (`ok`, `blocked`), failed (`error`), or left by its
 client (`cancelled`): before the first token, mid-stream, while waiting in a queue, or before a
-streamed response was ever read. Only a conversation deleted meanwhile gets no answer row."""
+streamed response was ever read. Only a conversation deleted meanwhile gets no answer row, and a
+request the upstream refuses as invalid leaves nothing (its question is removed)."""
 import contextlib
 import itertools
 import json
 import logging
-import threading
 import time
 
 from flask import current_app
@@ -16,9 +16,11 @@ from flask import current_app
 import db
 import db_journal
 from common.api_common import ApiError
+from gateway.cancel import Cancel
 
 ANSWER_RESERVE = 1024  # tokens kept free for the answer when max_tokens is not given
 CANCELLED = "client disconnected"
+INVALID_REQUEST = (400, 413, 422)  # an upstream's answer that the request was wrong: nothing of it is kept
 
 log = logging.getLogger(__name__)
 
@@ -33,38 +35,6 @@ class ClientGone(ApiError):
 def session_deleted():
     return ApiError(409, "The conversation was deleted while this answer was being written, so the answer was not "
                          "saved; ask again to start a new conversation.", code="session_deleted")
-
-
-class Cancel:
-    """Set when the client has gone. Providers register how to abort their upstream call (shut its
-    socket) with on_cancel(); set() runs those, from whatever thread notices the hang-up."""
-
-    def __init__(self):
-        self._set, self._aborts, self._lock = False, [], threading.Lock()
-
-    def is_set(self):
-        return self._set
-
-    def on_cancel(self, abort):
-        """Runs abort() when the client goes (now, if it is gone); returns the function that
-        unregisters it, to call once the upstream call is over."""
-        with self._lock:
-            if not self._set:
-                self._aborts.append(abort)
-                return lambda: self._off(abort)
-        abort()
-        return lambda: None
-
-    def _off(self, abort):
-        with self._lock:
-            if abort in self._aborts:
-                self._aborts.remove(abort)
-
-    def set(self):
-        with self._lock:
-            self._set, aborts, self._aborts = True, self._aborts, []
-        for abort in aborts:
-            abort()
 
 
 def past_turns(conn, session_id):
@@ -167,7 +137,14 @@ def start(conn, provider, sid, question, messages, system, params, model=None, t
 
 
 def _save_failure(ctx, e):
-    """The answer row for an upstream call that raised; returns the exception to raise."""
+    """The answer row for an upstream call that raised; returns the exception to raise. An upstream
+    that found the request itself invalid (before any answer) leaves nothing saved: the question goes."""
+    if isinstance(e, ApiError) and e.status in INVALID_REQUEST and not ctx["cancel"].is_set():
+        try:
+            db.forget_question(ctx["conn"], ctx["sid"], ctx["question_id"])
+        except db_journal.unavailable_errors() as gone:  # (the question stays, without an answer)
+            log.warning("could not remove the refused question %s: %s", ctx["question_id"], gone)
+        return e
     if ctx["cancel"].is_set():  # the failure is our own abort of the upstream, for a client that left
         _save_answer(ctx, "", {}, "cancelled", CANCELLED)
         return ClientGone()
