@@ -18,7 +18,7 @@ import providers as provider_registry
 from common import openapi
 from common.api_common import (Metrics, allowed_host_names, install_access, install_common, load_env, setup_logging,
                                warn_if_exposed)
-from gateway import ask, history, openai_api, page, text_completions
+from gateway import ask, cross_site, history, openai_api, page, text_completions
 from gateway.openapi_spec import gateway_spec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -56,6 +56,7 @@ def create_app(config=None, providers=None):
     metrics = app.extensions["metrics"] = Metrics("chat")
     install_common(app, metrics, "chat", app.config["ALLOWED_HOSTS"], "CHAT_ALLOWED_HOSTS")
     install_access(app, page.PUBLIC_PATHS)  # API key and CORS
+    cross_site.install(app)  # no spending or saving for another site's page
     openapi.register(app, gateway_spec)  # GET /openapi.json
     db.init_app(app)
     in_use = Gauge("chat_history_connections_in_use", "History DB connections handed out and not yet given back",

@@ -150,7 +150,7 @@ def openai_paths():
 def page_paths():
     """The web page and its settings."""
     return {
-    "/config": {"get": op("What the web page needs (no secrets).", {"200": ok("Public settings.", obj(
+    "/config": {"get": op("What the web page needs (no secrets; the key when one is set).", {"200": ok("Public settings.", obj(
         ["default_system_prompt", "qwen_defaults", "gigachat_model", "auth_required", "providers"],
         default_system_prompt=STR, gigachat_model=STR, auth_required=BOOL,
         providers={"type": "object", "description": "provider name -> whether it is configured (the page "
@@ -158,7 +158,7 @@ def page_paths():
                    "additionalProperties": obj(["configured"], configured=BOOL)},
         qwen_defaults=obj(["temperature", "top_p", "top_k", "repetition_penalty", "max_tokens"],
                           temperature=NUM, top_p=NUM, top_k=INT, repetition_penalty=NUM,
-                          max_tokens=nullable(INT))))}, tag="service", secured=False)},
+                          max_tokens=nullable(INT))))}, errors=(401,), tag="service")},
     "/": {"get": op("The web page (Accept: text/html) or the endpoint list.", {"200": {
         **ok("HTML page, or a JSON endpoint list."),
         "content": {"text/html": {"schema": STR},

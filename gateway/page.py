@@ -4,7 +4,7 @@ from flask import Blueprint, current_app, jsonify, make_response, render_templat
 
 from common.api_common import endpoint_list
 
-PUBLIC_PATHS = ("/health", "/", "/config", "/favicon.ico")  # the page itself asks for the key; it holds no data
+PUBLIC_PATHS = ("/health", "/", "/favicon.ico")  # the page shell asks for the key; /config needs it
 PAGE_CSP = ("default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
             "frame-ancestors 'none'; form-action 'self'")
 
@@ -13,7 +13,8 @@ bp = Blueprint("page", __name__)
 
 @bp.get("/config")
 def public_config():
-    """What the web page needs to fill its settings panel (no secrets)."""
+    """What the web page needs to fill its settings panel (with the key, when one is set: the default
+    system prompt may say more about its owner than a stranger should read)."""
     config = current_app.config
     return jsonify({"default_system_prompt": config["DEFAULT_SYSTEM_PROMPT"],
                     "qwen_defaults": config["QWEN_DEFAULTS"], "gigachat_model": config["GIGACHAT_MODEL"],

@@ -812,20 +812,15 @@
 
   async function init() {
     bind();
-    try {
-      const resp = await fetch("/config", { headers: authHeaders() });
-      if (resp.ok) state.config = { ...FALLBACK_CONFIG, ...(await resp.json()) };
-    } catch (e) { /* keep the built-in defaults */ }
+    try {  // with a key set, /config needs it too: a 401 asks for it here
+      state.config = { ...FALLBACK_CONFIG, ...(await getJSON("/config")) };
+    } catch (e) {
+      if (e.status === 401) showBanner(e.message);  // the key dialog was cancelled
+      /* otherwise keep the built-in defaults */
+    }
     fillParams(true);
     setModel(defaultModel());
     $("system-prompt").value = state.config.default_system_prompt || "";
-    if (state.config.auth_required && !storageGet(KEY_STORAGE)) {
-      try {
-        await askForKey("This server needs an API key (the CHAT_API_KEY it was started with).");
-      } catch (e) {
-        showBanner(e.message);
-      }
-    }
     updatePlaceholder();
     setEmpty();
     pollStatus();
