@@ -44,7 +44,8 @@ def ask_paths():
                    stream={"description": "true, 1, \"1\", \"true\" or \"yes\" streams."}, **SAMPLING)
     answer = obj(["answer", "provider", "session", "message_id", "blocked", "elapsed_ms"],
                  answer=STR, model=nullable(STR), provider=string(enum=["gigachat", "qwen"]), session=STR,
-                 message_id=INT, finish_reason=nullable(STR), blocked=BOOL, usage=nullable(USAGE), elapsed_ms=NUM)
+                 message_id={**nullable(INT), "description": "null while the answer waits in the journal (the "
+                                                           "history database was unavailable)"}, finish_reason=nullable(STR), blocked=BOOL, usage=nullable(USAGE), elapsed_ms=NUM)
     ask_errors = (400, 401, 402, 404, 409, 413, 429, 502, 503, 504)
 
     def ask(provider):
