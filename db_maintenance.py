@@ -17,6 +17,7 @@ IDLE_CHECKPOINT_BUSY_MS = 100  # an idle-time checkpoint gives way at once to a 
 WAL_RESTART_BYTES = 4 << 20
 WAL_CHECK_S = 0.1
 RESTART_BUSY_MS = 2000
+RESTART_BACKOFF_S = 0.5
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +74,13 @@ def _maintain(path, connect):
 
 def _bound_wal(path, connect):
     """Empties the WAL whenever it is over WAL_RESTART_BYTES (see there)."""
-    conn = connect(path)
+    conn, pause = connect(path), WAL_CHECK_S
     while True:
-        time.sleep(WAL_CHECK_S)
+        time.sleep(pause)
+        pause = WAL_CHECK_S
         try:
-            if _wal_size(path) > WAL_RESTART_BYTES:
-                _truncate_wal(conn, RESTART_BUSY_MS)
+            if _wal_size(path) > WAL_RESTART_BYTES and not _truncate_wal(conn, RESTART_BUSY_MS):
+                pause = RESTART_BACKOFF_S  # a reader holds an old snapshot for long: writers are not held up again at once
         except sqlite3.Error as e:
             log.warning("WAL checkpoint of %s: %s", path, e)
 
