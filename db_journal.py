@@ -26,6 +26,7 @@ import db
 import db_postgres
 
 RETRY_S = 1.0
+REJECTED = "rejected.log"  # lines the history refused for another reason than being unavailable (JSON lines)
 log = logging.getLogger(__name__)
 
 
@@ -188,20 +189,28 @@ class Journal:
         return used, rows, lines, complete
 
     def _write_one(self, conn, line) -> int:
+        """1 when the line's answer was written now, 0 when it needs no writing (or never can)."""
         try:
-            record = json.loads(line)
-        except ValueError:
-            log.error("history journal %s: an unreadable line was skipped", self.dir)
-            return 0
-        try:
-            db.add_message(conn, **record)
+            db.add_message(conn, **json.loads(line))
             return 1
         except db.ConversationGone:  # deleted meanwhile: its answer has nowhere to go
             return 0
-        except db.INTEGRITY_ERRORS as e:
-            if _is_duplicate(e):  # written before (a replay cut short, or a save that did commit)
-                return 0
+        except unavailable_errors():
             raise
+        except Exception as e:
+            if isinstance(e, db.INTEGRITY_ERRORS) and _is_duplicate(e):  # written before (a replay cut
+                return 0  # short, or a save that did commit before its connection broke)
+            self._reject(line, e)  # (retrying it forever would hold every later answer back)
+            return 0
+
+    def _reject(self, line, e):
+        path = os.path.join(self.dir, REJECTED)
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        log.error("history journal: an answer the history refuses (%s: %s) was moved to %s", type(e).__name__,
+                  e, path)
 
 
 def _read_all(fd) -> bytes:

@@ -189,3 +189,33 @@ def test_answers_that_end_while_postgres_is_down_for_30_s_reach_it_once_it_is_ba
     finally:
         stop_process(gw)
         server.stop()
+
+
+def test_replay_skips_what_is_written_or_gone_and_sets_aside_what_the_history_refuses(tmp_path):
+    import db_journal
+    path = str(tmp_path / "h.db")
+    db.init_db(path)
+    conn = db.connect(path)
+    q1 = db.add_message(conn, "s1", "user", "один", "gigachat", title="один")
+    q2 = db.add_message(conn, "s2", "user", "два", "gigachat", title="два")
+    q3 = db.add_message(conn, "s3", "user", "три", "gigachat", title="три")
+    journal = db_journal.Journal(str(tmp_path / "j"), path)
+
+    def answer(sid, qid, text, **extra):
+        return dict({"conv_id": sid, "role": "assistant", "content": text, "provider": "gigachat",
+                     "question_id": qid, "created_at": 1000.0 + qid}, **extra)
+    journal.append(answer("s1", q1, "ответ 1"))
+    journal.append(answer("s1", q1, "ответ 1"))  # the same answer twice: written once
+    journal.append(answer("s2", q2, "ответ 2", colour="red"))  # refused (an unknown field): set aside
+    journal.append(answer("gone", 999, "ответ ?"))  # its conversation was deleted: dropped
+    journal.append(answer("s3", q3, "ответ 3"))  # not held back by the lines before it
+    assert journal.pending == 5
+    assert journal.replay() == 2
+    assert journal.pending == 0 and os.path.getsize(journal.path) == 0
+    rows = conn.execute("SELECT question_id, content, created_at FROM messages WHERE role = 'assistant' "
+                        "ORDER BY id").fetchall()
+    assert [tuple(r) for r in rows] == [(q1, "ответ 1", 1000.0 + q1), (q3, "ответ 3", 1000.0 + q3)]
+    with open(os.path.join(journal.dir, db_journal.REJECTED), encoding="utf-8") as f:
+        assert [json.loads(line)["question_id"] for line in f] == [q2]
+    assert journal.replay() == 0  # nothing twice
+    conn.close()
