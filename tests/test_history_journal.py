@@ -87,7 +87,8 @@ def check_answered(results, n):
 def test_answers_that_end_while_sqlite_is_locked_for_12_s_reach_the_history_once_it_is_free(fake_gigachat,
                                                                                                tmp_path):
     journal_dir = str(tmp_path / "journal")
-    gw = start_gateway("http://127.0.0.1:9", fake_gigachat, tmp_path, CHAT_JOURNAL_DIR=journal_dir)
+    gw = start_gateway("http://127.0.0.1:9", fake_gigachat, tmp_path, CHAT_JOURNAL_DIR=journal_dir,
+                       GIGACHAT_MAX_CONCURRENCY="8")  # (the answers end together)
     path = str(tmp_path / "history.db")
     try:
         threads, results = ask_all(gw.base_url, 4, "lock")
@@ -121,7 +122,7 @@ def test_a_journal_left_by_a_killed_gateway_is_replayed_at_start_exactly_once(fa
     journal_dir = str(tmp_path / "journal")
     path = str(tmp_path / "history.db")
     gw = start_gateway("http://127.0.0.1:9", fake_gigachat, tmp_path, gunicorn_workers=2,
-                       CHAT_JOURNAL_DIR=journal_dir)
+                       CHAT_JOURNAL_DIR=journal_dir, GIGACHAT_MAX_CONCURRENCY="8")
     try:
         threads, results = ask_all(gw.base_url, 4, "killed")
         wait_for(lambda: count(path, "SELECT count(*) FROM messages WHERE role = 'user'") == 4, 10,
@@ -148,7 +149,7 @@ def test_a_journal_left_by_a_killed_gateway_is_replayed_at_start_exactly_once(fa
     locker.execute("ROLLBACK")
     locker.close()
     gw = start_gateway("http://127.0.0.1:9", fake_gigachat, tmp_path, gunicorn_workers=2,
-                       CHAT_JOURNAL_DIR=journal_dir)
+                       CHAT_JOURNAL_DIR=journal_dir, GIGACHAT_MAX_CONCURRENCY="8")
     try:
         wait_for(lambda: count(path, "SELECT count(*) FROM messages WHERE role = 'assistant'") >= 4, 15,
                  "the journal was not replayed at start")
@@ -164,7 +165,8 @@ def test_answers_that_end_while_postgres_is_down_for_30_s_reach_it_once_it_is_ba
     server = pg_server.PostgresServer()  # its own server: this test stops it
     url = server.new_database()
     journal_dir = str(tmp_path / "journal")
-    gw = start_gateway("http://127.0.0.1:9", fake_gigachat, tmp_path, CHAT_DB=url, CHAT_JOURNAL_DIR=journal_dir)
+    gw = start_gateway("http://127.0.0.1:9", fake_gigachat, tmp_path, CHAT_DB=url, CHAT_JOURNAL_DIR=journal_dir,
+                       GIGACHAT_MAX_CONCURRENCY="8")
     try:
         threads, results = ask_all(gw.base_url, 6, "pg")
         wait_for(lambda: count(url, "SELECT count(*) FROM messages WHERE role = 'user'") == 6, 10,
