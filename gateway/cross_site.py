@@ -1,9 +1,9 @@
 """Keyless means local only: a web page on another site must not make the gateway spend (GigaChat's quota,
 the Qwen model's time) or write the history, through `<img src="/gigachat?q=…">`, a link, a form or a
 no-cors fetch, which browsers send without asking. Such a request (anything but a read: GET and HEAD
-of every path except the answering routes) is refused with a 403 when the browser says it comes from
-another site (`Sec-Fetch-Site: cross-site` or `same-site`), or its `Origin` is neither this server's
-own nor listed in CHAT_CORS_ORIGINS. A URL typed in the address bar (`Sec-Fetch-Site: none`), the
+of every path except the answering routes /gigachat, /qwen and /ask) is refused with a 403 when the
+browser says it comes from another site (`Sec-Fetch-Site: cross-site` or `same-site`), or its `Origin`
+is neither this server's own nor listed in CHAT_CORS_ORIGINS. A URL typed in the address bar (`Sec-Fetch-Site: none`), the
 page itself (`same-origin`), curl and SDKs (no such headers) go through."""
 from urllib.parse import urlsplit
 
@@ -11,7 +11,7 @@ from flask import current_app, request
 
 from common.api_common import ApiError
 
-ANSWERING = ("/gigachat", "/qwen")  # GET asks the model and saves, like a POST
+ANSWERING = ("/gigachat", "/qwen", "/ask")  # (gateway/ask.py) GET asks a model and saves, like a POST
 FOREIGN_SITES = ("cross-site", "same-site")
 
 

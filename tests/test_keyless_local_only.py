@@ -42,6 +42,7 @@ def saved(gw):
     ("GET", "/gigachat?q=img", IMG, None),  # <img src=".../gigachat?q=...">
     ("GET", "/qwen?q=nocors", {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"}, None),
     ("HEAD", "/gigachat?q=head", IMG, None),
+    ("GET", "/ask?q=auto", IMG, None),  # model "auto"
     ("GET", "/qwen?q=sibling", {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "navigate"}, None),  # a link
     ("POST", "/v1/chat/completions", {"Origin": "http://evil.example"},
      {"model": "gigachat", "messages": [{"role": "user", "content": "post"}]}),
