@@ -68,13 +68,14 @@ class Journal:
         """db.add_message(conn, **record); the journal instead when the database can't be written now
         (or this process has answers waiting in the journal: they go first). Returns the message id,
         or None for an answer kept in the journal."""
+        reason = "earlier answers wait in the journal" if self.pending else "no connection to it"
         if not self.pending and conn is not None:
             try:
                 return db.add_message(conn, **record)
             except unavailable_errors() as e:
-                log.warning("history unavailable (%s): the answer to question %s is kept in the journal %s "
-                            "and written to the history once the database is back", e, record["question_id"],
-                            self.dir)
+                reason = str(e)
+        log.warning("history unavailable (%s): the answer to question %s is kept in the journal %s and written "
+                    "to the history once the database is back", reason, record["question_id"], self.dir)
         self.append(record)
         return None
 
@@ -99,6 +100,11 @@ class Journal:
         self.fd = os.open(self.path + ".new", os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.rename(self.path + ".new", self.path)  # locked before anyone can see it as a file to take over
+        directory = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # (the file's name survives a power cut too)
+        finally:
+            os.close(directory)
         self.pid, self.done, self.pending = os.getpid(), 0, 0
 
     # -- replaying -------------------------------------------------------------------------------
@@ -197,7 +203,7 @@ class Journal:
             return 0
         except unavailable_errors():
             raise
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - anything else: set aside, below
             if isinstance(e, db.INTEGRITY_ERRORS) and _is_duplicate(e):  # written before (a replay cut
                 return 0  # short, or a save that did commit before its connection broke)
             self._reject(line, e)  # (retrying it forever would hold every later answer back)
