@@ -24,9 +24,10 @@ def foreign_origin() -> str | None:
     origin = request.headers.get("Origin")
     if origin and origin in current_app.config["CORS_ORIGINS"]:
         return None
-    if request.headers.get("Sec-Fetch-Site", "").lower() in FOREIGN_SITES:
-        return origin or ""
-    if origin and urlsplit(origin).netloc.lower() != request.host.lower():
+    site = request.headers.get("Sec-Fetch-Site", "").lower()
+    if site:  # the browser's own word (behind a proxy the Host may not be what the page's origin names)
+        return (origin or "") if site in FOREIGN_SITES else None
+    if origin and urlsplit(origin).netloc.lower() != request.host.lower():  # a browser without Sec-Fetch-*
         return origin
     return None
 

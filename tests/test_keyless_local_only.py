@@ -71,6 +71,7 @@ def test_another_sites_page_cannot_delete_history(gw):
     {},  # curl, SDKs
     {"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate"},  # a URL typed in the address bar
     {"Sec-Fetch-Site": "same-origin", "Origin": "SELF"},  # the page itself
+    {"Sec-Fetch-Site": "same-origin", "Origin": "https://chat.example:8443"},  # it, behind a proxy
     {"Origin": "SELF"},  # a browser without Sec-Fetch-*
     {"Sec-Fetch-Site": "cross-site", "Origin": ALLOWED_ORIGIN},  # an app listed in CHAT_CORS_ORIGINS
 ])
