@@ -13,8 +13,10 @@ import time
 
 import db
 from common.api_common import ApiError
+from providers.openai_reply import MAX_TOOL_CALLS
 
 ANSWER_RESERVE = 1024  # tokens kept free for the answer when max_tokens is not given
+MAX_SAVED_CHARS = 1 << 20  # of one answer (its tool calls included) in history; the rest is cut, and the row says so
 CANCELLED = "client disconnected"
 
 log = logging.getLogger(__name__)
@@ -121,6 +123,9 @@ def merge_tool_call_deltas(calls, deltas):
     """OpenAI's streamed tool_calls pieces (by index: id and name once, arguments in pieces) into calls."""
     for d in deltas:
         i = d.get("index", len(calls))
+        if not isinstance(i, int) or not 0 <= i < MAX_TOOL_CALLS:  # (a list a million entries long, otherwise)
+            raise ApiError(502, f"The upstream sent a tool call numbered {str(i)[:20]}: at most {MAX_TOOL_CALLS} "
+                                f"calls an answer.", type="upstream_error", code="upstream_bad_answer")
         while len(calls) <= i:
             calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
         c, f = calls[i], d.get("function") or {}
@@ -132,8 +137,13 @@ def merge_tool_call_deltas(calls, deltas):
 
 def _save_answer(ctx, text, info, status, error=None):
     """The answer row; ApiError 409 when the conversation was deleted meanwhile."""
+    content = saved_text(text, info.get("tool_calls"))
+    if len(content) > MAX_SAVED_CHARS:
+        error = (f"{error}; " if error else "") + (f"the answer was cut to its first {MAX_SAVED_CHARS} characters "
+                                                   f"of {len(content)} for history")
+        content = content[:MAX_SAVED_CHARS]
     try:
-        return db.add_message(ctx["conn"], ctx["sid"], "assistant", saved_text(text, info.get("tool_calls")),
+        return db.add_message(ctx["conn"], ctx["sid"], "assistant", content,
                               ctx["provider"].name,
                               ctx["model"] or info.get("model"), ctx["system"], ctx["params"],
                               usage=info.get("usage"), latency_ms=_elapsed_ms(ctx),
