@@ -91,7 +91,8 @@ def parse_tool_message(m: dict, where: str) -> dict:
                 "tool_call_id": str(m.get("tool_call_id") or "")}
     calls = m.get("tool_calls")
     if not isinstance(calls, list) or not all(isinstance(c, dict) and isinstance(c.get("function"), dict)
-                                              and isinstance(c["function"].get("name"), str) for c in calls):
+                                              and isinstance(c["function"].get("name"), str)
+                                              and isinstance(c.get("id"), (str, type(None))) for c in calls):
         raise ApiError(400, f"{where}.tool_calls must be a list of {{id, type, function: {{name, arguments}}}}.",
                        code="invalid_message", param="messages")
     out = [{"id": c.get("id"), "type": "function",

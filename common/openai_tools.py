@@ -33,7 +33,9 @@ def parse_tools(tools) -> list:
 
 
 def _is_tool(t) -> bool:
-    fn = t.get("function") if isinstance(t, dict) else None
+    if not isinstance(t, dict):
+        return False
+    fn = t.get("function")
     return (t.get("type", "function") == "function" and isinstance(fn, dict) and isinstance(fn.get("name"), str)
             and bool(fn["name"]) and isinstance(fn.get("parameters", {}), dict)
             and isinstance(fn.get("description", ""), (str, type(None))))

@@ -41,6 +41,9 @@ def typed(schema):
     if not isinstance(schema, dict):
         return schema
     out = dict(schema)
+    kinds = out.get("type")
+    if isinstance(kinds, list) and len([k for k in kinds if k != "null"]) == 1:  # ["string", "null"]: optional
+        out["type"] = next(k for k in kinds if k != "null")
     if "type" not in out:
         branches = [b for b in out.get("anyOf") or out.get("oneOf") or () if isinstance(b, dict)
                     and b.get("type") != "null"]

@@ -191,3 +191,16 @@ def test_chat_refuses_other_servers_sampling_fields(qwen_tiny_2k, gw, field, val
     body = {"model": "qwen", "messages": USER, "max_tokens": 2, field: value}
     for base in (qwen_tiny_2k.base_url, gw.base_url):
         assert_400(post(base, "/v1/chat/completions", body), field, "unsupported_parameter")
+
+
+def test_tool_parameters_gigachat_cannot_hold_are_a_400_there(gw):
+    """GigaChat's SDK models a property's type as one string: a list of types was a 502 "GigaChat sent an
+    answer this gateway cannot read" (the SDK refused the request, before sending it)."""
+    tool = {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": ["string", "integer"]}}}}}
+    r = post(gw.base_url, "/v1/chat/completions", {"model": "gigachat", "messages": USER, "tools": [tool]})
+    assert "functions" in assert_400(r, "tools")["message"]
+    optional = {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": ["string", "null"]}}}}}  # pydantic's optional field
+    r = post(gw.base_url, "/v1/chat/completions", {"model": "gigachat", "messages": USER, "tools": [optional]})
+    assert r.status_code == 200, r.text[:300]
