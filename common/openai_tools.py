@@ -57,8 +57,8 @@ def parse_tool_choice(choice, tools: list) -> ToolChoice:
         else None
     name = fn.get("name") if isinstance(fn, dict) else None
     if not isinstance(name, str) or name not in names:
-        raise _bad("tool_choice", f"'tool_choice' must be \"none\", \"auto\", \"required\" or {{\"type\": \"function\", "
-                                  f"\"function\": {{\"name\": one of {names}}}}}.")
+        raise _bad("tool_choice", f"'tool_choice' must be \"none\", \"auto\", \"required\" or "
+                                  f"{{\"type\": \"function\", \"function\": {{\"name\": one of {names}}}}}.")
     return ToolChoice("named", name)
 
 

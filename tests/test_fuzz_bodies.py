@@ -17,12 +17,13 @@ SEED = int(os.environ.get("FUZZ_SEED", "20"))
 CASES = int(os.environ.get("FUZZ_CASES", "120"))  # per target
 MAX_TOKENS = 3  # the most any fuzzed request asks for: each answer is over in milliseconds
 
-SCALARS = [None, True, False, 0, -1, 7, 2.5, -1e308, 1 << 70, "", "x", "auto", "none", "required", "function",
-           "ж" * 30, "\u0000", [], {}, [None], {"": None}]
+SCALARS = [None, True, False, 0, -1, 7, 2.5, -1e308, 1 << 70, "", "x", "auto", "none", "required",
+           "function", "ж" * 30, "\u0000", [], {}, [None], {"": None}]
 SCHEMAS = [{"type": "object"}, {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
            {"$ref": "#"}, {"$ref": "#/$defs/x"}, {"type": "array", "items": {"$ref": "#"}}, {"enum": []},
            {"type": "string", "pattern": "("}, {"anyOf": []}, {"type": ["string", "null"]}, {"not": {}}, True, False,
-           {"properties": {"properties": {"type": "object"}}}, {"type": "object", "additionalProperties": {"$ref": "#"}}]
+           {"properties": {"properties": {"type": "object"}}},
+           {"type": "object", "additionalProperties": {"$ref": "#"}}]
 
 
 class Fuzzer:

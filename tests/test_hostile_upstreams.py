@@ -10,39 +10,10 @@ import time
 import pytest
 import requests
 
-import fake_qwen
-from conftest import start_gateway
-from helpers import stop_process
-from test_upstreams import FAST_BREAKER, upstream_view
+from test_upstreams import fakes, gateway_on, upstream_view  # noqa: F401 - fixtures
 
 JSON = "application/json"
 ASK = {"model": "qwen", "messages": [{"role": "user", "content": "hello"}]}
-
-
-@pytest.fixture
-def fakes():
-    started = []
-
-    def make(n):
-        started.extend(fake_qwen.start() for _ in range(n))
-        return started[-n:]
-    yield make
-    for f in started:
-        f.stop()
-
-
-@pytest.fixture
-def gateway_on(fake_gigachat, tmp_path):
-    procs = []
-
-    def make(*ups):
-        proc = start_gateway(",".join(u.base_url for u in ups), fake_gigachat, tmp_path, **FAST_BREAKER)
-        proc.db_path = tmp_path / "history.db"
-        procs.append(proc)
-        return proc
-    yield make
-    for p in procs:
-        stop_process(p)
 
 
 def wait_for(predicate, timeout=10.0):
@@ -59,8 +30,8 @@ def chat(gw, timeout=30, **over):
     return requests.post(gw.base_url + "/v1/chat/completions", json={**ASK, **over}, timeout=timeout)
 
 
-def answer_row(gw, sid):
-    conn = sqlite3.connect(gw.db_path)
+def answer_row(db_dir, sid):
+    conn = sqlite3.connect(db_dir / "history.db")
     try:
         return conn.execute("SELECT content, status, error FROM messages WHERE conversation_id = ? AND "
                             "role = 'assistant'", (sid,)).fetchone()
@@ -126,7 +97,7 @@ def tool_delta(index, args="{}"):
         {"index": index, "id": f"call_{index}", "type": "function", "function": {"name": "f", "arguments": args}}]}}]}
 
 
-def test_a_tool_call_numbered_a_million_is_refused_quickly_and_saved_small(fakes, gateway_on):
+def test_a_tool_call_numbered_a_million_is_refused_quickly_and_saved_small(fakes, gateway_on, tmp_path):
     bad, = fakes(1)
     bad.stream_script = [{"choices": [{"index": 0, "delta": {"content": "Calling"}}]}, tool_delta(0),
                          tool_delta(1_000_000)]
@@ -136,12 +107,12 @@ def test_a_tool_call_numbered_a_million_is_refused_quickly_and_saved_small(fakes
     body = r.text
     assert time.monotonic() - t0 < 5
     assert r.status_code == 200 and "qwen_bad_answer" in body and "tool_calls index" in body
-    content, status, error = answer_row(gw, r.headers["X-Session-ID"])
+    content, status, error = answer_row(tmp_path, r.headers["X-Session-ID"])
     assert status == "error" and "tool_calls index" in error
     assert len(content) < 1000 and content.startswith("Calling")
 
 
-def test_a_huge_answer_is_cut_in_history_and_the_row_says_so(fakes, gateway_on):
+def test_a_huge_answer_is_cut_in_history_and_the_row_says_so(fakes, gateway_on, tmp_path):
     bad, = fakes(1)
     piece = "я" * 100_000
     bad.stream_script = [{"choices": [{"index": 0, "delta": {"content": piece}}]} for _ in range(12)] + [
@@ -149,7 +120,7 @@ def test_a_huge_answer_is_cut_in_history_and_the_row_says_so(fakes, gateway_on):
     gw = gateway_on(bad)
     r = chat(gw, stream=True)
     assert r.status_code == 200 and r.text.count("я") == 1_200_000  # the client gets all of it
-    content, status, error = answer_row(gw, r.headers["X-Session-ID"])
+    content, status, error = answer_row(tmp_path, r.headers["X-Session-ID"])
     assert status == "ok" and len(content) == 1 << 20 and set(content) == {"я"}
     assert "cut to its first 1048576 characters of 1200000" in error
 

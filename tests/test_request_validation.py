@@ -155,7 +155,7 @@ TURNS = {
     "answered-twice": USER + [{"role": "assistant", "tool_calls": [CALL]},
                               {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
                               {"role": "tool", "tool_call_id": "call_1", "content": "rainy"}],
-    "args-list": USER + [{"role": "assistant", "tool_calls": [dict(CALL, function={"name": "f", "arguments": "[1, 2]"})]},
+    "args-list": USER + [{"role": "assistant", "tool_calls": [dict(CALL, function={"name": "f", "arguments": "[1]"})]},
                          {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}],
     "args-number": USER + [{"role": "assistant", "tool_calls": [dict(CALL, function={"name": "f", "arguments": "7"})]},
                            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}],
