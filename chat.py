@@ -18,7 +18,7 @@ from common import openapi
 from common.framing import strict_framing
 from common.api_common import (Metrics, allowed_host_names, install_access, install_common, load_env, setup_logging,
                                warn_if_exposed)
-from gateway import ask, history, openai_api, page, text_completions
+from gateway import ask, history, openai_api, page, routing, text_completions
 from gateway.openapi_spec import gateway_spec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -41,6 +41,7 @@ def settings_from_env() -> dict:
                           "max_tokens": int(env("QWEN_MAX_TOKENS")) if env("QWEN_MAX_TOKENS") else None},
         "GIGACHAT_MODEL": env("GIGACHAT_MODEL", "GigaChat"),
         "API_KEY": env("CHAT_API_KEY", ""),
+        "SECRETS_TO_GIGACHAT": env("CHAT_SECRETS_TO_GIGACHAT", "refuse").strip().lower(),  # or redact, allow
         "CORS_ORIGINS": [o.strip() for o in env("CHAT_CORS_ORIGINS", "").split(",") if o.strip()],
         "ALLOWED_HOSTS": allowed_host_names("CHAT_ALLOWED_HOSTS", env("CHAT_HOST", "")),
     }
@@ -61,6 +62,7 @@ def create_app(config=None, providers=None):
     in_use = Gauge("chat_history_connections_in_use", "History DB connections handed out and not yet given back",
                    registry=metrics.registry, multiprocess_mode="livesum")
     app.extensions["db_pool"].on_change = in_use.set
+    app.extensions["routes_total"] = routing.routes_counter(metrics.registry)
     providers = provider_registry.build(app.config) if providers is None else providers
     for provider in providers.values():
         provider.on_queue_change = metrics.queue_length.set
