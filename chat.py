@@ -16,6 +16,7 @@ import db
 import db_journal
 import providers as provider_registry
 from common import openapi, request_reader, wsgi_server
+from common.framing import strict_framing
 from common.api_common import (Metrics, allowed_host_names, install_access, install_common, load_env, setup_logging,
                                warn_if_exposed)
 from gateway import ask, cross_site, history, openai_api, page, routing, text_completions
@@ -58,6 +59,7 @@ def create_app(config=None, providers=None):
     install_common(app, metrics, "chat", app.config["ALLOWED_HOSTS"], "CHAT_ALLOWED_HOSTS")
     install_access(app, page.PUBLIC_PATHS)  # API key and CORS
     cross_site.install(app)  # no spending or saving for another site's page
+    app.wsgi_app = strict_framing(app.wsgi_app)  # a 400 for broken HTTP framing, before anything else
     openapi.register(app, gateway_spec)  # GET /openapi.json
     db.init_app(app)
     in_use = Gauge("chat_history_connections_in_use", "History DB connections handed out and not yet given back",

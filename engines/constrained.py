@@ -12,23 +12,10 @@ import time
 
 import numpy as np
 
+from engines.json_schema import SchemaError, closed  # noqa: F401 - SchemaError: for the callers
+
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 # No free whitespace: a weak model would otherwise fill max_tokens with spaces inside valid JSON.
-
-
-def closed(schema):
-    """The schema with every object that declares `properties` but says nothing of others closed to them
-    (additionalProperties: false, as OpenAI's strict mode requires): the model writes the declared keys
-    only, instead of inventing more until max_tokens (what a weak model does when it may)."""
-    if isinstance(schema, list):
-        return [closed(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: closed(v) if isinstance(v, (dict, list)) else v for k, v in schema.items()}
-    if isinstance(schema.get("properties"), dict):
-        out["properties"] = {k: closed(v) for k, v in schema["properties"].items()}
-        out.setdefault("additionalProperties", False)
-    return out
 
 
 def json_grammar(schema, close=True) -> str:

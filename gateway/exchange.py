@@ -17,8 +17,10 @@ import db
 import db_journal
 from common.api_common import ApiError
 from gateway.cancel import Cancel
+from providers.openai_reply import MAX_TOOL_CALLS
 
 ANSWER_RESERVE = 1024  # tokens kept free for the answer when max_tokens is not given
+MAX_SAVED_CHARS = 1 << 20  # of one answer (its tool calls included) in history; the rest is cut, and the row says so
 CANCELLED = "client disconnected"
 INVALID_REQUEST = (400, 413, 422)  # an upstream's answer that the request was wrong: nothing of it is kept
 
@@ -94,6 +96,9 @@ def merge_tool_call_deltas(calls, deltas):
     """OpenAI's streamed tool_calls pieces (by index: id and name once, arguments in pieces) into calls."""
     for d in deltas:
         i = d.get("index", len(calls))
+        if not isinstance(i, int) or not 0 <= i < MAX_TOOL_CALLS:  # (a list a million entries long, otherwise)
+            raise ApiError(502, f"The upstream sent a tool call numbered {str(i)[:20]}: at most {MAX_TOOL_CALLS} "
+                                f"calls an answer.", type="upstream_error", code="upstream_bad_answer")
         while len(calls) <= i:
             calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
         c, f = calls[i], d.get("function") or {}
@@ -107,7 +112,12 @@ def _save_answer(ctx, text, info, status, error=None):
     """The answer row's id, or None when the database could not take it now: then it is in the journal
     (db_journal.py), written to the history once the database is back. ApiError 409 when the
     conversation was deleted meanwhile."""
-    record = {"conv_id": ctx["sid"], "role": "assistant", "content": saved_text(text, info.get("tool_calls")),
+    content = saved_text(text, info.get("tool_calls"))
+    if len(content) > MAX_SAVED_CHARS:
+        error = (f"{error}; " if error else "") + (f"the answer was cut to its first {MAX_SAVED_CHARS} characters "
+                                                   f"of {len(content)} for history")
+        content = content[:MAX_SAVED_CHARS]
+    record = {"conv_id": ctx["sid"], "role": "assistant", "content": content,
               "provider": ctx["provider"].name, "model": ctx["model"] or info.get("model"),
               "system_prompt": ctx["system"], "params": ctx["params"], "usage": info.get("usage"),
               "latency_ms": _elapsed_ms(ctx), "finish_reason": info.get("finish_reason"), "status": status,
