@@ -12,7 +12,7 @@ drift hits all alike), alongside the same db.py call in-process (SQL only, no JS
 Goal: p95 <= 10 ms. Rows over the goal get their EXPLAIN QUERY PLAN printed (SQLite).
 
 --backend postgres (or both, side by side in one run): a throwaway PostgreSQL (tests/pg_server.py's
-initdb + pg_ctl) gets the same messages through db_move.py's mover (COPY, ids kept), then ANALYZE
+initdb + pg_ctl) gets the same messages through history/move.py's mover (COPY, ids kept), then ANALYZE
 (what autovacuum does on its own after a bulk load), and a second gateway runs with CHAT_DB=its URL.
 """
 import argparse
@@ -60,13 +60,13 @@ def timed_rounds(rounds, arms, conns, clients, reqs, inner):
 
 def load_postgres(path):
     """A throwaway PostgreSQL holding the SQLite file's history: (server, URL, a line on the load)."""
-    import db_move
     import pg_server
+    from history import move
     server = pg_server.PostgresServer()
     try:
         url = server.new_database()
         t0 = time.perf_counter()
-        moved = db_move.migrate_to_postgres(path, url)
+        moved = move.migrate_to_postgres(path, url)
         t_move = time.perf_counter() - t0
         conn = db.open_connection(url)
         t0 = time.perf_counter()
@@ -78,7 +78,7 @@ def load_postgres(path):
     except BaseException:
         server.stop()
         raise
-    note = (f"PostgreSQL {version}: {moved['messages']:,} messages moved by db_move.py in "
+    note = (f"PostgreSQL {version}: {moved['messages']:,} messages moved by history/move.py in "
             f"{t_move:.0f} s (COPY + tsvector + indexes), ANALYZE {t_analyze:.1f} s, {size / 2**20:,.0f} MB.")
     print(note, file=sys.stderr, flush=True)
     return server, url, note

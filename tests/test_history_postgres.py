@@ -13,7 +13,8 @@ import requests
 
 import db
 from conftest import start_gateway
-from helpers import errors_running_at_once, stop_process
+from helpers import REPO_ROOT, errors_running_at_once, stop_process
+from history import postgres as history_pg
 
 
 def test_two_hosts_with_two_workers_each_save_every_exchange_exactly_once(postgres, fake_gigachat, tmp_path):
@@ -68,14 +69,14 @@ def test_two_hosts_with_two_workers_each_save_every_exchange_exactly_once(postgr
 
 def test_processes_starting_together_apply_the_schema_once(postgres):
     url = postgres.new_database()
-    errors = errors_running_at_once(lambda: db.db_postgres.init_db(url))
+    errors = errors_running_at_once(lambda: history_pg.init_db(url))
     conn = db.open_connection(url)
     assert not errors, errors
-    assert [tuple(r) for r in conn.execute("SELECT version FROM schema_version")] == [(db.db_postgres.SCHEMA_VERSION,)]
+    assert [tuple(r) for r in conn.execute("SELECT version FROM schema_version")] == [(history_pg.SCHEMA_VERSION,)]
     conn.execute("UPDATE schema_version SET version = version + 1")
     conn.close()
     with pytest.raises(RuntimeError, match="newer version"):
-        db.db_postgres.init_db(url)
+        history_pg.init_db(url)
 
 
 def test_an_sqlite_history_moves_to_postgres_with_one_command(postgres, tmp_path):
@@ -88,7 +89,7 @@ def test_an_sqlite_history_moves_to_postgres_with_one_command(postgres, tmp_path
     db.add_message(src, "s0", "user", "без ответа", "qwen")
     db.delete_conversation(src, "s1")  # ids with a gap
     src.close()
-    out = subprocess.run([sys.executable, os.path.join(db.HERE, "db.py"), "migrate-to-postgres", path, url],
+    out = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "db.py"), "migrate-to-postgres", path, url],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "2 conversations, 5 messages, 2 pairs" in out.stdout
@@ -98,7 +99,7 @@ def test_an_sqlite_history_moves_to_postgres_with_one_command(postgres, tmp_path
     assert [r["content"] for r in db.list_messages(conn, q="вопрос")] == ["вопрос номер 2", "вопрос номер 0"]
     new = db.add_message(conn, "s0", "user", "после переезда", "qwen")  # ids go on after the moved ones
     assert new > max(r["id"] for r in db.iter_messages(src))
-    again = subprocess.run([sys.executable, os.path.join(db.HERE, "db.py"), "migrate-to-postgres", path, url],
+    again = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "db.py"), "migrate-to-postgres", path, url],
                            capture_output=True, text=True, timeout=60)
     assert again.returncode != 0 and "not empty" in again.stderr  # never twice into one database
     conn.close()

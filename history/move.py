@@ -3,10 +3,9 @@ PostgreSQL one in a single transaction (COPY, ids kept so answers still name the
 commits only when both sides count the same conversations, messages and answered pairs."""
 import sys
 
-import db
-import db_postgres
+from history import postgres, sqlite
+from history.columns import CONVERSATION_COLUMNS, MESSAGE_COLUMNS
 
-CONVERSATION_COLUMNS = "id, provider, model, system_prompt, title, created_at, updated_at"
 COUNTS = {"conversations": "SELECT count(*) FROM conversations",
           "messages": "SELECT count(*) FROM messages",
           "pairs": "SELECT count(*) FROM messages WHERE question_id IS NOT NULL",
@@ -20,21 +19,21 @@ def counts(conn) -> dict:
 def _copy(src, dst, table, columns):
     with dst.raw.cursor().copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
         for row in src.execute(f"SELECT {columns} FROM {table} ORDER BY {'id' if table == 'messages' else 'rowid'}"):
-            copy.write_row([db_postgres.clean(v) for v in row])
+            copy.write_row([postgres.clean(v) for v in row])
 
 
 def migrate_to_postgres(sqlite_file, url) -> dict:
     """Returns the counts moved; raises (and leaves PostgreSQL as it was) when they differ."""
-    db.init_db(sqlite_file)  # an older file is brought to the current schema first
-    db_postgres.init_db(url)
-    src, dst = db.connect(sqlite_file), db_postgres.connect(url)
+    sqlite.init_db(sqlite_file)  # an older file is brought to the current schema first
+    postgres.init_db(url)
+    src, dst = sqlite.connect(sqlite_file), postgres.connect(url)
     try:
         if any(counts(dst).values()):
             raise SystemExit("the PostgreSQL history is not empty: migrate into a new database")
         with dst.raw.transaction():
             src.execute("BEGIN")  # one snapshot of the file, whoever writes to it meanwhile
             _copy(src, dst, "conversations", CONVERSATION_COLUMNS)
-            _copy(src, dst, "messages", db.MESSAGE_COLUMNS)
+            _copy(src, dst, "messages", MESSAGE_COLUMNS)
             dst.execute("SELECT setval(pg_get_serial_sequence('messages', 'id'), "
                         "coalesce((SELECT max(id) FROM messages), 0) + 1, false)")
             want, got = counts(src), counts(dst)
