@@ -27,6 +27,7 @@ from bench.history_data import RARE_COUNT, cached_db
 from bench.history_requests import explain, internals_for, pick, requests_for
 
 GOAL_MS = 10.0
+HISTORY_MODULES = ("db", "history", "db_postgres", "db_maintenance", "db_move", "db_journal")  # (the last four: before history/)
 
 
 def timed_rounds(rounds, arms, conns, clients, reqs, inner):
@@ -111,12 +112,19 @@ def parse_args():
 def ab_arm(other):
     """(name, repo, db module, exchange module) of another checkout."""
     other = os.path.abspath(other)
-    db_b = load_module("db_ab", os.path.join(other, "db.py"))
-    saved = sys.modules.get("db")
-    sys.modules["db"] = db_b  # exchange.py of the other checkout imports `db`
-    ex_path = os.path.join(other, "gateway", "exchange.py")  # older checkouts: exchange.py at the top
-    ex_b = load_module("exchange_ab", ex_path if os.path.exists(ex_path) else os.path.join(other, "exchange.py"))
-    sys.modules["db"] = saved
+    # its db.py imports its own history package (older checkouts: its db_*.py), not ours
+    ours = {m: sys.modules.pop(m) for m in list(sys.modules) if m.split(".")[0] in HISTORY_MODULES}
+    sys.path.insert(0, other)
+    try:
+        db_b = load_module("db_ab", os.path.join(other, "db.py"))
+        sys.modules["db"] = db_b  # exchange.py of the other checkout imports `db`
+        ex_path = os.path.join(other, "gateway", "exchange.py")  # older checkouts: exchange.py at the top
+        ex_b = load_module("exchange_ab", ex_path if os.path.exists(ex_path) else os.path.join(other, "exchange.py"))
+    finally:
+        sys.path.remove(other)
+        for m in [m for m in sys.modules if m.split(".")[0] in HISTORY_MODULES]:
+            del sys.modules[m]  # (theirs live on in db_b)
+        sys.modules.update(ours)
     return other, other, db_b, ex_b
 
 
