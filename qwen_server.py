@@ -15,7 +15,7 @@ from common.api_common import (LOOPBACK_NAMES, Metrics, allowed_host_names, inst
                                warn_if_exposed)
 from common.wsgi_server import StartupError, serve
 from engines import CACHE_MODES, ENGINES, EngineError, create_engine
-from qwen_api import routes
+from qwen_api import routes, startup
 from qwen_api.service import ModelService
 
 log = logging.getLogger("qwen_server")
@@ -79,15 +79,18 @@ def main(argv=None):
         log.info("loading %s with engine=%s cache=%s", args.model, args.engine, args.cache)
         try:
             engine = create_engine(args.engine, args.model, args.cache, args.max_seq_len, args.threads)
+            if engine.probe_in_child:
+                startup.probe_in_child(engine, args.model, args.cache, args.max_seq_len, args.threads)
             engine.load()
-        except EngineError as e:
+            probe_s = startup.first_token(engine)
+        except (EngineError, startup.ProbeCrash) as e:
             raise StartupError(f"qwen_server: error: {e}") from None
         st = engine.status()
         mem = st["memory"]
         log.info("ready: model=%s arch=%s engine=%s cache=%s context=%d device=%s %s used=%.2f/%.2f GiB "
-                 "load=%.1fs", st["model"], st["architecture"], st["engine"], st["cache_mode"], st["max_seq_len"],
+                 "load=%.1fs first token=%.2fs", st["model"], st["architecture"], st["engine"], st["cache_mode"], st["max_seq_len"],
                  st["device"], mem["kind"], mem["used_bytes"] / 2**30, mem["total_bytes"] / 2**30,
-                 st["load_seconds"])
+                 st["load_seconds"], probe_s)
         for note in (st["cache_note"], st["context_note"]):
             if note:
                 log.warning("%s", note)

@@ -15,6 +15,8 @@ import socket
 import sys
 import threading
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.errors import AppImportError
@@ -99,6 +101,50 @@ class _BootFailureFilter(logging.Filter):
         return not (record.levelno >= logging.ERROR and (msg in self.LINES or msg.endswith("exited with code 4.")))
 
 
+@dataclass
+class WorkerDeaths:
+    """qwen_server's worker processes that died after they had started, as the master saw them. Kept in the
+    master and copied into the next worker when it forks, which shows it in /status."""
+    restarts: int = 0
+    last_signal: Optional[str] = None  # e.g. "SIGSEGV": native code crashed
+    last_exit_code: Optional[int] = None
+    last_at: Optional[float] = None  # time.time()
+
+    def view(self) -> dict:
+        return {"restarts": self.restarts, "last_signal": self.last_signal, "last_exit_code": self.last_exit_code,
+                "last_at": None if self.last_at is None else time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                           time.gmtime(self.last_at))}
+
+
+WORKER_DEATHS = WorkerDeaths()
+
+
+class _WorkerDeathFilter(logging.Filter):
+    """Reads how a worker died from the master's own line about it: gunicorn hands child_exit the worker,
+    not its wait status. (The lines are gunicorn 27's; tests/test_startup_probe.py checks they still come.)"""
+    pending = None  # (signal name or None, exit code or None) of the worker being reaped
+
+    def filter(self, record):
+        if isinstance(record.msg, str) and record.msg.startswith("Worker (pid:%s) was sent %s!"):
+            _WorkerDeathFilter.pending = (str(record.args[1]), None)
+        elif record.msg == "Worker (pid:%s) exited with code %s.":
+            _WorkerDeathFilter.pending = (None, int(record.args[1]))
+        return True
+
+
+def _child_exit(server, worker):
+    """In the master, after a worker exited: a crash (a signal other than the SIGTERM of a stop, or an exit
+    code) is counted; gunicorn then starts the one worker again."""
+    sig, code = _WorkerDeathFilter.pending or (None, None)
+    _WorkerDeathFilter.pending = None
+    if sig in (None, "SIGTERM") and not code:
+        return
+    d = WORKER_DEATHS
+    d.restarts, d.last_signal, d.last_exit_code, d.last_at = d.restarts + 1, sig, code, time.time()
+    server.log.error("qwen_server: the worker process died (%s) and is started again (restart %d, /status "
+                     "counts them); the lines above say why", sig or f"exit code {code}", d.restarts)
+
+
 class EmbeddedServer(BaseApplication):
     """gunicorn inside `python qwen_server.py`: one worker process (the model loads once, in it: CUDA must
     not be initialised before a fork), HeadersFirstWorker threads, `load_app()` called in the worker."""
@@ -149,9 +195,10 @@ def serve(load_app, host, port, threads, log_level="info", graceful_timeout=10):
                "graceful_timeout": graceful_timeout, "keepalive": 5, "accesslog": None, "errorlog": "-",
                "loglevel": log_level.lower(), "proc_name": "qwen_server",
                "control_socket_disable": True,
-               "post_fork": _post_fork}
-    failure_filter = _BootFailureFilter()
+               "post_fork": _post_fork, "child_exit": _child_exit}
+    failure_filter, death_filter = _BootFailureFilter(), _WorkerDeathFilter()
     logging.getLogger("gunicorn.error").addFilter(failure_filter)
+    logging.getLogger("gunicorn.error").addFilter(death_filter)
     master = os.getpid()
     try:
         EmbeddedServer(load_app, options).run()
@@ -161,6 +208,7 @@ def serve(load_app, host, port, threads, log_level="info", graceful_timeout=10):
         return 2 if e.code == 4 else (e.code or 0)
     finally:
         logging.getLogger("gunicorn.error").removeFilter(failure_filter)
+        logging.getLogger("gunicorn.error").removeFilter(death_filter)
     return 0
 
 

@@ -14,33 +14,13 @@ import time
 from engines import (Engine, EngineError, GenParams, cancelled_before_start, decode_loop, find_gguf,
                      ms_since)
 from engines.constrained import TokenGuide, Vocab
+from engines.llamacpp_cpu import amx_choice, cpu_name, crash_advice, open_llama, physical_cores
 
 # -cache -> llama.cpp KV cache type. llama.cpp has no 6-bit cache type: q6 gets q5_1 (5 bits + a
 # 16-bit scale and minimum per 32 values = 6.0 bits a value, the memory of a 6-bit cache).
 CACHE_TYPES = {"fp16": "f16", "q8": "q8_0", "q6": "q5_1", "q4": "q4_0"}
 CHATML_STOPS = ("<|im_end|>", "<|endoftext|>")
 log = logging.getLogger("qwen_server.llamacpp")
-
-
-def physical_cores() -> int:
-    """Cores this process may run on, not counting hyperthread siblings (llama.cpp runs no faster
-    on those, and slower when they share a core's FPU with another thread)."""
-    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    cores, cpu, phys = set(), None, "0"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key, value = key.strip(), value.strip()
-                if key == "processor":
-                    cpu = int(value)
-                elif key == "physical id":
-                    phys = value
-                elif key == "core id" and cpu in allowed:
-                    cores.add((phys, value))
-    except (OSError, ValueError):
-        pass
-    return max(1, min(len(cores) or len(allowed), len(allowed)))
 
 
 def gguf_context_length(path):
@@ -68,6 +48,12 @@ def gguf_context_length(path):
 
 class LlamaCppEngine(Engine):
     name = "llamacpp"
+    probe_in_child = True  # llama.cpp's AMX kernels segfault on some Xeons (llamacpp_cpu.py)
+
+    def crash_hint(self) -> str:
+        amx = amx_choice()
+        return (f"llama.cpp on {cpu_name()} (CPU has AMX: {'yes' if amx.cpu else 'no'}; llama.cpp built with AMX: "
+                f"{'yes' if amx.build else 'no'}): {crash_advice(amx)}")
 
     def __init__(self, model_path, cache_mode="q4", max_seq_len=None, threads=None):
         super().__init__(model_path, cache_mode, max_seq_len)
@@ -98,10 +84,14 @@ class LlamaCppEngine(Engine):
             raise EngineError(f"llama-cpp-python is not installed ({e}): pip install -r requirements.txt") from e
         self.fit_context(gguf_context_length(self.gguf_path))
         cache_type = getattr(llama_cpp, f"GGML_TYPE_{self.cache_mode.upper()}")
+        self.amx = amx_choice()
+        if self.amx.note():
+            log.warning("llama.cpp: %s", self.amx.note())
         try:
-            self.llm = llama_cpp.Llama(self.gguf_path, n_ctx=self.max_seq_len, n_threads=self.threads,
-                                       n_threads_batch=self.threads, type_k=cache_type, type_v=cache_type,
-                                       flash_attn=self.flash_attn, n_gpu_layers=0, verbose=False)
+            self.llm, self.buffers = open_llama(
+                self.gguf_path, self.amx.extra_bufts, n_ctx=self.max_seq_len, n_threads=self.threads,
+                n_threads_batch=self.threads, type_k=cache_type, type_v=cache_type, flash_attn=self.flash_attn,
+                n_gpu_layers=0, verbose=False)
         except (ValueError, RuntimeError) as e:  # llama-cpp-python's "Failed to load model from file" etc.
             raise EngineError(f"llama.cpp cannot load {self.gguf_path!r} with a {self.max_seq_len}-token "
                               f"{self.cache_mode} cache: {e}") from e
@@ -120,9 +110,10 @@ class LlamaCppEngine(Engine):
         self.extra_stops = {ids[0] for ids in (self.tokenize(t) for t in CHATML_STOPS) if len(ids) == 1}
         self.ll_vocab = Vocab(self._ll_tokenizer)
         self.load_seconds = round(time.perf_counter() - t0, 2)
-        log.info("llama.cpp: %s, K and V cache %s (asked: %s), flash attention %s, %d threads, OMP_WAIT_POLICY=%s",
-                 os.path.basename(self.gguf_path), self.cache_mode, self.cache_requested,
-                 "on" if self.flash_attn else "off", self.threads, os.environ.get("OMP_WAIT_POLICY"))
+        log.info("llama.cpp: %s, K and V cache %s (asked: %s), flash attention %s, %d threads, OMP_WAIT_POLICY=%s, "
+                 "weights in %s", os.path.basename(self.gguf_path), self.cache_mode, self.cache_requested,
+                 "on" if self.flash_attn else "off", self.threads, os.environ.get("OMP_WAIT_POLICY"),
+                 ", ".join(f"{k} {v} MiB" for k, v in self.buffers.items()))
 
     def _special_token_texts(self, meta) -> dict:
         """bos/eos/unk/pad token texts for the template, as transformers passes its special tokens map."""
@@ -161,7 +152,7 @@ class LlamaCppEngine(Engine):
         st = super().status()
         st.update(threads=self.threads, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
                   flash_attn=self.flash_attn, cache_type_k=self.cache_mode, cache_type_v=self.cache_mode,
-                  gguf=os.path.abspath(self.gguf_path))
+                  gguf=os.path.abspath(self.gguf_path), model_buffers_mib=self.buffers, amx=self.amx.view())
         return st
 
     # -- generation ---------------------------------------------------------------------------------

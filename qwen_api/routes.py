@@ -4,6 +4,7 @@ import threading
 from flask import Blueprint, current_app, jsonify, request
 
 from common.api_common import ApiError, endpoint_list, json_body, sse, sse_response
+from common.wsgi_server import WORKER_DEATHS
 from common.openai_format import chunk, completion, new_id, parse_chat_request, parse_messages
 from engines import GenParams
 from qwen_api import completions
@@ -103,7 +104,7 @@ def models():
 def status():
     svc = service()
     st = svc.engine.status()
-    st.update(svc.stats.snapshot(), queue_length=svc.engine.queue_length(), online=True)
+    st.update(svc.stats.snapshot(), queue_length=svc.engine.queue_length(), online=True, worker=WORKER_DEATHS.view())
     svc.metrics.queue_length.set(st["queue_length"])
     return jsonify(st)
 
