@@ -50,6 +50,9 @@ def parse_args(argv=None):
                         "else transformers (env QWEN_ENGINE)")
     p.add_argument("-t", "--threads", type=int, default=env("QWEN_THREADS") or None,
                    help="CPU threads of the llamacpp engine (env QWEN_THREADS; default: the physical cores)")
+    p.add_argument("--threads-batch", type=int, default=env("QWEN_THREADS_BATCH") or None,
+                   help="the llamacpp engine's threads for prompts (env QWEN_THREADS_BATCH; default: -t, else "
+                        "the physical cores)")
     p.add_argument("--host", default=env("QWEN_HOST", "127.0.0.1"), help="bind address (env QWEN_HOST)")
     p.add_argument("--port", type=int, default=env("QWEN_PORT", "5001"), help="port (env QWEN_PORT, default 5001)")
     p.add_argument("--http-threads", type=int, default=env("QWEN_HTTP_THREADS", "16"),
@@ -65,8 +68,8 @@ def parse_args(argv=None):
         p.error("-l must be at least 16 tokens")
     if args.http_threads < 1 or args.max_tokens_default < 1:
         p.error("--http-threads and --max-tokens-default must be at least 1")
-    if args.threads is not None and args.threads < 1:
-        p.error("-t must be at least 1")
+    if any(t is not None and t < 1 for t in (args.threads, args.threads_batch)):
+        p.error("-t and --threads-batch must be at least 1")
     return args
 
 
@@ -78,9 +81,10 @@ def main(argv=None):
     def load_app():  # in the server's worker process: the model loads there, once
         log.info("loading %s with engine=%s cache=%s", args.model, args.engine, args.cache)
         try:
-            engine = create_engine(args.engine, args.model, args.cache, args.max_seq_len, args.threads)
+            engine = create_engine(args.engine, args.model, args.cache, args.max_seq_len, args.threads,
+                                   args.threads_batch)
             if engine.probe_in_child:
-                startup.probe_in_child(engine, args.model, args.cache, args.max_seq_len, args.threads)
+                startup.probe_in_child(engine, args)
             engine.load()
             probe_s = startup.first_token(engine)
         except (EngineError, startup.ProbeCrash) as e:

@@ -27,7 +27,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (PYTHON, REPO_ROOT, Client, clean_env, fmt, free_port, header, md_table, median,  # noqa: E402
                      stop_process)
-from engines.llamacpp_engine import CACHE_TYPES, physical_cores  # noqa: E402
+from engines.llamacpp_cpu import physical_cores  # noqa: E402
+from engines.llamacpp_engine import CACHE_TYPES  # noqa: E402
 from tools.make_models import ensure_smollm2_gguf  # noqa: E402
 
 GGML_TYPE = {"f16": 1, "q8_0": 8, "q5_1": 7, "q4_0": 2}  # llama.cpp's ggml_type numbers (--type_k/--type_v)

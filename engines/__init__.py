@@ -315,13 +315,13 @@ def pick_engine(kind, model_path) -> str:
 ENGINES = ("auto", "llamacpp", "exllamav2", "transformers")
 
 
-def create_engine(kind, model_path, cache_mode="q4", max_seq_len=None, threads=None) -> Engine:
-    """threads: llama.cpp's CPU threads (default: the physical cores); the other engines leave
-    threading to torch."""
+def create_engine(kind, model_path, cache_mode="q4", max_seq_len=None, threads=None, threads_batch=None) -> Engine:
+    """threads, threads_batch: llama.cpp's CPU threads for decoding and for prompts (default: chosen from
+    the cores and the model's size, engines/llamacpp_cpu.py); the other engines leave threading to torch."""
     kind = pick_engine(kind, model_path)
     if kind == "llamacpp":
         from engines.llamacpp_engine import LlamaCppEngine
-        return LlamaCppEngine(model_path, cache_mode, max_seq_len, threads)
+        return LlamaCppEngine(model_path, cache_mode, max_seq_len, threads, threads_batch)
     if kind == "exllamav2":
         from engines.exllamav2_engine import ExLlamaV2Engine
         return ExLlamaV2Engine(model_path, cache_mode, max_seq_len)

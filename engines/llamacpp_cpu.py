@@ -143,3 +143,50 @@ def open_llama(path, extra_bufts: bool, **kwargs):
             llama_cpp.llama_log_set(forward, None)
             capi.llama_model_default_params = default_params
     return llm, {name: round(mib, 1) for name, mib in buffers.items()}
+
+
+WAIT_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+# libgomp's threads spin this many rounds at the barrier after each op, then sleep (its default: 300000; PASSIVE
+# is 0, ACTIVE forever). A short spin catches the partner thread that is a few microseconds late (most ops on an
+# idle machine) and gives the core back soon when the partner is not running (a busy machine): measured with
+# bench/llamacpp_knobs.py, README "Performance".
+SPIN_ROUNDS = 10000
+SPIN_WHY = (f"a short spin ({SPIN_ROUNDS} rounds, then sleep) at each op's barrier: fast on a free machine, and no "
+            f"core held for long while the partner thread waits for one on a busy machine")
+
+
+@dataclass
+class ThreadPlan:
+    """llama.cpp's threads and how its OpenMP threads wait at the barrier after each op: chosen here unless
+    QWEN_THREADS / -t, QWEN_THREADS_BATCH / --threads-batch, OMP_WAIT_POLICY or GOMP_SPINCOUNT say otherwise."""
+    decode: int
+    batch: int
+    threads_why: str
+    wait_why: str = SPIN_WHY
+
+    def apply(self):
+        """Sets the wait (libgomp reads it once, when it loads: before llama_cpp is first imported)."""
+        for key in WAIT_KEYS:
+            if not os.environ.get(key, "x").strip():  # empty in .env: unset (libgomp would warn about "")
+                del os.environ[key]
+        if any(key in os.environ for key in WAIT_KEYS):
+            self.wait_why = "set in the environment"
+        else:
+            os.environ["GOMP_SPINCOUNT"] = str(SPIN_ROUNDS)
+
+    def wait(self) -> str:
+        return ", ".join(f"{k}={os.environ[k]}" for k in WAIT_KEYS if os.environ.get(k)) or "libgomp's default"
+
+    def line(self) -> str:
+        return f"{self.decode} decode / {self.batch} prompt threads ({self.threads_why}), {self.wait()} ({self.wait_why})"
+
+    def view(self) -> dict:
+        return {"decode_threads": self.decode, "prompt_threads": self.batch, "threads_why": self.threads_why,
+                "wait": self.wait(), "wait_why": self.wait_why}
+
+
+def plan_threads(model_bytes, threads=None, threads_batch=None) -> ThreadPlan:
+    """Decode and prompt threads: QWEN_THREADS / -t and QWEN_THREADS_BATCH / --threads-batch win."""
+    cores = physical_cores()
+    why = "set by QWEN_THREADS / -t" if threads else f"the {cores} physical cores, for a {model_bytes / 2**20:.0f} MiB model"
+    return ThreadPlan(threads or cores, threads_batch or threads or cores, why)

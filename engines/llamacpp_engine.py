@@ -14,7 +14,7 @@ import time
 from engines import (Engine, EngineError, GenParams, cancelled_before_start, decode_loop, find_gguf,
                      ms_since)
 from engines.constrained import TokenGuide, Vocab
-from engines.llamacpp_cpu import amx_choice, cpu_name, crash_advice, open_llama, physical_cores
+from engines.llamacpp_cpu import amx_choice, cpu_name, crash_advice, open_llama, plan_threads
 
 # -cache -> llama.cpp KV cache type. llama.cpp has no 6-bit cache type: q6 gets q5_1 (5 bits + a
 # 16-bit scale and minimum per 32 values = 6.0 bits a value, the memory of a 6-bit cache).
@@ -55,14 +55,15 @@ class LlamaCppEngine(Engine):
         return (f"llama.cpp on {cpu_name()} (CPU has AMX: {'yes' if amx.cpu else 'no'}; llama.cpp built with AMX: "
                 f"{'yes' if amx.build else 'no'}): {crash_advice(amx)}")
 
-    def __init__(self, model_path, cache_mode="q4", max_seq_len=None, threads=None):
+    def __init__(self, model_path, cache_mode="q4", max_seq_len=None, threads=None, threads_batch=None):
         super().__init__(model_path, cache_mode, max_seq_len)
         self.gguf_path = find_gguf(model_path)
         if not self.gguf_path:
             raise EngineError(f"{model_path!r} is not a .gguf file or a dir holding one: the llamacpp engine "
                               f"serves GGUF models (use --engine transformers for a Hugging Face dir)")
         self.model_name = os.path.basename(self.gguf_path)[:-len(".gguf")]
-        self.threads = threads or physical_cores()
+        self.plan = plan_threads(os.path.getsize(self.gguf_path), threads, threads_batch)
+        self.threads, self.threads_batch = self.plan.decode, self.plan.batch
         self.cache_mode = CACHE_TYPES[cache_mode]
         if cache_mode == "q6":
             self.cache_note = "llama.cpp has no 6-bit KV cache type: q6 uses q5_1 (6.0 bits a value, same memory)"
@@ -72,11 +73,7 @@ class LlamaCppEngine(Engine):
         t0 = time.perf_counter()
         # llama.cpp's own log (model metadata, per-tensor lines) goes to this logger: errors only
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
-        # ggml's CPU threads meet at an OpenMP barrier after every op. libgomp's default lets the early
-        # thread spin, holding a core that the late one needs whenever anything else runs (the gateway,
-        # another server): measured on 2 shared cores, 3 tok/s spinning vs 70 sleeping. Read when
-        # libgomp loads, so it is set before the first import of llama_cpp; an explicit setting wins.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        self.plan.apply()  # OMP_WAIT_POLICY / GOMP_SPINCOUNT: read when libgomp loads, before llama_cpp is imported
         try:
             import llama_cpp
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -90,7 +87,7 @@ class LlamaCppEngine(Engine):
         try:
             self.llm, self.buffers = open_llama(
                 self.gguf_path, self.amx.extra_bufts, n_ctx=self.max_seq_len, n_threads=self.threads,
-                n_threads_batch=self.threads, type_k=cache_type, type_v=cache_type, flash_attn=self.flash_attn,
+                n_threads_batch=self.threads_batch, type_k=cache_type, type_v=cache_type, flash_attn=self.flash_attn,
                 n_gpu_layers=0, verbose=False)
         except (ValueError, RuntimeError) as e:  # llama-cpp-python's "Failed to load model from file" etc.
             raise EngineError(f"llama.cpp cannot load {self.gguf_path!r} with a {self.max_seq_len}-token "
@@ -110,10 +107,10 @@ class LlamaCppEngine(Engine):
         self.extra_stops = {ids[0] for ids in (self.tokenize(t) for t in CHATML_STOPS) if len(ids) == 1}
         self.ll_vocab = Vocab(self._ll_tokenizer)
         self.load_seconds = round(time.perf_counter() - t0, 2)
-        log.info("llama.cpp: %s, K and V cache %s (asked: %s), flash attention %s, %d threads, OMP_WAIT_POLICY=%s, "
-                 "weights in %s", os.path.basename(self.gguf_path), self.cache_mode, self.cache_requested,
-                 "on" if self.flash_attn else "off", self.threads, os.environ.get("OMP_WAIT_POLICY"),
-                 ", ".join(f"{k} {v} MiB" for k, v in self.buffers.items()))
+        log.info("llama.cpp: %s, K and V cache %s (asked: %s), flash attention %s, weights in %s; %s",
+                 os.path.basename(self.gguf_path), self.cache_mode, self.cache_requested,
+                 "on" if self.flash_attn else "off", ", ".join(f"{k} {v} MiB" for k, v in self.buffers.items()),
+                 self.plan.line())
 
     def _special_token_texts(self, meta) -> dict:
         """bos/eos/unk/pad token texts for the template, as transformers passes its special tokens map."""
@@ -150,7 +147,7 @@ class LlamaCppEngine(Engine):
 
     def status(self):
         st = super().status()
-        st.update(threads=self.threads, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+        st.update(threads=self.threads, threads_batch=self.threads_batch, cpu_plan=self.plan.view(),
                   flash_attn=self.flash_attn, cache_type_k=self.cache_mode, cache_type_v=self.cache_mode,
                   gguf=os.path.abspath(self.gguf_path), model_buffers_mib=self.buffers, amx=self.amx.view())
         return st

@@ -37,14 +37,14 @@ def first_token(engine) -> float:
     return time.perf_counter() - t0
 
 
-def probe_in_child(engine, model, cache, max_seq_len, threads):
+def probe_in_child(engine, args):
     """Load and generate one token in a child process; ProbeCrash when a signal killed it. A child that
     failed otherwise (a bad model file...) is left to the server's own load, which says why."""
-    args = [sys.executable, "-m", "qwen_api.startup", "--engine", engine.name, "-m", model, "--cache", cache]
-    args += ["-l", str(max_seq_len)] if max_seq_len else []
-    args += ["-t", str(threads)] if threads else []
+    argv = [sys.executable, "-m", "qwen_api.startup", "--engine", engine.name, "-m", args.model, "--cache", args.cache]
+    for flag, value in (("-l", args.max_seq_len), ("-t", args.threads), ("--threads-batch", args.threads_batch)):
+        argv += [flag, str(value)] if value else []
     t0 = time.perf_counter()
-    r = subprocess.run(args, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    r = subprocess.run(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE, check=False)
     if r.returncode >= 0:
         log.debug("start-up probe: child exited with %d in %.1f s", r.returncode, time.perf_counter() - t0)
@@ -70,10 +70,11 @@ def _child(argv=None):
     p.add_argument("--cache", required=True)
     p.add_argument("-l", "--max-seq-len", type=int)
     p.add_argument("-t", "--threads", type=int)
+    p.add_argument("--threads-batch", type=int)
     a = p.parse_args(argv)
     import resource
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash here is expected news, not a core file
-    engine = create_engine(a.engine, a.model, a.cache, a.max_seq_len, a.threads)
+    engine = create_engine(a.engine, a.model, a.cache, a.max_seq_len, a.threads, a.threads_batch)
     engine.load()
     fault = os.environ.get(FAULT_ENV)
     if fault:
