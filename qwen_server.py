@@ -83,9 +83,12 @@ def main(argv=None):
         try:
             engine = create_engine(args.engine, args.model, args.cache, args.max_seq_len, args.threads,
                                    args.threads_batch)
-            if engine.probe_in_child:
-                startup.probe_in_child(engine, args)
-            engine.load()
+            child = startup.start_probe(engine, args) if engine.probe_in_child else None
+            try:
+                engine.load()
+            finally:
+                if child:
+                    startup.check_probe(engine, child)  # a crash there says more than a load error here
             probe_s = startup.first_token(engine)
         except (EngineError, startup.ProbeCrash) as e:
             raise StartupError(f"qwen_server: error: {e}") from None

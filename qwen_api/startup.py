@@ -1,10 +1,11 @@
 """qwen_server's start-up probe: the engine generates one token before the server says "ready".
 
 An engine whose native code can kill its process (llama.cpp: its AMX kernels segfault on the first
-token on some Intel Xeons) first does it in a child process, `python -m qwen_api.startup ...`: a
-child killed by a signal becomes one line naming the engine, the signal and what to set (the caller
-exits with status 2), where it would otherwise crash the server at its first question, again and
-again. Then the engine loaded in the server generates its own token (every engine)."""
+token on some Intel Xeons) also does it in a child process, `python -m qwen_api.startup ...`, which
+loads while the server loads its own copy: a child killed by a signal becomes one line naming the
+engine, the signal and what to set (the caller exits with status 2), where it would otherwise crash
+the server at its first question, again and again. The server's engine generates its own token (every
+engine) only once the child has succeeded."""
 import argparse
 import logging
 import os
@@ -37,23 +38,28 @@ def first_token(engine) -> float:
     return time.perf_counter() - t0
 
 
-def probe_in_child(engine, args):
-    """Load and generate one token in a child process; ProbeCrash when a signal killed it. A child that
-    failed otherwise (a bad model file...) is left to the server's own load, which says why."""
+def start_probe(engine, args) -> subprocess.Popen:
+    """Starts loading the model and generating one token in a child process (the server loads its own copy
+    meanwhile); check_probe() waits for it."""
     argv = [sys.executable, "-m", "qwen_api.startup", "--engine", engine.name, "-m", args.model, "--cache", args.cache]
     for flag, value in (("-l", args.max_seq_len), ("-t", args.threads), ("--threads-batch", args.threads_batch)):
         argv += [flag, str(value)] if value else []
+    return subprocess.Popen(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def check_probe(engine, child: subprocess.Popen):
+    """ProbeCrash when a signal killed the child. A child that failed otherwise (a bad model file...) is left
+    to the server's own load, which says why."""
     t0 = time.perf_counter()
-    r = subprocess.run(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, check=False)
-    if r.returncode >= 0:
-        log.debug("start-up probe: child exited with %d in %.1f s", r.returncode, time.perf_counter() - t0)
+    _, err = child.communicate()
+    if child.returncode >= 0:
+        log.debug("start-up probe: child exited with %d (waited %.1f s)", child.returncode, time.perf_counter() - t0)
         return
-    sig = _signal_name(-r.returncode)
-    log.debug("start-up probe child's stderr:\n%s", r.stderr.decode("utf-8", "replace")[-4000:])
-    oom = " (SIGKILL: out of memory?)" if -r.returncode == signal.SIGKILL else ""
-    raise ProbeCrash(f"the {engine.name} engine crashed with {sig}{oom} generating its first token: "
-                     f"{engine.crash_hint()}")
+    log.debug("start-up probe child's stderr:\n%s", err.decode("utf-8", "replace")[-4000:])
+    oom = " (SIGKILL: out of memory?)" if -child.returncode == signal.SIGKILL else ""
+    raise ProbeCrash(f"the {engine.name} engine crashed with {_signal_name(-child.returncode)}{oom} generating its "
+                     f"first token: {engine.crash_hint()}")
 
 
 def _signal_name(num):
