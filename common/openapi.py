@@ -246,7 +246,9 @@ QWEN_STATUS_PROPS = dict(
     memory=obj(["kind", "used_bytes", "total_bytes"], kind=string(enum=["vram", "ram"]), used_bytes=INT,
                total_bytes=INT),
     requests_served=INT, tokens_generated=INT, average_tokens_per_second=nullable(NUM),
-    last_tokens_per_second=nullable(NUM), active_requests=INT, uptime_seconds=NUM, queue_length=INT)
+    last_tokens_per_second=nullable(NUM), active_requests=INT, uptime_seconds=NUM, queue_length=INT,
+    worker=obj(["restarts"], restarts=INT, last_signal=nullable(STR), last_exit_code=nullable(INT),
+               last_at=nullable(STR)))
 OPENAPI_DOC = obj(["openapi", "info", "paths"], openapi=STR, info=obj(), paths=obj())
 METRICS_TEXT = {"text/plain": {"schema": STR}}
 

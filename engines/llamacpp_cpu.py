@@ -104,7 +104,8 @@ def crash_advice(amx: AmxChoice) -> str:
     if amx.used:
         return "its AMX kernels crash on this CPU (llama.cpp#20824): unset QWEN_LLAMA_AMX"
     if amx.build and amx.cpu:
-        return "rebuild llama-cpp-python without AMX (`make install`, without LLAMA_AMX=1), or run --engine transformers"
+        return ("rebuild llama-cpp-python without AMX (`make install`, without LLAMA_AMX=1), or run "
+                "--engine transformers")
     return ("rebuild llama-cpp-python for this CPU (`rm -rf .cache/llama-wheel-* && make install`), or run "
             "--engine transformers")
 
@@ -178,7 +179,8 @@ class ThreadPlan:
         return ", ".join(f"{k}={os.environ[k]}" for k in WAIT_KEYS if os.environ.get(k)) or "libgomp's default"
 
     def line(self) -> str:
-        return f"{self.decode} decode / {self.batch} prompt threads ({self.threads_why}), {self.wait()} ({self.wait_why})"
+        return (f"{self.decode} decode / {self.batch} prompt threads ({self.threads_why}), {self.wait()} "
+                f"({self.wait_why})")
 
     def view(self) -> dict:
         return {"decode_threads": self.decode, "prompt_threads": self.batch, "threads_why": self.threads_why,
@@ -188,5 +190,6 @@ class ThreadPlan:
 def plan_threads(model_bytes, threads=None, threads_batch=None) -> ThreadPlan:
     """Decode and prompt threads: QWEN_THREADS / -t and QWEN_THREADS_BATCH / --threads-batch win."""
     cores = physical_cores()
-    why = "set by QWEN_THREADS / -t" if threads else f"the {cores} physical cores, for a {model_bytes / 2**20:.0f} MiB model"
+    why = "set by QWEN_THREADS / -t" if threads else \
+        f"the {cores} physical cores, for a {model_bytes / 2**20:.0f} MiB model"
     return ThreadPlan(threads or cores, threads_batch or threads or cores, why)
