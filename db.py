@@ -14,7 +14,7 @@ import db_postgres
 from db_maintenance import MAINTENANCE_INTERVAL_S, index_pending, start_maintenance, write_transaction  # noqa: F401
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCHEMA_VERSION = 4  # schema.sql is this version; migrate_<n>.sql brings a file from n-1 to n
+SCHEMA_VERSION = 5  # schema.sql is this version; migrate_<n>.sql brings a file from n-1 to n
 BUSY_TIMEOUT_MS = 5000
 WAL_AUTOCHECKPOINT_PAGES = 10000  # a safety net: the maintenance thread checkpoints every second
 # The -wal file is cut back to this size whenever it starts over (journal_size_limit); and when no one
@@ -23,7 +23,7 @@ WAL_AUTOCHECKPOINT_PAGES = 10000  # a safety net: the maintenance thread checkpo
 WAL_SIZE_LIMIT = 4 << 20
 MESSAGE_COLUMNS = ("id, conversation_id, role, content, provider, model, system_prompt, params, prompt_tokens, "
                    "completion_tokens, precached_prompt_tokens, latency_ms, finish_reason, status, error, created_at, "
-                   "question_id")
+                   "question_id, route")
 
 log = logging.getLogger(__name__)
 
@@ -208,10 +208,11 @@ class ConversationGone(Exception):
 
 def add_message(db, conv_id, role, content, provider, model=None, system_prompt=None, params=None,
                 usage=None, latency_ms=None, finish_reason=None, status="ok", error=None, title=None,
-                question_id=None) -> int:
+                question_id=None, route=None) -> int:
     """Inserts one message and bumps its conversation; returns the message id. With a title, the
     conversation is created first if it does not exist yet, in the same transaction (one commit).
-    An answer names its question (question_id). Raises ConversationGone when either was deleted."""
+    An answer names its question (question_id); `route` is how model "auto" chose the provider (None when
+    the client chose it). Raises ConversationGone when either was deleted."""
     usage = usage or {}
     now = time.time()
     try:
@@ -230,11 +231,11 @@ def add_message(db, conv_id, role, content, provider, model=None, system_prompt=
             message_id = db.execute(
                 "INSERT INTO messages (conversation_id, role, content, provider, model, system_prompt, params, "
                 "prompt_tokens, completion_tokens, precached_prompt_tokens, latency_ms, finish_reason, status, error, "
-                "created_at, question_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                "created_at, question_id, route) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (conv_id, role, content, provider, model, system_prompt,
                  json.dumps(params, ensure_ascii=False) if params is not None else None,
                  usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("precached_prompt_tokens"),
-                 latency_ms, finish_reason, status, error, now, question_id)).fetchone()[0]
+                 latency_ms, finish_reason, status, error, now, question_id, route)).fetchone()[0]
     except INTEGRITY_ERRORS as e:
         if "foreign key" in str(e).lower():
             raise ConversationGone(conv_id) from e
@@ -249,6 +250,12 @@ def answered_pairs(db, conv_id):
         "SELECT q.content AS question, a.content AS answer, a.status AS status FROM messages a "
         "JOIN messages q ON q.id = a.question_id WHERE a.conversation_id = ? AND a.role = 'assistant' "
         "ORDER BY q.id", (conv_id,)).fetchall()
+
+
+def has_route(db, conv_id, route) -> bool:
+    """Whether any message of the conversation was routed so (a conversation once kept local stays local)."""
+    return db.execute("SELECT 1 FROM messages WHERE conversation_id = ? AND route = ? LIMIT 1",
+                      (conv_id, route)).fetchone() is not None
 
 
 def conversation_messages(db, conv_id):

@@ -1,4 +1,4 @@
--- Dual AI Chat API history: the current schema (version 4, PRAGMA user_version), which db.init_db
+-- Dual AI Chat API history: the current schema (version 5, PRAGMA user_version), which db.init_db
 -- gives a new file in one go. Older files are brought up to it by migrate_<n>.sql in turn.
 CREATE TABLE IF NOT EXISTS conversations (
     id            TEXT PRIMARY KEY,
@@ -31,7 +31,10 @@ CREATE TABLE IF NOT EXISTS messages (
     error                   TEXT,
     created_at              REAL NOT NULL,
     -- An answer names the question it answers (version 3); NULL for questions.
-    question_id             INTEGER REFERENCES messages (id) ON DELETE CASCADE
+    question_id             INTEGER REFERENCES messages (id) ON DELETE CASCADE,
+    -- How model "auto" chose the provider (version 5): code, general, private or "fallback: <why>";
+    -- NULL when the client named the provider.
+    route                   TEXT
 );
 
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages (conversation_id, id);

@@ -14,7 +14,7 @@
     "added" = the gateway's percentile minus the direct one. Goal: added p95 <= 3 ms.
 (b) Throughput with C concurrent keep-alive clients (wrk when installed, else Python threads):
     the upstream alone vs through the gateway under gunicorn (the project's gunicorn.conf.py,
-    4 gthread workers) and under `python chat.py` (werkzeug, for reference), plus the CPU each
+    4 gthread workers) and under `python chat.py` (one embedded gunicorn worker, for reference), plus the CPU each
     process tree spent per request. Runs are interleaved and repeated; medians reported.
     Goal: gateway req/s >= 0.6 x upstream req/s. Against an upstream that answers in ~0.1 ms
     (the fake) that ratio only measures the gateway's own CPU cost, so rows with the fake
@@ -159,7 +159,7 @@ def start_gateways(S, a, qwen, fake, dbdir):
                  S.add(start_gateway(qwen.base_url, fake, os.path.join(dbdir, "gunicorn.db"),
                                      gunicorn_workers=a.workers, **common)))]
     if not a.no_werkzeug:
-        gateways.append(("`python chat.py` (werkzeug)",
+        gateways.append(("`python chat.py` (embedded gunicorn)",
                          S.add(start_gateway(qwen.base_url, fake, os.path.join(dbdir, "werkzeug.db"), **common))))
     for k, other in enumerate(a.ab):
         gateways.append((f"gunicorn, {other}",

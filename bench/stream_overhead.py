@@ -183,7 +183,7 @@ def part_b(model, fake, n, ab, env, max_tokens):
             qwen = S.add(start_qwen(model, "-l", "1024", env=env))
             gws = [("gunicorn (1 gthread worker)", S.add(start_gateway(qwen.base_url, fake, os.path.join(dbdir, "g.db"),
                                                                         gunicorn_workers=1))),
-                   ("`python chat.py` (werkzeug)", S.add(start_gateway(qwen.base_url, fake,
+                   ("`python chat.py` (embedded gunicorn)", S.add(start_gateway(qwen.base_url, fake,
                                                                         os.path.join(dbdir, "w.db"))))]
             for k, other in enumerate(ab):
                 gws.append((f"gunicorn, {other}", S.add(start_gateway(qwen.base_url, fake, os.path.join(dbdir, f"ab{k}.db"),

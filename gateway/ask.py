@@ -1,11 +1,12 @@
 """The spec's endpoints: GET/POST /gigachat and /qwen (one question, optionally in a session, answered
-whole or as SSE) and GET /qwen/status."""
+whole or as SSE), GET/POST /ask (the same, model "auto": gateway/routing.py picks the model) and
+GET /qwen/status."""
 from flask import Blueprint, current_app, jsonify, request
 
 import db
 from common.api_common import ApiError, json_body, sse
 from common.openai_format import parse_params
-from gateway import exchange
+from gateway import exchange, routing
 from gateway.delivery import begin, deliver, providers
 
 MAX_QUESTION_CHARS = 100_000
@@ -47,26 +48,29 @@ def session_of(conn, src, system):
 
 def ask(name):
     src, from_query, q, system = question_args()
-    defaults = current_app.config["QWEN_DEFAULTS"] if name == "qwen" else {}
+    defaults = current_app.config["QWEN_DEFAULTS"] if name == "qwen" else {}  # (auto: Routed adds Qwen's)
     params = parse_params(src, defaults, from_query=from_query)
     stream = str(src.get("stream", "")).lower() in ("1", "true", "yes")
     conn = db.get_db()
     sid, title, turns, system = session_of(conn, src, system)
-    provider = providers()[name]
     head = [{"role": "system", "content": system}] if system else []
-    messages = exchange.fit_context(provider, head, turns, [{"role": "user", "content": q}],
-                                    params.get("max_tokens"))
+    tail = [{"role": "user", "content": q}]
+    provider = routing.auto(conn, sid, q, head + turns + tail) if name == routing.AUTO \
+        else routing.explicit(name, providers(), head + turns + tail, conn, sid)
+    messages = exchange.fit_context(provider, head, turns, tail, params.get("max_tokens"))
     ctx = exchange.start(conn, provider, sid, q, messages, system, params, title=title)
-    return deliver(name, begin(ctx, stream), stream, lambda events: page_events(events, name, sid),
-                   lambda r: {"answer": r["answer"], "model": r.get("model"), "provider": name, "session": sid,
-                              "message_id": r["message_id"], "finish_reason": r.get("finish_reason"),
-                              "blocked": r["status"] == "blocked", "usage": r.get("usage"),
-                              "elapsed_ms": r["elapsed_ms"]})
+    r = begin(ctx, stream)  # (from here on, provider.name is the model that answers)
+    return routing.mark(deliver(provider.name, r, stream, lambda events: page_events(events, provider, sid),
+                                lambda r: {"answer": r["answer"], "model": r.get("model"), "provider": provider.name,
+                                           "route": provider.route, "session": sid, "message_id": r["message_id"],
+                                           "finish_reason": r.get("finish_reason"),
+                                           "blocked": r["status"] == "blocked", "usage": r.get("usage"),
+                                           "elapsed_ms": r["elapsed_ms"]}), provider)
 
 
 def page_events(events, provider, sid):
     """SSE for browsers (EventSource) and curl -N: start, delta..., then done or error."""
-    yield sse({"type": "start", "session": sid, "provider": provider})
+    yield sse({"type": "start", "session": sid, "provider": provider.name, "route": provider.route})
     for kind, value in events:
         if kind == "delta" or kind == "chunk" and value.get("delta"):
             yield sse({"type": "delta", "text": value if kind == "delta" else value["delta"]})
@@ -74,6 +78,7 @@ def page_events(events, provider, sid):
             continue  # (tool calls and logprobs are asked for on /v1 only)
         elif kind == "done":
             yield sse({"type": "done", "session": sid, "message_id": value["message_id"],
+                       "provider": provider.name, "route": provider.route,
                        "model": value.get("model"), "finish_reason": value.get("finish_reason"),
                        "blocked": value["status"] == "blocked", "usage": value.get("usage"),
                        "elapsed_ms": value["elapsed_ms"]})
@@ -84,6 +89,7 @@ def page_events(events, provider, sid):
 
 bp.add_url_rule("/gigachat", "gigachat", lambda: ask("gigachat"), methods=["GET", "POST"])
 bp.add_url_rule("/qwen", "qwen", lambda: ask("qwen"), methods=["GET", "POST"])
+bp.add_url_rule("/ask", "ask", lambda: ask(routing.AUTO), methods=["GET", "POST"])
 
 
 @bp.get("/qwen/status")

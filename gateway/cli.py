@@ -1,11 +1,11 @@
 """A terminal chat against a running gateway: no browser, no curl.
 
-    python chat.py ask "Привет!"          # one answer, streamed
-    python chat.py ask -m gigachat "…"    # another provider (default: the first one configured)
+    python chat.py ask "Привет!"          # one answer, streamed; model "auto" (POST /ask) picks the model
+    python chat.py ask -m gigachat "…"    # a model of your choice: auto (the default), gigachat or qwen
     python chat.py chat                   # interactive; the conversation (session) is kept between turns
     echo "вопрос" | python chat.py ask    # the question from stdin
 
-It speaks the gateway's HTTP API (POST /qwen or /gigachat with stream=1, Server-Sent Events) through the
+It speaks the gateway's HTTP API (POST /ask, /qwen or /gigachat with stream=1, Server-Sent Events) through the
 standard library only, so it runs from any checkout: CHAT_URL (or CHAT_PORT) and CHAT_API_KEY from the
 environment or .env say where the gateway is and the key it wants."""
 import argparse
@@ -17,7 +17,8 @@ import urllib.request
 
 from common.env import load_env
 
-PROVIDERS = ("gigachat", "qwen")  # the page's order: the first configured one is the default
+PROVIDERS = ("auto", "gigachat", "qwen")  # the first configured one is the default
+PATHS = {"auto": "/ask"}  # and /gigachat, /qwen
 
 
 class CliError(Exception):
@@ -54,13 +55,15 @@ class Gateway:
             body["session"] = session
         if system is not None:
             body["system"] = system
-        with self.open(f"/{provider}", body) as resp:
+        with self.open(PATHS.get(provider, f"/{provider}"), body) as resp:
             for raw in resp:
                 if not raw.startswith(b"data: "):
                     continue
                 event = json.loads(raw[6:])
                 session = event.get("session", session)
-                if event["type"] == "delta":
+                if event["type"] == "start" and event.get("route"):  # who answers, and why (model auto)
+                    print(f"[{event['provider']}: {event['route']}]", file=sys.stderr, flush=True)
+                elif event["type"] == "delta":
                     out.write(event["text"])
                     out.flush()
                 elif event["type"] == "error":
@@ -117,7 +120,8 @@ def main(argv):
         if name == "ask":
             s.add_argument("question", nargs="*", help="the question (quote it or not)")
         s.add_argument("-m", "--model", choices=PROVIDERS,
-                       help="gigachat or qwen (default: the first one the gateway has configured)")
+                       help="auto (the gateway picks: code to Qwen, the rest to GigaChat, secrets never to the "
+                            "cloud), gigachat or qwen (default: auto, else the first one the gateway has configured)")
         s.add_argument("--system", help="system prompt for a new conversation (default: the gateway's)")
         s.add_argument("--url", default=default_url, help=f"the gateway (env CHAT_URL; now {default_url})")
     args = p.parse_args(argv)

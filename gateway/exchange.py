@@ -138,7 +138,7 @@ def _save_answer(ctx, text, info, status, error=None):
                               ctx["model"] or info.get("model"), ctx["system"], ctx["params"],
                               usage=info.get("usage"), latency_ms=_elapsed_ms(ctx),
                               finish_reason=info.get("finish_reason"), status=status, error=error,
-                              question_id=ctx["question_id"])
+                              question_id=ctx["question_id"], route=ctx["provider"].route)
     except db.ConversationGone:
         raise session_deleted() from None
 
@@ -149,7 +149,8 @@ def start(conn, provider, sid, question, messages, system, params, model=None, t
     provider.check_ready()
     try:
         saved = {k: v for k, v in params.items() if k != "completion"}  # (its prompt is the question)
-        qid = db.add_message(conn, sid, "user", question, provider.name, model, system, saved, title=title)
+        qid = db.add_message(conn, sid, "user", question, provider.name, model, system, saved, title=title,
+                             route=provider.route)
     except db.ConversationGone:
         raise ApiError(404, f"Session {sid!r} was deleted: omit 'session' to start a new conversation.",
                        code="unknown_session", param="session") from None

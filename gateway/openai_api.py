@@ -10,7 +10,7 @@ from flask import Blueprint, current_app, jsonify, request
 import db
 from common.api_common import ApiError, json_body, sse
 from common.openai_format import chunk, completion, new_id, parse_chat_request
-from gateway import exchange
+from gateway import exchange, routing
 from gateway.delivery import begin, deliver, providers
 
 # What the page can open (#c/<id>, GET /history/<id>): not "." or ".." (dot segments a URL drops).
@@ -25,13 +25,15 @@ NOT_ON_GIGACHAT = {"response_format": (None, {"type": "text"}), "logprobs": (Non
 def route_model(model):
     """(provider name, GigaChat model to ask for or None) for the request's model."""
     m = model.lower() if isinstance(model, str) else ""  # a non-string model is a 404 too, not a crash
+    if m == routing.AUTO:  # gateway/routing.py picks the model
+        return routing.AUTO, None
     if m.startswith("qwen"):
         return "qwen", None
     if m.startswith("gigachat"):
         return "gigachat", None if m == "gigachat" else model
     if m and model in providers()["qwen"].models():  # an id a Qwen upstream serves, named otherwise
         return "qwen", None
-    raise ApiError(404, f"Unknown model {str(model)[:60]!r}: use 'gigachat' (or a GigaChat-* name) or "
+    raise ApiError(404, f"Unknown model {str(model)[:60]!r}: use 'auto', 'gigachat' (or a GigaChat-* name) or "
                         f"'qwen'. GET /v1/models lists them.", code="model_not_found", param="model")
 
 
@@ -88,7 +90,10 @@ def v1_chat():
     question = question_text(messages)
     conn = db.get_db()
     sid = session_id()
-    ctx = exchange.start(conn, providers()[name], sid, question, messages, system, params, gc_model,
+    qwen_only = any(body.get(field) not in neutral for field, neutral in NOT_ON_GIGACHAT.items())
+    provider = routing.auto(conn, sid, question, messages, qwen_only) if name == routing.AUTO \
+        else routing.explicit(name, providers(), messages, conn, sid)
+    ctx = exchange.start(conn, provider, sid, question, messages, system, params, gc_model,
                          title=question.strip() or "(no question)")
     model_out, cid = body.get("model"), new_id()
     try:
@@ -98,10 +103,12 @@ def v1_chat():
             raise ApiError(404, f"GigaChat has no model {gc_model!r}: GET /v1/models lists the models.",
                            code="model_not_found", param="model", headers=e.headers)
         raise
-    resp = deliver(name, r, req["stream"],
+    resp = deliver(provider.name, r, req["stream"],
                    lambda events: completion_chunks(events, cid, model_out, req["include_usage"]),
-                   lambda r: completion(cid, model_out, r["answer"], r.get("finish_reason"), r.get("usage"),
-                                        logprobs=r.get("logprobs"), tool_calls=r.get("tool_calls")))
+                   lambda r: dict(completion(cid, model_out, r["answer"], r.get("finish_reason"), r.get("usage"),
+                                             logprobs=r.get("logprobs"), tool_calls=r.get("tool_calls")),
+                                  **routing.fields(provider)))
+    routing.mark(resp, provider)
     resp.headers["X-Session-ID"] = sid
     return resp
 
@@ -128,6 +135,7 @@ def completion_chunks(events, cid, model, include_usage):
 
 @bp.get("/v1/models")
 def v1_models():
-    ids = ["gigachat", current_app.config["GIGACHAT_MODEL"], "qwen"] + providers()["qwen"].models()  # all routable
+    ids = [routing.AUTO, "gigachat", current_app.config["GIGACHAT_MODEL"], "qwen"]  # all routable
+    ids += providers()["qwen"].models()
     return jsonify({"object": "list", "data": [{"id": i, "object": "model", "owned_by": "dual-ai-chat"}
                                                for i in dict.fromkeys(ids)]})

@@ -15,6 +15,8 @@ UPSTREAM = obj(["url", "healthy", "in_flight", "served", "errors", "models"],
                url=STR, healthy=BOOL, in_flight=INT, queue_length=INT, served=INT, errors=INT,
                latency_ms=nullable(NUM), models=array(STR), down_reason=nullable(STR), probe_in_s=nullable(NUM))
 
+ROUTE_NOTE = ("How model auto chose the provider: code, general, private (a secret: kept local) or "
+              "\"fallback: <why>\" (the chosen one could not answer); null when the client named the provider.")
 MESSAGE = obj(["id", "session", "role", "content", "provider", "status", "created_at"],
               id=INT, session=STR, role=string(enum=["system", "user", "assistant"]), content=STR,
               provider=STR, model=nullable(STR), system_prompt=nullable(STR),
@@ -22,11 +24,12 @@ MESSAGE = obj(["id", "session", "role", "content", "provider", "status", "create
               prompt_tokens=nullable(INT), completion_tokens=nullable(INT),
               precached_prompt_tokens=nullable(INT), latency_ms=nullable(NUM), finish_reason=nullable(STR),
               status=string(enum=["ok", "error", "cancelled", "blocked"]), error=nullable(STR), created_at=NUM,
-              question_id=nullable({**INT, "description": "The id of the question an answer answers; null for a question."}))
+              question_id=nullable({**INT, "description": "The id of the question an answer answers; null for a question."}),
+              route=nullable(string(description=ROUTE_NOTE)))
 
 
 def ask_paths():
-    """The spec's endpoints: /gigachat, /qwen (GET and POST) and /qwen/status."""
+    """The spec's endpoints: /gigachat, /qwen, /ask (model auto; GET and POST) and /qwen/status."""
     ask_params = [
         param("q", string(minLength=1, maxLength=MAX_GET_QUESTION_CHARS, pattern=NOT_BLANK), required=True,
               description="The question (not blank). URLs are limited by the HTTP server (the request line: "
@@ -43,13 +46,15 @@ def ask_paths():
                    q=string(minLength=1, maxLength=MAX_QUESTION_CHARS, pattern=NOT_BLANK), system=STR, session=STR,
                    stream={"description": "true, 1, \"1\", \"true\" or \"yes\" streams."}, **SAMPLING)
     answer = obj(["answer", "provider", "session", "message_id", "blocked", "elapsed_ms"],
-                 answer=STR, model=nullable(STR), provider=string(enum=["gigachat", "qwen"]), session=STR,
+                 answer=STR, model=nullable(STR), provider=string(enum=["gigachat", "qwen"]),
+                 route=nullable(string(description=ROUTE_NOTE)), session=STR,
                  message_id=INT, finish_reason=nullable(STR), blocked=BOOL, usage=nullable(USAGE), elapsed_ms=NUM)
     ask_errors = (400, 401, 402, 404, 409, 413, 429, 502, 503, 504)
 
-    def ask(provider):
-        answered = ok("The answer, saved to history (or, with stream, its events).", answer, stream=True)
-        notes = "Errors after the session was created carry its id in an X-Session-ID header."
+    def ask(provider, extra=""):
+        answered = ok("The answer, saved to history (or, with stream, its events).", answer, stream=True,
+                      headers={"X-Routed-To": {"description": "gigachat or qwen: who answered.", "schema": STR}})
+        notes = "Errors after the session was created carry its id in an X-Session-ID header." + extra
         return {"get": op(f"Ask {provider} (the seed's endpoint).", {"200": answered}, ask_params, description=notes,
                           errors=ask_errors, tag="chat"),
                 "post": op(f"Ask {provider} with a JSON body (query fields also read).", {"200": answered},
@@ -58,6 +63,9 @@ def ask_paths():
     return {
     "/gigachat": ask("GigaChat"),
     "/qwen": ask("the local Qwen server"),
+    "/ask": ask("model auto: code to Qwen, the rest to GigaChat, secrets never to the cloud",
+                " The answer's `provider` and `route` say who answered and why; a question that holds a secret "
+                "gets a 503 (private_needs_local_model) when Qwen is down, never GigaChat."),
     "/qwen/status": {"get": op("The Qwen server's /status as the gateway sees it; never fails.",
                                {"200": ok("`online` false with a `reason` when it is unreachable.",
                                           obj(["online"], **{**QWEN_STATUS_PROPS, "max_seq_len": nullable(INT)},
@@ -118,28 +126,30 @@ def openai_paths():
     """The OpenAI-compatible routes: /v1/chat/completions, /v1/completions and /v1/models."""
     return {
     "/v1/chat/completions": {"post": op(
-        "OpenAI-compatible chat: model `gigachat`/`GigaChat-*`, `qwen*` or an id a Qwen upstream lists; saved to "
-        "history.",
+        "OpenAI-compatible chat: model `auto`, `gigachat`/`GigaChat-*`, `qwen*` or an id a Qwen upstream lists; "
+        "saved to history.",
         {"200": ok("chat.completion, or chat.completion.chunk events ending with [DONE] when streaming.",
                    COMPLETION, stream=True,
                    headers=SESSION_ANSWER_HEADER)},
         [SESSION_HEADER],
-        body=obj(["model", "messages"], model=string(description="gigachat, GigaChat-*, qwen*, or an id "
+        body=obj(["model", "messages"], model=string(description="auto, gigachat, GigaChat-*, qwen*, or an id "
                                                                  "GET /v1/models lists; anything else is a 404."),
                  **QWEN_CHAT_PROPS),
         errors=(400, 401, 402, 404, 409, 413, 429, 502, 503, 504), tag="openai",
         description="Also passed on to qwen_server as sent: tools, tool_choice, tool messages and assistant "
                     "tool_calls, response_format, logprobs, top_logprobs, parallel_tool_calls. On GigaChat tools "
                     "become GigaChat functions, `stop` is cut by the gateway, and response_format / logprobs "
-                    "are a 400.")},
+                    "are a 400. With model auto the answer adds `provider` and `route`, and X-Routed-To names "
+                    "who answered.")},
     "/v1/completions": {"post": op(
         "OpenAI text completion (editor plugins: prompt + suffix = fill-in-the-middle), Qwen only; saved to history.",
         {"200": ok("text_completion, or text_completion events ending with [DONE] when streaming.",
                    TEXT_COMPLETION, stream=True,
                    headers=SESSION_ANSWER_HEADER)},
         [SESSION_HEADER],
-        body=obj(["model", "prompt"], model=string(enum=["qwen"], description="qwen or a qwen* model id; "
-                                                                             "GigaChat has no such API (400)."),
+        body=obj(["model", "prompt"], model=string(enum=["qwen", "auto"],
+                                                                description="qwen, a qwen* model id, or auto "
+                                                                            "(Qwen); GigaChat has no such API (400)."),
                  **{k: v for k, v in COMPLETIONS_REQUEST["properties"].items() if k != "model"}),
         errors=(400, 401, 404, 409, 413, 502, 503, 504), tag="openai")},
     "/v1/models": {"get": op("Models this gateway routes.", {"200": ok("OpenAI model list.", MODEL_LIST)},
@@ -153,6 +163,7 @@ def page_paths():
     "/config": {"get": op("What the web page needs (no secrets).", {"200": ok("Public settings.", obj(
         ["default_system_prompt", "qwen_defaults", "gigachat_model", "auth_required", "providers"],
         default_system_prompt=STR, gigachat_model=STR, auth_required=BOOL,
+        default_provider=string(description="auto when either model works, else the one that does."),
         providers={"type": "object", "description": "provider name -> whether it is configured (the page "
                                                     "opens on one that is)",
                    "additionalProperties": obj(["configured"], configured=BOOL)},

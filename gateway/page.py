@@ -3,6 +3,7 @@ settings panel and GET /health. Its script and styles are the app's static files
 from flask import Blueprint, current_app, jsonify, make_response, render_template, request
 
 from common.api_common import endpoint_list
+from gateway.routing import AUTO
 
 PUBLIC_PATHS = ("/health", "/", "/config", "/favicon.ico")  # the page itself asks for the key; it holds no data
 PAGE_CSP = ("default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
@@ -13,13 +14,16 @@ bp = Blueprint("page", __name__)
 
 @bp.get("/config")
 def public_config():
-    """What the web page needs to fill its settings panel (no secrets)."""
+    """What the web page needs to fill its settings panel (no secrets). "auto" (POST /ask) works when either
+    model does, and is then the default choice."""
     config = current_app.config
+    providers = {name: {"configured": provider.configured()}
+                 for name, provider in current_app.extensions["providers"].items()}
+    providers[AUTO] = {"configured": any(p["configured"] for p in providers.values())}
+    default = next((name for name in (AUTO, *providers) if providers[name]["configured"]), "qwen")
     return jsonify({"default_system_prompt": config["DEFAULT_SYSTEM_PROMPT"],
                     "qwen_defaults": config["QWEN_DEFAULTS"], "gigachat_model": config["GIGACHAT_MODEL"],
-                    "auth_required": bool(config["API_KEY"]),
-                    "providers": {name: {"configured": provider.configured()}
-                                  for name, provider in current_app.extensions["providers"].items()}})
+                    "auth_required": bool(config["API_KEY"]), "providers": providers, "default_provider": default})
 
 
 @bp.get("/health")

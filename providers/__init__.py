@@ -8,6 +8,7 @@ class Provider:
     (or leaves its queue) when it is set. Errors are common.api_common.ApiError with the status to answer."""
 
     name = ""
+    route = None  # how model "auto" chose this provider (gateway/routing.py); None when the client named it
     on_queue_change = staticmethod(lambda n: None)  # told how many wait for the upstream (a metrics gauge)
 
     def complete(self, messages, params, session_id=None, cancel=None) -> dict:

@@ -4,8 +4,8 @@ import threading
 from flask import Blueprint, current_app, jsonify, request
 
 from common.api_common import ApiError, endpoint_list, json_body, sse, sse_response
-from common.wsgi_server import WORKER_DEATHS
 from common.openai_format import chunk, completion, new_id, parse_chat_request, parse_messages
+from common.worker_deaths import WORKER_DEATHS
 from engines import GenParams
 from qwen_api import completions
 from qwen_api.tool_calls import collect, deltas, parse_shaping
@@ -104,7 +104,8 @@ def models():
 def status():
     svc = service()
     st = svc.engine.status()
-    st.update(svc.stats.snapshot(), queue_length=svc.engine.queue_length(), online=True, worker=WORKER_DEATHS.view())
+    st.update(svc.stats.snapshot(), queue_length=svc.engine.queue_length(), online=True,
+              source=svc.source.status() if svc.source else None, worker=WORKER_DEATHS.view())
     svc.metrics.queue_length.set(st["queue_length"])
     return jsonify(st)
 

@@ -38,10 +38,10 @@ def first_token(engine) -> float:
     return time.perf_counter() - t0
 
 
-def start_probe(engine, args) -> subprocess.Popen:
+def start_probe(engine, model_path, args) -> subprocess.Popen:
     """Starts loading the model and generating one token in a child process (the server loads its own copy
     meanwhile); check_probe() waits for it."""
-    argv = [sys.executable, "-m", "qwen_api.startup", "--engine", engine.name, "-m", args.model, "--cache", args.cache]
+    argv = [sys.executable, "-m", "qwen_api.startup", "--engine", engine.name, "-m", model_path, "--cache", args.cache]
     for flag, value in (("-l", args.max_seq_len), ("-t", args.threads), ("--threads-batch", args.threads_batch)):
         argv += [flag, str(value)] if value else []
     return subprocess.Popen(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -262,7 +262,7 @@ def test_qwen_down_and_gigachat_misconfigured(fake_gigachat, tmp_path):
         # Qwen's failures are saved (it may come back); GigaChat without a key is refused before anything is saved.
         assert [(m["provider"], m["status"]) for m in rows if m["role"] == "assistant"] == [("qwen", "error")] * 2
         assert get(gw, "/config").json()["providers"] == {"gigachat": {"configured": False},
-                                                          "qwen": {"configured": True}}
+                                                          "qwen": {"configured": True}, "auto": {"configured": True}}
     finally:
         stop_process(gw)
 

@@ -114,7 +114,8 @@ def refused_by_a_rule_outside_the_schema(response):
         return False  # not the JSON error shape: json_error_shape reports it
     # Cross-field rules of qwen_server: tool_choice needs tools, top_logprobs needs logprobs, a JSON schema
     # (response_format, tool parameters) must compile to a grammar, tool_calls arguments must be JSON.
-    return (err["code"] == "context_length_exceeded" or "empty assistant message" in err["message"]
+    return (err["code"] in ("context_length_exceeded", "secret_in_request")  # (a secret: never to GigaChat)
+            or "empty assistant message" in err["message"]
             or err.get("param") in ("tools", "tool_choice", "response_format", "top_logprobs")
             or err.get("param") == "logprobs" and "GigaChat" in err["message"]  # (the gateway: by model)
             or "tool_calls" in err["message"])
