@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What the gateway (chat.py) adds on top of its upstreams, for non-streamed requests.
 
-    .venv/bin/python bench/gateway_overhead.py [--quick] [--ab OTHER_CHECKOUT ...]
+    .venv/bin/python -m bench.gateway_overhead [--quick] [--ab OTHER_CHECKOUT ...]
 
 (a) Latency, one sequential client, keep-alive: the same question straight to the upstream and
     through the gateway, interleaved in blocks of --block requests ("warm") and request by request
@@ -27,15 +27,13 @@ Everything runs on 127.0.0.1; servers are subprocesses on free ports, stopped at
 """
 import argparse
 import os
-import sys
 import time
 import urllib.parse
 import uuid
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (CACHE_DIR, Client, Servers, cpu_seconds, fmt, header, http, load, load_tool,  # noqa: E402
-                     md_table, median, pct, rmtree, start_fake, start_gateway, start_qwen)
-from tools.make_models import ensure_tiny_qwen  # noqa: E402
+from bench._common import (CACHE_DIR, Client, Servers, cpu_seconds, fmt, header, http, load, load_tool,
+                           md_table, median, pct, rmtree, start_fake, start_gateway, start_qwen)
+from tools.make_models import ensure_tiny_qwen
 
 # Slower fakes for the throughput runs: 16 ms answers make the fake alone serve ~480 req/s to 8
 # clients, the upstream of the LiteLLM figure quoted in the README; 50 ms is closer to a real LLM API.

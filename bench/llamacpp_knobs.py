@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The llamacpp engine's CPU knobs, side by side with `llama_cpp.server` as it ships, idle and under load.
 
-    .venv/bin/python bench/llamacpp_knobs.py [--rounds 3] [--gguf PATH] [--only LABEL,LABEL]
+    .venv/bin/python -m bench.llamacpp_knobs [--rounds 3] [--gguf PATH] [--only LABEL,LABEL]
 
 Each configuration is a fresh server (one at a time: a spinning one would hold a core while another is
 measured), warmed with one answer, then asked for a 128-token greedy answer (decode tok/s, streamed) and
@@ -16,11 +16,10 @@ import os
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import PYTHON, Client, clean_env, fmt, header, md_table, median  # noqa: E402
-from llamacpp_server import FILLER, GGML_TYPE, STORY, Arm  # noqa: E402
-from engines.llamacpp_cpu import physical_cores  # noqa: E402
-from tools.make_models import ensure_smollm2_gguf  # noqa: E402
+from bench._common import PYTHON, Client, clean_env, fmt, header, md_table, median
+from bench.llamacpp_server import FILLER, GGML_TYPE, STORY, Arm
+from engines.llamacpp_cpu import physical_cores
+from tools.make_models import ensure_smollm2_gguf
 
 BURN = "import time\nwhile True: pass"  # one core, busy
 

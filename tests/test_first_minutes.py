@@ -15,7 +15,7 @@ import time
 import pytest
 
 from helpers import REPO_ROOT, free_port, http, live_processes
-from test_web_page import Web, browser  # noqa: F401 - the module's Chromium fixture
+from webpage import Web
 
 README = os.path.join(REPO_ROOT, "README.md")
 CYRILLIC = re.compile(r"[А-яЁё]")
@@ -176,7 +176,7 @@ def test_readme_openai_snippet_runs_and_gigachat_503_is_not_retried(demo):
     assert len(tried) == 1 and tried[0].endswith(" 1.0"), tried  # one try: the SDK obeyed x-should-retry
 
 
-def test_page_first_message_on_its_default_tab(demo, browser):  # noqa: F811
+def test_page_first_message_on_its_default_tab(demo, browser):
     web = Web(browser, demo["url"])
     try:
         page = web.open()
