@@ -119,7 +119,7 @@ def concurrent(arm, n, max_tokens, tag):
 
 def under_load(arms, clients, runs, max_tokens, res):
     """Decode tok/s and a short TTFT while another process spins on one core (a busy machine)."""
-    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    burner = subprocess.Popen([PYTHON, "-c", "while True: pass"])
     try:
         for run in range(runs):
             for arm in arms if run % 2 == 0 else arms[::-1]:
