@@ -12,29 +12,25 @@ from dataclasses import dataclass
 _LOAD_LOCK = threading.Lock()  # open_llama patches a module attribute while one Llama loads
 
 
-def cpu_flags() -> set:
-    """The first CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+def cpuinfo_field(key):
+    """The first CPU's `key` line in /proc/cpuinfo, or None (no such file: not Linux)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "flags":
-                    return set(value.split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
+                name, _, value = line.partition(":")
+                if name.strip() == key:
                     return value.strip()
     except OSError:
         pass
-    return "this CPU"
+    return None
+
+
+def cpu_flags() -> set:
+    return set((cpuinfo_field("flags") or "").split())
+
+
+def cpu_name() -> str:
+    return cpuinfo_field("model name") or "this CPU"
 
 
 def physical_cores() -> int:
