@@ -114,6 +114,17 @@ def test_stop_string_ends_the_answer_before_it(model_dir):
     assert text_of(chunks) == "first line\n" and chunks[-1].finish_reason == "stop"
 
 
+def test_a_special_token_that_is_not_a_stop_token_adds_no_text(model_dir):
+    """0.3.2's piece of a special token is '' (get_id_to_piece_list(False)), as the other engines decode
+    with skip_special_tokens: <|fim_pad|> inside an answer is counted but never shown."""
+    engine, _ = make_engine(model_dir, {"q1": "left<|fim_pad|>right"})
+    fim_pad = engine.hf_tokenizer.convert_tokens_to_ids("<|fim_pad|>")
+    assert fim_pad not in engine.stop_ids and fim_pad in Script(engine.hf_tokenizer, {}).ids("left<|fim_pad|>right")
+    chunks = run(engine, user("q1"), max_tokens=50)
+    assert text_of(chunks) == "leftright" and chunks[-1].finish_reason == "stop"
+    assert chunks[-1].usage["completion_tokens"] == len(Script(engine.hf_tokenizer, {}).ids("left<|fim_pad|>right"))
+
+
 def test_length_finish_keeps_a_held_partial_stop_string(model_dir):
     engine, _ = make_engine(model_dir, {"q1": "one two <"})
     n = len(engine.hf_tokenizer("one two <", add_special_tokens=False)["input_ids"])
@@ -281,19 +292,25 @@ def test_load_errors_become_one_actionable_line():
 # -- constrained decoding and logprobs (engines/exllamav2_extras.py) on a random-logits "model" --------------
 
 
-def random_logits(n_vocab):
+PADDING_LOGIT = 20.0  # above every real logit: a sampler or a normaliser that forgets the padding rows shows
+
+
+def random_logits(n_logits, n_vocab):
     """A "model" whose logits are random but fixed for each prefix: free text is noise, so only the filter
-    can make the answer valid."""
+    can make the answer valid. The head's rows past the real vocabulary (Qwen pads its head) are large."""
     def logits(ids):
         g = torch.Generator().manual_seed(hash(tuple(ids)) & 0xFFFFFFFF)
-        return torch.randn(n_vocab, generator=g) * 4
+        out = torch.randn(n_logits, generator=g) * 4
+        out[n_vocab:] = PADDING_LOGIT
+        return out
     return logits
 
 
 def random_engine(model_dir):
     engine = ExLlamaV2Engine(model_dir, "q4", 512)
     engine.load_tokenizer()
-    fn = random_logits(engine.model_config["vocab_size"])
+    assert engine.model_config["vocab_size"] > len(engine.hf_tokenizer)  # the tiny model's head is padded
+    fn = random_logits(engine.model_config["vocab_size"], len(engine.hf_tokenizer))
     gen = exl_standin.Generator(engine.hf_tokenizer, None, max_total_tokens=512, logits=fn)
     engine.start(gen, exl_standin.Job, exl_standin.Settings, exl_standin.Filter)
     return engine, fn
@@ -321,6 +338,10 @@ def test_forced_tool_call_matches_its_schema(model_dir):
     jsonschema.validate(call["arguments"], closed(WEATHER["function"]["parameters"]))
 
 
+def real_log_softmax(engine, logits):
+    return torch.log_softmax(logits[:len(engine.hf_tokenizer)], dim=-1)  # over the real vocabulary
+
+
 @pytest.mark.parametrize("grammar", [None, json_grammar(SCHEMA)])
 def test_logprobs_are_the_models_and_greedy_tokens_are_the_top_ones(model_dir, grammar):
     engine, fn = random_engine(model_dir)
@@ -331,15 +352,29 @@ def test_logprobs_are_the_models_and_greedy_tokens_are_the_top_ones(model_dir, g
     entries = [e for c in chunks for e in (c.logprobs or [])]
     assert "".join(e["token"] for e in entries) == text_of(chunks)  # one entry a token, the stop token none
     job = jobs[0]
+    assert all(t < len(engine.hf_tokenizer) for t in job.sampled)  # never a padding row, as 0.3.2's sampler
     sampled = [t for t in job.sampled if t not in engine.stop_ids]
     assert len(entries) == len(sampled) == chunks[-1].usage["completion_tokens"] - (len(job.sampled) - len(sampled))
     for i, (e, tid) in enumerate(zip(entries, sampled)):
-        lp = torch.log_softmax(fn(job.ids + job.sampled[:i]), dim=-1)  # the model's own, before the mask
+        lp = real_log_softmax(engine, fn(job.ids + job.sampled[:i]))  # the model's own, before the mask
         top = torch.topk(lp, 3)
         assert e["logprob"] == pytest.approx(float(lp[tid]), abs=1e-4) and e["logprob"] <= 0
         assert [t["logprob"] for t in e["top_logprobs"]] == pytest.approx(top.values.tolist(), abs=1e-4)
         if grammar is None:  # unconstrained greedy: the token is the model's top-1
             assert tid == int(top.indices[0]) and e["top_logprobs"][0]["token"] == e["token"]
+
+
+def test_logprobs_are_the_same_with_and_without_a_grammar(model_dir):
+    """The first token has the same prefix either way: the same model distribution, whether or not a filter
+    made the sampler mask a copy of the logits (and left the kept ones' padding rows as they were)."""
+    engine, _ = random_engine(model_dir)
+    firsts = []
+    for grammar in (None, json_grammar(SCHEMA)):
+        chunks = run(engine, user("q"), max_tokens=3, logprobs=True, top_logprobs=5, grammar=grammar)
+        firsts.append(next(e for c in chunks for e in (c.logprobs or [])))
+    free, constrained = firsts
+    assert constrained["top_logprobs"] == free["top_logprobs"]
+    assert free["logprob"] == free["top_logprobs"][0]["logprob"]
 
 
 def test_no_logprobs_unless_asked(model_dir):
