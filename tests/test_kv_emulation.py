@@ -6,9 +6,11 @@ import sys
 import pytest
 import torch
 
+from pathlib import Path
+
 from helpers import REPO_ROOT
 
-sys.path.insert(0, str(REPO_ROOT / "tests" / "gpu"))
+sys.path.insert(0, str(Path(REPO_ROOT) / "tests" / "gpu"))
 from kv_emulation import Qwen2, compare, hadamard32, quant_dequant  # noqa: E402
 
 

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,6 +62,18 @@ def version_tuple(text):
     return tuple(int(x) for x in re.findall(r"\d+", text)[:2])
 
 
+def module_version(mod, name):
+    """The version of the module imported (its __version__: the package found first on the path), else its
+    distribution's."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # click 8.2, flask 3.1: use importlib.metadata
+        found = getattr(mod, "__version__", None)
+    try:
+        return found or importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
 def module_problem(name, minimum, why, fix=WHEELS):
     """One line saying what is wrong with module `name` here, or None."""
     try:
@@ -68,10 +81,7 @@ def module_problem(name, minimum, why, fix=WHEELS):
     except Exception as e:  # noqa: BLE001 - ImportError, or a wheel that fails while importing
         return f"{name} is not importable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): " \
                f"needed by {why}; {fix}"
-    try:
-        found = importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        found = getattr(mod, "__version__", "")
+    found = module_version(mod, name)
     if minimum and version_tuple(found) < minimum:
         return f"{name} >= {'.'.join(map(str, minimum))} needed, found {found} ({mod.__file__}): {why}; {fix}"
     return None
@@ -80,8 +90,8 @@ def module_problem(name, minimum, why, fix=WHEELS):
 def glibc_problem(found):
     """`found` as os.confstr gives it ("glibc 2.35"), or None where it cannot tell."""
     if found and found.startswith("glibc") and version_tuple(found) < MIN_GLIBC:
-        return f"glibc >= {'.'.join(map(str, MIN_GLIBC))} needed, found {found.split()[-1]}: llguidance 1.9.1 (grammars, " \
-               f"logprobs) has no wheel for older; use an image with a newer glibc"
+        return f"glibc >= {'.'.join(map(str, MIN_GLIBC))} needed, found {found.split()[-1]}: llguidance 1.9.1 " \
+               f"(grammars, logprobs) has no wheel for older; use an image with a newer glibc"
     return None
 
 
@@ -111,7 +121,7 @@ def preflight():
         print(f"      MISSING  {p}", flush=True)
     report("preflight", not problems, time.perf_counter() - t0,
            f"{len(problems)} missing" if problems else f"{glibc}; " + ", ".join(
-               f"{n} {importlib.metadata.version(n)}" for n in ("torch", "transformers", "click")))
+               f"{n} {module_version(sys.modules[n], n)}" for n in ("torch", "transformers", "click")))
     return problems
 
 
@@ -133,7 +143,8 @@ def check_gpu():
         return None
     cap = "%d.%d" % torch.cuda.get_device_capability(0)
     try:
-        nvcc_v = subprocess.run([nvcc_path(), "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        out = subprocess.run([nvcc_path(), "--version"], capture_output=True, text=True).stdout
+        nvcc_v = out.strip().splitlines()[-1]
     except (OSError, IndexError):
         nvcc_v = "nvcc not found (the JIT build needs it)"
     report("GPU", True, time.perf_counter() - t0,
