@@ -1,8 +1,8 @@
 """Dual AI Chat API gateway: GigaChat (cloud) and the local Qwen server behind one HTTP API,
 every exchange saved to SQLite.
 
-    python chat.py [--host 127.0.0.1] [--port 5000]      # local
-    gunicorn chat:app                                      # deployment (see gunicorn.conf.py)
+    python chat.py [--host 127.0.0.1] [--port 5000]      # one process (common/wsgi_server.py's embedded gunicorn)
+    gunicorn -c gunicorn.conf.py chat:app                  # deployment: several workers
     python chat.py ask "…" / python chat.py chat          # a terminal chat with a running gateway (gateway/cli.py)
 """
 import argparse
@@ -14,7 +14,7 @@ from prometheus_client import Gauge
 
 import db
 import providers as provider_registry
-from common import openapi
+from common import openapi, request_reader, wsgi_server
 from common.api_common import (Metrics, allowed_host_names, install_access, install_common, load_env, setup_logging,
                                warn_if_exposed)
 from gateway import ask, history, openai_api, page, routing, text_completions
@@ -80,15 +80,28 @@ def main(argv=None):
     load_env()
     p = argparse.ArgumentParser(description="Dual AI Chat API gateway (GigaChat + local Qwen, SQLite history). "
                                             "`python chat.py ask \"…\"` / `python chat.py chat`: talk to a "
-                                            "running one from the terminal.")
+                                            "running one from the terminal.",
+                                epilog="env GUNICORN_THREADS (default 16): requests served at once, streams included "
+                                       "(`gunicorn -c gunicorn.conf.py chat:app` for several processes). "
+                                       + request_reader.HELP)
     p.add_argument("--host", default=os.environ.get("CHAT_HOST", "127.0.0.1"), help="bind address (env CHAT_HOST)")
     p.add_argument("--port", type=int, default=int(os.environ.get("CHAT_PORT", "5000")),
                    help="port (env CHAT_PORT, default 5000)")
     args = p.parse_args(argv)
+    threads = os.environ.get("GUNICORN_THREADS") or "16"
+    if not threads.isdigit() or int(threads) < 1:
+        p.error(f"GUNICORN_THREADS={threads!r}: give the number of requests served at once (default 16)")
+    try:
+        request_reader.timeout_from_env()
+    except ValueError as e:
+        p.error(str(e))
     setup_logging()
     warn_if_exposed("chat", args.host, "CHAT_API_KEY")
-    create_app({"ALLOWED_HOSTS": allowed_host_names("CHAT_ALLOWED_HOSTS", args.host)}).run(args.host, args.port,
-                                                                                          threaded=True)
+    # gunicorn, embedded: one worker process with GUNICORN_THREADS threads (streams included), each request
+    # read whole before a thread takes it (slow clients: SLOW_CLIENT_TIMEOUT); the app is built in the worker
+    config = {"ALLOWED_HOSTS": allowed_host_names("CHAT_ALLOWED_HOSTS", args.host)}
+    sys.exit(wsgi_server.serve(lambda: create_app(config), args.host, args.port, int(threads),
+                               os.environ.get("LOG_LEVEL", "INFO"), graceful_timeout=10, name="chat"))
 
 
 def __getattr__(name):

@@ -1,16 +1,14 @@
 """Real servers for the tests, each a subprocess on a free 127.0.0.1 port:
 qwen_server.py on the two small models, the fake GigaChat, and the gateway."""
 import os
-import sys
 
 import pytest
 
 import helpers
 import webpage
-from helpers import REPO_ROOT, clean_env, start_fake_gigachat, stop_process
+from helpers import clean_env, start_fake_gigachat, stop_process
 
-sys.path.insert(0, REPO_ROOT)
-from tools.make_models import ensure_smollm2, ensure_smollm2_gguf, ensure_tiny_qwen  # noqa: E402
+from tools.make_models import ensure_smollm2, ensure_smollm2_gguf, ensure_tiny_qwen
 
 # Tests must not pick up a developer's .env or proxies (clean_env); quiet logs, one OpenMP thread.
 TEST_ENV = {"LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
