@@ -4,12 +4,8 @@ import os
 import subprocess
 import sys
 
-from pathlib import Path
-
 from helpers import REPO_ROOT
-
-sys.path.insert(0, str(Path(REPO_ROOT) / "tools"))
-import gpu_check  # noqa: E402
+from tools import gpu_check
 
 
 def preflight(tmp_path, **packages):

@@ -1,17 +1,10 @@
 """tests/gpu/kv_emulation.py, the CPU emulation of exllamav2's quantized KV cache that tests/gpu's thresholds
 come from: its Qwen2 is transformers' Qwen2, its chunked teacher forcing is the one-pass forward, and its
 quantizer behaves as the kernel's arithmetic says."""
-import sys
-
 import pytest
 import torch
 
-from pathlib import Path
-
-from helpers import REPO_ROOT
-
-sys.path.insert(0, str(Path(REPO_ROOT) / "tests" / "gpu"))
-from kv_emulation import Qwen2, compare, hadamard32, quant_dequant  # noqa: E402
+from gpu.kv_emulation import Qwen2, compare, hadamard32, quant_dequant
 
 
 def test_hadamard_twice_is_32_times_the_input():

@@ -143,13 +143,20 @@ def compare(rows, want, n_vocab):
             "cosine_min": round(cos.min().item(), 6), "max_mismatch_gap": round(gaps.max().item(), 4)}
 
 
-def main():
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+def main(argv):
+    """argv: [model names] [prompt labels' first words] to run a part (e.g. `deep over`), everything by default."""
+    here = Path(__file__).resolve().parent
+    sys.path[:0] = [str(here.parents[1]), str(here)]  # the repository (engines, tools) and tests/gpu
     from gpu_models import deep_qwen, prompts, tiny_qwen
     torch.manual_seed(0)
-    for name, model_dir in (("tiny", tiny_qwen()), ("deep", deep_qwen())):
+    for name, build in (("tiny", tiny_qwen), ("deep", deep_qwen)):
+        if argv[:1] and name not in argv[0].split(","):
+            continue
+        model_dir = build()
         model = Qwen2(model_dir)
         for label, prompt, n_vocab in prompts(model_dir):
+            if argv[1:] and label.split()[0] not in argv[1].split(","):
+                continue
             ids = prompt + model.greedy(prompt, N_NEW, n_vocab)
             exact = model.teacher_forced(ids, len(prompt), None)
             for cache, bits in BITS.items():
@@ -159,4 +166,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
