@@ -13,11 +13,13 @@ from flask import Flask
 from prometheus_client import Gauge
 
 import db
+import db_journal
 import providers as provider_registry
 from common import openapi, request_reader, wsgi_server
+from common.framing import strict_framing
 from common.api_common import (Metrics, allowed_host_names, install_access, install_common, load_env, setup_logging,
                                warn_if_exposed)
-from gateway import ask, history, openai_api, page, routing, text_completions
+from gateway import ask, cross_site, history, openai_api, page, routing, text_completions
 from gateway.openapi_spec import gateway_spec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -27,6 +29,7 @@ def settings_from_env() -> dict:
     env = os.environ.get
     return {
         "DATABASE": env("CHAT_DB", os.path.join(HERE, "chat_history.db")),
+        "JOURNAL_DIR": env("CHAT_JOURNAL_DIR", ""),  # empty: db_journal.default_dir
         "DEFAULT_SYSTEM_PROMPT": env("DEFAULT_SYSTEM_PROMPT", ""),
         "QWEN_URL": env("QWEN_URL", "http://127.0.0.1:5001"),
         "QWEN_TIMEOUT": float(env("QWEN_TIMEOUT", "300")),
@@ -55,11 +58,16 @@ def create_app(config=None, providers=None):
     metrics = app.extensions["metrics"] = Metrics("chat")
     install_common(app, metrics, "chat", app.config["ALLOWED_HOSTS"], "CHAT_ALLOWED_HOSTS")
     install_access(app, page.PUBLIC_PATHS)  # API key and CORS
+    cross_site.install(app)  # no spending or saving for another site's page
+    app.wsgi_app = strict_framing(app.wsgi_app)  # a 400 for broken HTTP framing, before anything else
     openapi.register(app, gateway_spec)  # GET /openapi.json
     db.init_app(app)
     in_use = Gauge("chat_history_connections_in_use", "History DB connections handed out and not yet given back",
                    registry=metrics.registry, multiprocess_mode="livesum")
     app.extensions["db_pool"].on_change = in_use.set
+    start_journal(app, Gauge("chat_history_journal_pending", "Answers kept in the journal until the history "
+                                                               "database takes them", registry=metrics.registry,
+                             multiprocess_mode="livesum"))
     app.extensions["routes_total"] = routing.routes_counter(metrics.registry)
     providers = provider_registry.build(app.config) if providers is None else providers
     for provider in providers.values():
@@ -70,6 +78,14 @@ def create_app(config=None, providers=None):
     for blueprint in (ask.bp, history.bp, openai_api.bp, page.bp, text_completions.bp):
         app.register_blueprint(blueprint)
     return app
+
+
+def start_journal(app, pending_gauge):
+    """The journal of answers the database could not take (db_journal.py); replayed from now on."""
+    target = app.config["DATABASE"]
+    directory = db_journal.directory_for(app.config["JOURNAL_DIR"] or db_journal.default_dir(target), target)
+    journal = app.extensions["history_journal"] = db_journal.Journal(directory, target, pending_gauge.set)
+    journal.start()
 
 
 def main(argv=None):

@@ -12,6 +12,7 @@ import sys
 from flask import Flask
 
 from common import openapi, request_reader
+from common.framing import strict_framing
 from common.api_common import (LOOPBACK_NAMES, Metrics, allowed_host_names, install_common, load_env, setup_logging,
                                warn_if_exposed)
 from common.wsgi_server import StartupError, serve
@@ -30,6 +31,7 @@ def create_app(engine, max_tokens_default=2048, allowed_hosts=LOOPBACK_NAMES, so
     app = Flask(__name__)
     metrics = Metrics("qwen")
     install_common(app, metrics, "qwen_server", allowed_hosts, "QWEN_ALLOWED_HOSTS")
+    app.wsgi_app = strict_framing(app.wsgi_app)  # a 400 for broken HTTP framing, before anything else
     openapi.register(app, openapi.qwen_server_spec)  # GET /openapi.json
     app.extensions["qwen"] = ModelService(engine, metrics, max_tokens_default, source)
     app.register_blueprint(routes.bp)

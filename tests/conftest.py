@@ -8,7 +8,7 @@ import helpers
 import webpage
 from helpers import clean_env, start_fake_gigachat, stop_process
 
-from tools.make_models import ensure_smollm2, ensure_smollm2_gguf, ensure_tiny_qwen
+from tools.make_models import ensure_smollm2, ensure_smollm2_gguf, ensure_tiny_qwen, ensure_tiny_qwen_gguf
 
 # Tests must not pick up a developer's .env or proxies (clean_env); quiet logs, one OpenMP thread.
 TEST_ENV = {"LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
@@ -71,6 +71,20 @@ def qwen_tiny(tiny_qwen_dir):
 def qwen_tiny_2k(tiny_qwen_dir):
     """The tiny Qwen2 with room for a tool list (its toy tokenizer spends many tokens on one)."""
     proc = start_qwen(tiny_qwen_dir, "-l", "2048")
+    yield proc
+    stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_gguf():
+    return str(ensure_tiny_qwen_gguf())
+
+
+@pytest.fixture(scope="session")
+def qwen_tiny_llama(tiny_qwen_gguf):
+    """The tiny Qwen2 as a Qwen2 GGUF on the llamacpp engine: Qwen2.5's vocabulary layout and template
+    on llama.cpp (tests/MODELS.md)."""
+    proc = start_qwen(tiny_qwen_gguf, "-l", "2048", engine="llamacpp")
     yield proc
     stop_process(proc)
 

@@ -111,13 +111,17 @@ def test_stop_string_ends_the_answer_before_it(model_dir):
 
 def test_a_special_token_that_is_not_a_stop_token_adds_no_text(model_dir):
     """0.3.2's piece of a special token is '' (get_id_to_piece_list(False)), as the other engines decode
-    with skip_special_tokens: <|fim_pad|> inside an answer is counted but never shown."""
-    engine, _ = make_engine(model_dir, {"q1": "left<|fim_pad|>right"})
-    fim_pad = engine.hf_tokenizer.convert_tokens_to_ids("<|fim_pad|>")
-    assert fim_pad not in engine.stop_ids and fim_pad in Script(engine.hf_tokenizer, {}).ids("left<|fim_pad|>right")
+    with skip_special_tokens: <|vision_pad|> inside an answer is counted but never shown. An added token
+    that is not special (Qwen2.5's <|fim_pad|>) keeps its text."""
+    answer = "left<|vision_pad|>mid<|fim_pad|>right"
+    engine, _ = make_engine(model_dir, {"q1": answer})
+    ids = Script(engine.hf_tokenizer, {}).ids(answer)
+    for token in ("<|vision_pad|>", "<|fim_pad|>"):
+        tid = engine.hf_tokenizer.convert_tokens_to_ids(token)
+        assert tid not in engine.stop_ids and tid in ids
     chunks = run(engine, user("q1"), max_tokens=50)
-    assert text_of(chunks) == "leftright" and chunks[-1].finish_reason == "stop"
-    assert chunks[-1].usage["completion_tokens"] == len(Script(engine.hf_tokenizer, {}).ids("left<|fim_pad|>right"))
+    assert text_of(chunks) == "leftmid<|fim_pad|>right" and chunks[-1].finish_reason == "stop"
+    assert chunks[-1].usage["completion_tokens"] == len(ids)
 
 
 def test_length_finish_keeps_a_held_partial_stop_string(model_dir):

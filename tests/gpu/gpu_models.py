@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from tools.make_models import _ensure, _fix_dir, ensure_tiny_qwen
+from tools.make_models import TINY_QWEN_VERSION, _ensure, _fix_dir, ensure_tiny_qwen
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,7 +38,7 @@ def deep_qwen() -> str:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         _fix_dir(tmp, tok.chat_template)
-    return str(_ensure(MODELS_DIR, "deep-qwen2-random", build)[0])
+    return str(_ensure(MODELS_DIR, "deep-qwen2-random", build, TINY_QWEN_VERSION)[0])  # (tiny-qwen2's tokenizer)
 
 
 class Reference:
