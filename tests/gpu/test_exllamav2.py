@@ -81,17 +81,23 @@ def exl_teacher_forced(engine, ids, n_prompt):
 
 
 # Teacher-forced limits for the quantized KV caches, from `python tests/gpu/kv_emulation.py` (exllamav2's cache
-# quantization emulated on CPU on these two models and prompts, 64 positions each; its output, 2026-12-02):
-#   cache  top-1 agreement (worst of 4)  cosine (worst row of 4x64)   -> limits on the GPU
-EMULATED = {"q8": (1.0, 0.99), "q6": (1.0, 0.99), "q4": (1.0, 0.99)}
+# quantization emulated on CPU on these two models and prompts, 64 positions each; its output on 2026-12-02,
+# models version 2). Top-1 agreement / worst row's cosine against the same run unquantized:
+#   cache  tiny 97 tok       tiny 2597 tok     deep 97 tok       deep 2597 tok
+#   q8     1.0 / 0.999983    1.0 / 0.999992    1.0 / 0.999971    DEEP_LONG_Q8
+#   q6     0.8438 / 0.995322 1.0 / 0.998028    0.8906 / 0.992367 DEEP_LONG_Q6
+#   q4     0.8594 / 0.995309 1.0 / 0.998023    0.875 / 0.9922    DEEP_LONG_Q4
+# (fp16: 1.0 / 1.0 everywhere). The worst of each row:
+EMULATED = {"q8": (1.0, 0.999971), "q6": (0.8438, 0.992367), "q4": (0.8594, 0.9922)}
 
 
 def cache_limits(agree, cosine, n=64):
     """(top-1 agreement, cosine) the GPU must reach, from the emulation's worst case: its agreement less three
     binomial standard deviations of n positions (another realisation of the rounding flips other near-ties)
-    and at least 2 positions (fp16 kernels against the emulation's fp32), and 1 - cosine at most doubled."""
+    and at least 2 positions (fp16 ties); 1 - cosine at most twice the emulated one plus the 0.001 that the
+    fp16 checks allow for fp16 kernels against each other."""
     slack = max(3 * math.sqrt(agree * (1 - agree) / n), 2 / n)
-    return round(agree - slack, 4), round(1 - 2 * (1 - cosine), 6)
+    return round(agree - slack, 4), round(1 - 2 * (1 - cosine) - 0.001, 6)
 
 
 CACHE_LIMITS = {cache: cache_limits(*worst) for cache, worst in EMULATED.items()}
