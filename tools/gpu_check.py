@@ -95,6 +95,13 @@ def glibc_problem(found):
     return None
 
 
+def current_glibc():
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION")
+    except (ValueError, OSError):
+        return " ".join(platform.libc_ver())
+
+
 def nvcc_path():
     return shutil.which("nvcc") or os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
 
@@ -105,10 +112,7 @@ def preflight():
     problems = [p for p in (module_problem(*r) for r in REQUIRES) if p]
     problems += [f"{name} is not installed: needed by {why}; {WHEELS}" for name, why in FIND_ONLY
                  if importlib.util.find_spec(name) is None]
-    try:
-        glibc = os.confstr("CS_GNU_LIBC_VERSION")
-    except (ValueError, OSError):
-        glibc = " ".join(platform.libc_ver())
+    glibc = current_glibc()
     problems += [p for p in [glibc_problem(glibc)] if p]
     if not glibc_problem(glibc):
         problems += [p for p in [module_problem("llguidance", None, "grammars and logprobs")] if p]
@@ -240,6 +244,10 @@ def show_figures(path):
 
 
 def main():
+    if "--glibc" in sys.argv[1:]:  # before `make gpu-check` installs .whl/: pip would refuse llguidance's wheel
+        problem = glibc_problem(current_glibc())
+        print(f"gpu-check: FAIL (preflight): {problem}" if problem else f"{current_glibc()}: ok")
+        return 1 if problem else 0
     t0 = time.perf_counter()
     OUT.mkdir(parents=True, exist_ok=True)
     if preflight():
