@@ -90,8 +90,9 @@ def test_logprobs_are_the_same_with_and_without_a_grammar(engine):
     from engines.constrained import json_grammar
     firsts = []
     for grammar in (None, json_grammar(SCHEMA)):
+        ask(engine, [{"role": "user", "content": "count"}], max_tokens=1)  # the same prefix reused by each
         chunks = ask(engine, ASK, max_tokens=2, logprobs=True, top_logprobs=5, grammar=grammar)
         firsts.append(next(e for c in chunks for e in (c.logprobs or [])))
     free, constrained = ([t["logprob"] for t in e["top_logprobs"]] for e in firsts)
-    assert constrained == pytest.approx(free, abs=2e-3)  # the same prompt; a prefix reused may chunk it apart
+    assert constrained == pytest.approx(free, abs=1e-3)  # the same forward passes: equal but for fp16 noise
     assert [t["token"] for t in firsts[0]["top_logprobs"]][:1] == [t["token"] for t in firsts[1]["top_logprobs"]][:1]
