@@ -4,6 +4,7 @@ every exchange saved to SQLite.
     python chat.py [--host 127.0.0.1] [--port 5000]      # local
     gunicorn chat:app                                      # deployment (see gunicorn.conf.py)
     python chat.py ask "…" / python chat.py chat          # a terminal chat with a running gateway (gateway/cli.py)
+    python chat.py users add NAME / list / remove / rotate # users, their keys and limits (gateway/users_cli.py)
 """
 import argparse
 import os
@@ -17,7 +18,7 @@ import providers as provider_registry
 from common import openapi
 from common.api_common import (Metrics, allowed_host_names, install_access, install_common, load_env, setup_logging,
                                warn_if_exposed)
-from gateway import ask, history, openai_api, page, routing, text_completions
+from gateway import ask, auth, history, openai_api, page, routing, text_completions
 from gateway.openapi_spec import gateway_spec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -54,13 +55,14 @@ def create_app(config=None, providers=None):
     app.config.update(config or {})
     metrics = app.extensions["metrics"] = Metrics("chat")
     install_common(app, metrics, "chat", app.config["ALLOWED_HOSTS"], "CHAT_ALLOWED_HOSTS")
-    install_access(app, page.PUBLIC_PATHS)  # API key and CORS
+    install_access(app, page.PUBLIC_PATHS, auth.authenticate)  # API keys (CHAT_API_KEY, users) and CORS
     openapi.register(app, gateway_spec)  # GET /openapi.json
     db.init_app(app)
     in_use = Gauge("chat_history_connections_in_use", "History DB connections handed out and not yet given back",
                    registry=metrics.registry, multiprocess_mode="livesum")
     app.extensions["db_pool"].on_change = in_use.set
     app.extensions["routes_total"] = routing.routes_counter(metrics.registry)
+    auth.install(app)  # users: whose conversation a question continues, their limits, /whoami
     providers = provider_registry.build(app.config) if providers is None else providers
     for provider in providers.values():
         provider.on_queue_change = metrics.queue_length.set
@@ -78,9 +80,13 @@ def main(argv=None):
         from gateway import cli
         sys.exit(cli.main(argv))
     load_env()
+    if argv[:1] == ["users"]:
+        from gateway import users_cli
+        sys.exit(users_cli.main(argv[1:], settings_from_env()["DATABASE"]))
     p = argparse.ArgumentParser(description="Dual AI Chat API gateway (GigaChat + local Qwen, SQLite history). "
                                             "`python chat.py ask \"…\"` / `python chat.py chat`: talk to a "
-                                            "running one from the terminal.")
+                                            "running one from the terminal; `python chat.py users --help`: "
+                                            "users, their keys and limits.")
     p.add_argument("--host", default=os.environ.get("CHAT_HOST", "127.0.0.1"), help="bind address (env CHAT_HOST)")
     p.add_argument("--port", type=int, default=int(os.environ.get("CHAT_PORT", "5000")),
                    help="port (env CHAT_PORT, default 5000)")

@@ -13,6 +13,7 @@ import time
 
 import db
 from common.api_common import ApiError
+from gateway import auth, limits
 
 ANSWER_RESERVE = 1024  # tokens kept free for the answer when max_tokens is not given
 CANCELLED = "client disconnected"
@@ -131,31 +132,39 @@ def merge_tool_call_deltas(calls, deltas):
 
 
 def _save_answer(ctx, text, info, status, error=None):
-    """The answer row; ApiError 409 when the conversation was deleted meanwhile."""
+    """The answer row (its tokens counted against the user's day); ApiError 409 when the conversation was
+    deleted meanwhile."""
     try:
-        return db.add_message(ctx["conn"], ctx["sid"], "assistant", saved_text(text, info.get("tool_calls")),
+        mid = db.add_message(ctx["conn"], ctx["sid"], "assistant", saved_text(text, info.get("tool_calls")),
                               ctx["provider"].name,
                               ctx["model"] or info.get("model"), ctx["system"], ctx["params"],
                               usage=info.get("usage"), latency_ms=_elapsed_ms(ctx),
                               finish_reason=info.get("finish_reason"), status=status, error=error,
-                              question_id=ctx["question_id"], route=ctx["provider"].route)
+                              question_id=ctx["question_id"], route=ctx["provider"].route,
+                              user_id=ctx["caller"].id)
     except db.ConversationGone:
         raise session_deleted() from None
+    if not ctx["caller"].keyless:
+        limits.add_tokens(ctx["conn"], ctx["caller"].id, info.get("usage"))
+    return mid
 
 
 def start(conn, provider, sid, question, messages, system, params, model=None, title=None):
     """Saves the question (creating the conversation when a title is given); returns the context
-    for the answer functions. A provider that can't be asked at all is refused first: nothing is saved."""
+    for the answer functions. A provider that can't be asked at all is refused first: nothing is saved.
+    The conversation is the caller's (someone else's is a 404, as if it did not exist)."""
     provider.check_ready()
+    caller = auth.caller()
     try:
         saved = {k: v for k, v in params.items() if k != "completion"}  # (its prompt is the question)
         qid = db.add_message(conn, sid, "user", question, provider.name, model, system, saved, title=title,
-                             route=provider.route)
+                             route=provider.route, user_id=caller.id)
     except db.ConversationGone:
         raise ApiError(404, f"Session {sid!r} was deleted: omit 'session' to start a new conversation.",
                        code="unknown_session", param="session") from None
     return {"conn": conn, "provider": provider, "sid": sid, "messages": messages, "system": system,
-            "params": params, "model": model, "t0": time.perf_counter(), "question_id": qid, "cancel": Cancel()}
+            "params": params, "model": model, "t0": time.perf_counter(), "question_id": qid, "cancel": Cancel(),
+            "caller": caller}
 
 
 def _save_failure(ctx, e):
