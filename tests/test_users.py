@@ -5,12 +5,14 @@ users, conversations saved before users belonging to the admin."""
 import json
 import os
 import sqlite3
+import subprocess
 
 import pytest
 import requests
 
 from conftest import start_gateway
-from helpers import stop_process
+from helpers import PYTHON, REPO_ROOT, clean_env, stop_process
+from test_first_minutes import fenced
 from test_history_db import make_v1
 from users_helpers import add_user, ask, users_cli
 
@@ -173,3 +175,28 @@ def test_cli_refuses_what_it_cannot_do(tmp_path):
         assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr, (args, r.stderr)
     listing = users_cli(target, "list").stdout
     assert "alice" in listing and "5" in listing and "never" in listing and "dac_" not in listing
+
+
+def test_readme_users_section_runs_as_written(fake_gigachat, tmp_path):
+    """The README's users block, line by line in one bash, against a running gateway on its database."""
+    (block,) = [b for b in fenced("sh") if "chat.py users add" in b]
+    target = str(tmp_path / "history.db")
+    gw = start_gateway(DEAD, fake_gigachat, tmp_path, CHAT_DB=target, CHAT_API_KEY=ADMIN_KEY)
+    try:
+        script = "set -e -o pipefail\nset -x\n" + block.replace("127.0.0.1:5000", gw.base_url.split("//")[1])
+        env = {k: v for k, v in {**os.environ, **clean_env(CHAT_DB=target),
+                                 "PATH": os.path.dirname(PYTHON) + os.pathsep + os.environ["PATH"]}.items()
+               if v is not None}
+        script += '\necho "ALICE=$ALICE"\n'
+        r = subprocess.run(["bash", "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        out = r.stdout
+        assert "Эхо: Привет" in out and '"error"' not in out  # Cyrillic in, Cyrillic out
+        sessions = [json.loads(ln) for ln in out.splitlines() if ln.startswith('{"sessions"')]
+        assert len(sessions) == 2 and all(len(s["sessions"]) == 1 for s in sessions)  # alice's, and root's view
+        rotated = out.strip().splitlines()[-1].split("=", 1)[1]
+        assert get(gw.base_url, "/history", rotated).status_code == 401  # removed in the last line
+        assert "alice" not in users_cli(target, "list").stdout and "root" in users_cli(target, "list").stdout
+    finally:
+        stop_process(gw)

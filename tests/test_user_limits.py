@@ -1,0 +1,102 @@
+"""Per-user limits and key changes under gunicorn: the counts live in the database, so they hold across
+4 workers and across two gateway hosts on one PostgreSQL; a 429 (with Retry-After) saves nothing; a
+rotated or removed key is refused at once by every worker."""
+import threading
+import time
+
+import requests
+
+import db
+from conftest import start_gateway
+from helpers import stop_process
+from users_helpers import add_user, ask, users_cli
+
+DEAD = "http://127.0.0.1:9"
+
+
+def wait_for_a_fresh_minute(need_s=40):
+    """Limits count calendar minutes: start a burst early enough in one to end in it."""
+    if time.time() % 60 > 60 - need_s:
+        time.sleep(60 - time.time() % 60 + 0.2)
+
+
+def burst(bases, key, n):
+    """n questions at once, spread over the hosts; their responses."""
+    out, lock = [], threading.Lock()
+
+    def one(i):
+        r = ask(bases[i % len(bases)], key, f"вопрос {i}", timeout=60)
+        with lock:
+            out.append(r)
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def test_limits_hold_across_workers_and_hosts_on_one_postgres(postgres, fake_gigachat, tmp_path):
+    url = postgres.new_database()
+    hosts = [start_gateway(DEAD, fake_gigachat, tmp_path / f"h{n}", gunicorn_workers=workers, CHAT_DB=url,
+                           GIGACHAT_MAX_CONCURRENCY="32") for n, workers in enumerate((4, 2))]
+    bases = [h.base_url for h in hosts]
+    alice = add_user(url, "alice", "--requests-per-minute", 5)
+    bob = add_user(url, "bob", "--tokens-per-day", 20)
+    try:
+        wait_for_a_fresh_minute()
+        replies = burst(bases, alice, 16)
+        ok = [r for r in replies if r.status_code == 200]
+        refused = [r for r in replies if r.status_code == 429]
+        assert len(ok) == 5 and len(refused) == 11, [r.status_code for r in replies]
+        for r in refused:
+            assert r.json()["error"]["code"] == "user_limit_reached" and 1 <= int(r.headers["Retry-After"]) <= 60
+        conn = db.open_connection(url)
+        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 10  # the refused saved nothing
+        # tokens a day: the first answer uses them up; the next question, on the other host, is refused
+        assert ask(bases[0], bob, "длинный вопрос " * 10).status_code == 200
+        r = ask(bases[1], bob, "ещё")
+        assert r.status_code == 429 and "tokens a day" in r.json()["error"]["message"]
+        assert 60 < int(r.headers["Retry-After"]) <= 86400  # (until the next UTC day)
+        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 12
+        conn.close()
+        assert ask(bases[1], bob, "ещё", timeout=10).status_code == 429  # still
+    finally:
+        for h in hosts:
+            stop_process(h)
+
+
+def test_rotate_and_remove_take_effect_at_once_on_every_worker(fake_gigachat, tmp_path):
+    target = str(tmp_path / "history.db")
+    gw = start_gateway(DEAD, fake_gigachat, tmp_path, gunicorn_workers=4, CHAT_DB=target,
+                       GIGACHAT_MAX_CONCURRENCY="32")
+    old = add_user(target, "alice")
+    try:
+        def statuses(key, n=12):  # new connections, spread over the workers, some at once
+            return {r.status_code for r in (
+                requests.get(gw.base_url + "/history/sessions", headers={"Authorization": f"Bearer {key}"},
+                             timeout=10) for _ in range(n))}
+        assert statuses(old) == {200}
+        new = users_cli(target, "rotate", "alice").stdout.strip().splitlines()[-1]
+        assert new != old and statuses(old) == {401} and statuses(new) == {200}
+        users_cli(target, "remove", "alice")
+        assert statuses(new) == {401}
+        listing = users_cli(target, "list").stdout
+        assert "alice" not in listing
+    finally:
+        stop_process(gw)
+
+
+def test_sqlite_limit_under_four_workers(fake_gigachat, tmp_path):
+    target = str(tmp_path / "history.db")
+    gw = start_gateway(DEAD, fake_gigachat, tmp_path, gunicorn_workers=4, CHAT_DB=target,
+                       GIGACHAT_MAX_CONCURRENCY="32")
+    key = add_user(target, "alice", "--requests-per-minute", 3)
+    try:
+        wait_for_a_fresh_minute()
+        codes = sorted(r.status_code for r in burst([gw.base_url], key, 10))
+        assert codes == [200] * 3 + [429] * 7
+        metrics = requests.get(gw.base_url + "/metrics", headers={"X-API-Key": key}, timeout=10).text
+        assert 'chat_user_requests_today{user="alice"} 3.0' in metrics
+    finally:
+        stop_process(gw)
