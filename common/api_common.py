@@ -295,3 +295,4 @@ def setup_logging():
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").addFilter(lambda r: '] "' not in str(r.msg))  # request lines: the query (questions)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per GigaChat call repeating the access log
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # the same for each huggingface_hub call (model_hub)

@@ -246,7 +246,12 @@ QWEN_STATUS_PROPS = dict(
     memory=obj(["kind", "used_bytes", "total_bytes"], kind=string(enum=["vram", "ram"]), used_bytes=INT,
                total_bytes=INT),
     requests_served=INT, tokens_generated=INT, average_tokens_per_second=nullable(NUM),
-    last_tokens_per_second=nullable(NUM), active_requests=INT, uptime_seconds=NUM, queue_length=INT)
+    last_tokens_per_second=nullable(NUM), active_requests=INT, uptime_seconds=NUM, queue_length=INT,
+    source=nullable(obj(["repo", "quant", "revision", "commit", "file", "files", "path", "from_cache"],
+                        "The Hugging Face repo -m named (null for a local path): quant tag or EXL2 branch, the "
+                        "GGUF file served (null for a model dir), whether it came from the cache.",
+                        repo=STR, quant=nullable(STR), revision=STR, commit=STR, file=nullable(STR), files=array(STR),
+                        path=STR, from_cache=BOOL)))
 OPENAPI_DOC = obj(["openapi", "info", "paths"], openapi=STR, info=obj(), paths=obj())
 METRICS_TEXT = {"text/plain": {"schema": STR}}
 

@@ -103,7 +103,8 @@ def models():
 def status():
     svc = service()
     st = svc.engine.status()
-    st.update(svc.stats.snapshot(), queue_length=svc.engine.queue_length(), online=True)
+    st.update(svc.stats.snapshot(), queue_length=svc.engine.queue_length(), online=True,
+              source=svc.source.status() if svc.source else None)
     svc.metrics.queue_length.set(st["queue_length"])
     return jsonify(st)
 

@@ -44,8 +44,9 @@ class Stats:
 class ModelService:
     """One loaded engine behind the HTTP routes (app.extensions["qwen"])."""
 
-    def __init__(self, engine, metrics, max_tokens_default=2048):
+    def __init__(self, engine, metrics, max_tokens_default=2048, source=None):
         self.engine, self.metrics, self.max_tokens_default = engine, metrics, max_tokens_default
+        self.source = source  # model_hub.ResolvedModel when -m named a hub model, else None
         self.stats = Stats()
 
     def budget(self, messages, max_tokens, tools=None, prompt=None):

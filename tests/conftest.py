@@ -6,6 +6,7 @@ import sys
 import pytest
 
 import helpers
+import webpage
 from helpers import REPO_ROOT, clean_env, start_fake_gigachat, stop_process
 
 sys.path.insert(0, REPO_ROOT)
@@ -104,3 +105,8 @@ def postgres():
     yield server
     server.stop()
 
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium for the web page tests (tests/webpage.py)."""
+    yield from webpage.launch_browser()

@@ -1,5 +1,6 @@
 """`make run` / `make start` / `make stop`: the demo (qwen_server on a model + the gateway) as two
-processes with their logs in files and their pids in pid files, then one "ready" block.
+processes with their logs in files and their pids in pid files, then one "ready" block. MODEL is what
+qwen_server.py -m takes: a path, a repo id owner/repo[:QUANT] or a short name (downloaded here first).
 
     python tools/demo.py start -m MODEL [--engine auto] [--qwen-port 5001] [--chat-port 5000] [--detach]
     python tools/demo.py stop
@@ -86,6 +87,24 @@ def _tail(path, n=1500):
         return f.read()[-n:].decode("utf-8", "replace")
 
 
+def fetch_model(model, engine, env):
+    """A hub name (`owner/repo[:QUANT]`, a short name) is downloaded here, in the foreground: its progress
+    shows in this terminal, and a model that cannot be had ends `make run` with qwen_server's one line."""
+    if os.path.exists(model):
+        return
+    r = subprocess.run([sys.executable, os.path.join(REPO, "qwen_server.py"), "-m", model, "--engine", engine,
+                        "--download-only"], cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    if r.returncode:
+        raise SystemExit(r.returncode)
+
+
+def _source_line(source):
+    if not source:
+        return []
+    what = f"{source['repo']}:{source['quant']}" if source.get("quant") else source["repo"]
+    return [f"  Source     {what}  {source.get('file') or source['path']}"]
+
+
 def ready_block(qwen_url, chat_url, detached):
     st = _get_json(qwen_url + "/status")
     gigachat = _get_json(chat_url + "/config").get("providers", {}).get("gigachat", {})
@@ -97,6 +116,7 @@ def ready_block(qwen_url, chat_url, detached):
         f"  Terminal   {os.path.relpath(sys.executable)} chat.py ask \"Привет!\"",
         f"  Model      {st['model']} on {st['engine']} ({st['device']}), KV cache {st['cache_mode']}, "
         f"context {st['max_seq_len']} tokens",
+        *_source_line(st.get("source")),
         "  GigaChat   " + ("configured" if gigachat.get("configured") else
                            "not configured (set GIGACHAT_CREDENTIALS in .env; Qwen works without it)"),
         f"  Logs       {rel}/qwen.log, {rel}/chat.log   (pids in {rel}/*.pid)",
@@ -114,6 +134,7 @@ def start(args):
                              f"(make run {var}=...).")
     qwen_url, chat_url = f"http://127.0.0.1:{args.qwen_port}", f"http://127.0.0.1:{args.chat_port}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "QWEN_URL": qwen_url}
+    fetch_model(args.model, args.engine, env)
     procs = {"qwen": _spawn("qwen", ["-m", args.model, "--engine", args.engine, "--port", str(args.qwen_port)],
                             env)}
     procs["chat"] = _spawn("chat", ["--port", str(args.chat_port)], env)
@@ -182,7 +203,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Start or stop the demo: qwen_server + the gateway (make run/stop).")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("start", help="start both, print where they are")
-    s.add_argument("-m", "--model", required=True, help="model path for qwen_server.py -m")
+    s.add_argument("-m", "--model", required=True,
+                   help="qwen_server.py -m: a model path, a repo id owner/repo[:QUANT] or a short name")
     s.add_argument("--engine", default="auto", help="qwen_server --engine (default auto)")
     s.add_argument("--qwen-port", type=int, default=5001)
     s.add_argument("--chat-port", type=int, default=5000)

@@ -1,0 +1,72 @@
+// Dual AI Chat web page: ES modules, no build step, no external resources (the CSP allows only 'self').
+import { askForKey, authHeaders, KEY_STORAGE } from "./api.js";
+import { bindChat } from "./chat.js";
+import { bindConversations, openConversation, refreshSidebar } from "./conversations.js";
+import { $, hideBanner, showBanner, storageGet, storageSet } from "./dom.js";
+import { bindLayout, closeSidebar } from "./layout.js";
+import { setEmpty } from "./messages.js";
+import { bindModels, defaultModel, setModel, updatePlaceholder } from "./models.js";
+import { bindSettings, fillParams, openSettings } from "./settings.js";
+import { FALLBACK_CONFIG, state } from "./state.js";
+import { bindStatus, pollStatus } from "./status.js";
+
+// The header's account slot: shown when GET /config names the user this key belongs to.
+function showAccount() {
+  const user = state.config.user;
+  const name = user && (typeof user === "string" ? user : user.name);
+  $("account").hidden = !name;
+  if (!name) return;
+  $("account-name").textContent = String(name);
+  $("sign-out").addEventListener("click", () => {
+    storageSet(KEY_STORAGE, null);
+    location.reload();
+  });
+}
+
+function bind() {
+  bindLayout();
+  bindChat();
+  bindConversations();
+  bindSettings();
+  bindStatus();
+  $("banner-close").addEventListener("click", () => { hideBanner(); $("input").focus(); });
+  document.addEventListener("keydown", (ev) => {
+    if (ev.key !== "Escape" || ev.defaultPrevented) return;
+    if (!$("settings").hidden) { openSettings(false); $("settings-btn").focus(); }
+    closeSidebar(true);
+  });
+}
+
+async function loadConfig() {
+  try {
+    const resp = await fetch("/config", { headers: authHeaders() });
+    if (resp.ok) state.config = { ...FALLBACK_CONFIG, ...(await resp.json()) };
+  } catch (e) { /* keep the built-in defaults */ }
+}
+
+async function init() {
+  bind();
+  await loadConfig();
+  bindModels();
+  showAccount();
+  fillParams(true);
+  setModel(defaultModel());
+  $("system-prompt").value = state.config.default_system_prompt || "";
+  if (state.config.auth_required && !storageGet(KEY_STORAGE)) {
+    try {
+      await askForKey("This server needs an API key (the CHAT_API_KEY it was started with).");
+    } catch (e) {
+      showBanner(e.message);
+    }
+  }
+  updatePlaceholder();
+  setEmpty();
+  pollStatus();
+  await refreshSidebar();
+  const m = /^#c\/((?!\.+$)[\w.-]{1,100})$/.exec(location.hash);  // chat.py SESSION_ID
+  if (m) await openConversation(m[1]);
+  document.body.dataset.ready = "1";
+  $("input").focus();
+}
+
+init();
