@@ -27,6 +27,17 @@ export function storageSet(key, value) {
   } catch (e) { /* private mode: the value lives for this page only */ }
 }
 
+// The API key lives in sessionStorage: this tab only, gone when it closes, never a cookie.
+export function tabGet(key) {
+  try { return sessionStorage.getItem(key); } catch (e) { return null; }
+}
+
+export function tabSet(key, value) {
+  try {
+    if (value === null) sessionStorage.removeItem(key); else sessionStorage.setItem(key, value);
+  } catch (e) { /* storage off: the key lives for this page only */ }
+}
+
 export function relativeTime(seconds) {
   if (!seconds) return "";
   const diff = Date.now() / 1000 - seconds;
