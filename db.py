@@ -219,8 +219,8 @@ def add_message(db, conv_id, role, content, provider, model=None, system_prompt=
     try:
         with write_transaction(db):
             created = title is not None and db.execute(
-                "INSERT INTO conversations (id, provider, model, system_prompt, title, created_at, updated_at, user_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO conversations (id, provider, model, system_prompt, title, created_at, updated_at, "
+                "user_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
                 (conv_id, provider, model, system_prompt, title[:200], now, now, user_id)).rowcount == 1
             # The conversation row is locked (updated) before the message names it: on PostgreSQL a
             # DELETE of the conversation then waits for this transaction instead of deadlocking with it.
@@ -232,8 +232,8 @@ def add_message(db, conv_id, role, content, provider, model=None, system_prompt=
             message_id = db.execute(
                 "INSERT INTO messages (conversation_id, role, content, provider, model, system_prompt, params, "
                 "prompt_tokens, completion_tokens, precached_prompt_tokens, latency_ms, finish_reason, status, error, "
-                "created_at, question_id, route, user_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "RETURNING id",
+                "created_at, question_id, route, user_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (conv_id, role, content, provider, model, system_prompt,
                  json.dumps(params, ensure_ascii=False) if params is not None else None,
                  usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("precached_prompt_tokens"),
@@ -304,7 +304,7 @@ def list_messages(db, limit=50, before=None, session=None, provider=None, q=None
         sql = (f"SELECT {cols} FROM messages_fts f JOIN messages m ON m.id = f.rowid "
                f"WHERE messages_fts MATCH ? {'AND ' + where if where else ''} ORDER BY f.rowid DESC LIMIT ?")
         args = [match] + args
-    elif match and not session and user is None:  # PostgreSQL: its tsvector column, newest rows first, then the GIN index
+    elif match and not session and user is None:  # PostgreSQL: tsvector column, newest rows first, then GIN index
         return db_postgres.search(db, cols, q, limit, before, provider or None)
     else:  # PostgreSQL, or no search (plainto_tsquery ANDs plain words; a session has few rows to test)
         where, args = _where(("m.search @@ plainto_tsquery('simple', ?)", q if match else None),

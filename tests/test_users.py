@@ -32,7 +32,8 @@ def team(request, fake_gigachat, tmp_path):
     gw = start_gateway(DEAD, fake_gigachat, tmp_path, CHAT_DB=target, CHAT_API_KEY=ADMIN_KEY, LOG_LEVEL="INFO")
     keys = {"alice": add_user(target, "alice"), "bob": add_user(target, "bob"), "admin": ADMIN_KEY}
     sessions = {}
-    for name, q in (("alice", "моя заметка hunter2"), ("bob", "вопрос Боба"), ("admin", "вопрос админа")):
+    questions = (("alice", "моя заметка hunter2"), ("bob", "вопрос Боба"), ("admin", "вопрос админа"))
+    for name, q in questions:
         r = ask(gw.base_url, keys[name], q)
         assert r.status_code == 200, r.text
         sessions[name] = r.json()["session"]
@@ -135,7 +136,8 @@ def test_a_keyless_gateway_needs_keys_once_a_user_exists(fake_gigachat, tmp_path
     gw = start_gateway(DEAD, fake_gigachat, tmp_path, CHAT_DB=target)
     try:
         base = gw.base_url
-        old = requests.get(base + "/gigachat", params={"q": "до пользователей"}, timeout=30).json()["session"]
+        old = requests.get(base + "/gigachat", params={"q": "до пользователей"}, timeout=30)
+        old = old.json()["session"]
         assert requests.get(base + "/whoami", timeout=10).json()["auth_required"] is False
         key = add_user(target, "alice")
         assert requests.get(base + "/history/sessions", timeout=10).status_code == 401
