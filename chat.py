@@ -92,9 +92,12 @@ def main(argv=None):
                    help="port (env CHAT_PORT, default 5000)")
     args = p.parse_args(argv)
     setup_logging()
-    warn_if_exposed("chat", args.host, "CHAT_API_KEY")
-    create_app({"ALLOWED_HOSTS": allowed_host_names("CHAT_ALLOWED_HOSTS", args.host)}).run(args.host, args.port,
-                                                                                          threaded=True)
+    app = create_app({"ALLOWED_HOSTS": allowed_host_names("CHAT_ALLOWED_HOSTS", args.host)})
+    with app.app_context():
+        keyed = auth.required()  # CHAT_API_KEY, or users in the history database
+    if not keyed:
+        warn_if_exposed("chat", args.host, "CHAT_API_KEY")
+    app.run(args.host, args.port, threaded=True)
 
 
 def __getattr__(name):
