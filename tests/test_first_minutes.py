@@ -15,7 +15,7 @@ import time
 import pytest
 
 from helpers import REPO_ROOT, free_port, http, live_processes
-from test_web_page import Web, browser  # noqa: F401 - the module's Chromium fixture
+from webpage import Web  # (the Chromium fixture `browser` is conftest.py's)
 
 README = os.path.join(REPO_ROOT, "README.md")
 CYRILLIC = re.compile(r"[А-яЁё]")
