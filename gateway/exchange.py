@@ -160,7 +160,8 @@ def start(conn, provider, sid, question, messages, system, params, model=None, t
         qid = db.add_message(conn, sid, "user", question, provider.name, model, system, saved, title=title,
                              route=provider.route, user_id=caller.id)
     except db.ConversationGone:
-        raise ApiError(404, f"Session {sid!r} was deleted: omit 'session' to start a new conversation.",
+        raise ApiError(404, f"Unknown session {sid!r} (deleted just now?): omit 'session' to start a new "
+                            f"conversation.",
                        code="unknown_session", param="session") from None
     return {"conn": conn, "provider": provider, "sid": sid, "messages": messages, "system": system,
             "params": params, "model": model, "t0": time.perf_counter(), "question_id": qid, "cancel": Cancel(),

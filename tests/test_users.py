@@ -7,10 +7,13 @@ import os
 import re
 import sqlite3
 import subprocess
+import threading
+import uuid
 
 import pytest
 import requests
 
+import db
 from conftest import start_gateway
 from gateway.users import key_hash
 from helpers import PYTHON, REPO_ROOT, clean_env, stop_process
@@ -92,6 +95,37 @@ def test_someone_elses_conversation_can_be_neither_continued_nor_deleted(team):
     assert len(get(base, f"/history/{alices}", keys["alice"]).json()["messages"]) == len(before) + 2
     assert requests.delete(base + f"/history/{alices}", headers={"X-API-Key": keys["alice"]},
                            timeout=30).status_code == 200
+
+
+def test_two_users_racing_for_one_new_session_id_never_share_it(team):
+    """alice and bob name the same new X-Session-ID at once: one gets it, the other a 404, and every row of it
+    is the winner's (the ownership check is in the transaction that saves, not only before it)."""
+    base, keys = team["base"], team["keys"]
+    conn = db.open_connection(team["target"])
+    try:
+        for round_ in range(6):
+            sid = f"race-{round_}-{uuid.uuid4().hex[:8]}"
+            replies = {}
+
+            def post(name):
+                replies[name] = requests.post(
+                    base + "/v1/chat/completions", timeout=30,
+                    headers={"Authorization": f"Bearer {keys[name]}", "X-Session-ID": sid},
+                    json={"model": "gigachat", "messages": [{"role": "user", "content": f"я {name}"}]})
+            threads = [threading.Thread(target=post, args=(name,)) for name in ("alice", "bob")]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            codes = sorted(r.status_code for r in replies.values())
+            assert codes == [200, 404], f"round {round_}: {codes}"
+            winner = next(name for name, r in replies.items() if r.status_code == 200)
+            owners = {r[0] for r in conn.execute("SELECT user_id FROM messages WHERE conversation_id = ?", (sid,))}
+            contents = {r[0] for r in conn.execute("SELECT content FROM messages WHERE conversation_id = ? AND "
+                                                   "role = 'user'", (sid,))}
+            assert len(owners) == 1 and contents == {f"я {winner}"}
+    finally:
+        conn.close()
 
 
 def test_the_admin_sees_everything_and_filters_by_user(team):
@@ -214,6 +248,8 @@ def test_readme_users_section_runs_as_written(fake_gigachat, tmp_path):
         assert len(sessions) == 2 and all(len(s["sessions"]) == 1 for s in sessions)  # alice's, and root's view
         rotated = out.strip().splitlines()[-1].split("=", 1)[1]
         assert get(gw.base_url, "/history", rotated).status_code == 401  # removed in the last line
-        assert "alice" not in users_cli(target, "list").stdout and "root" in users_cli(target, "list").stdout
+        listing = users_cli(target, "list").stdout
+        (root,) = [ln for ln in listing.splitlines() if ln.startswith("root ")]
+        assert "alice" not in listing and "yes" in root and "UTC" in root  # an admin, last used just now
     finally:
         stop_process(gw)
