@@ -13,6 +13,7 @@ from common.api_common import ApiError
 from gateway import limits, users
 
 ASKING_PATHS = ("/gigachat", "/qwen", "/ask", "/v1/chat/completions", "/v1/completions")
+ADMIN_PATHS = ("/metrics",)  # names every busy user: for admins (and the scraper holding an admin key)
 
 bp = Blueprint("auth", __name__)
 
@@ -48,6 +49,9 @@ def authenticate():
                             "'X-API-Key: <your key>' (CHAT_API_KEY, or the key `python chat.py users add` printed).",
                        type="authentication_error", code="invalid_api_key")
     g.user_name = None if g.caller.keyless else g.caller.name  # (the access log names the user)
+    if request.path in ADMIN_PATHS and not g.caller.admin:
+        raise ApiError(403, f"{request.path} is for admins: use CHAT_API_KEY or the key of a user added with "
+                            f"--admin.", type="permission_error", code="admins_only")
 
 
 def asked_session():

@@ -187,7 +187,8 @@ def page_paths():
 
 def gateway_spec():
     """The whole document, served by chat.py."""
-    paths = {**ask_paths(), **history_paths(), **openai_paths(), **page_paths(), **common_paths("chat", errors=(401,))}
+    paths = {**ask_paths(), **history_paths(), **openai_paths(), **page_paths(),
+             **common_paths("chat", errors=(401,), metrics_errors=(401, 403))}  # 403: /metrics is for admins
     security = ({"bearerAuth": {"type": "http", "scheme": "bearer",
                                 "description": "CHAT_API_KEY (the admin's), or a user's key "
                                                "(`python chat.py users add`)."},

@@ -96,7 +96,9 @@ def test_sqlite_limit_under_four_workers(fake_gigachat, tmp_path):
         wait_for_a_fresh_minute()
         codes = sorted(r.status_code for r in burst([gw.base_url], key, 10))
         assert codes == [200] * 3 + [429] * 7
-        metrics = requests.get(gw.base_url + "/metrics", headers={"X-API-Key": key}, timeout=10).text
-        assert 'chat_user_requests_today{user="alice"} 3.0' in metrics
+        assert requests.get(gw.base_url + "/metrics", headers={"X-API-Key": key}, timeout=10).status_code == 403
+        root = add_user(target, "root", "--admin")
+        metrics = requests.get(gw.base_url + "/metrics", headers={"X-API-Key": root}, timeout=10).text
+        assert 'chat_user_requests_today{user="alice"} 3.0' in metrics  # the sum over the 4 workers
     finally:
         stop_process(gw)
