@@ -40,11 +40,11 @@ def authenticate():
     given, admin_key = presented_key(request), current_app.config["API_KEY"]
     if given and admin_key and hmac.compare_digest(given.encode(), admin_key.encode()):
         g.caller = users.ADMIN
-    elif given:
-        g.caller = users.by_key(db.get_db(), given)
-    elif not required():
-        g.caller = users.KEYLESS
-    if g.get("caller") is None:
+    else:
+        g.caller = users.by_key(db.get_db(), given) if given else None
+        if g.caller is None and not required():  # keyless: any key or none (SDKs insist on sending one)
+            g.caller = users.KEYLESS
+    if g.caller is None:
         raise ApiError(401, "Missing or wrong API key: send 'Authorization: Bearer <your key>' or "
                             "'X-API-Key: <your key>' (CHAT_API_KEY, or the key `python chat.py users add` printed).",
                        type="authentication_error", code="invalid_api_key")

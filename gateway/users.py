@@ -2,12 +2,15 @@
 (the `users` table, schema version 6). Who calls is a Caller; id 0 is the built-in admin (CHAT_API_KEY, or
 the keyless single user), who owns every conversation saved before users existed."""
 import hashlib
+import logging
 import re
 import secrets
+import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Optional
 
+import db_postgres
 from db_maintenance import write_transaction
 
 KEY_PREFIX = "dac_"
@@ -111,7 +114,10 @@ def by_key(conn, key: str) -> Optional[Caller]:
         return None
     now = time.time()
     if row["last_used_at"] is None or row["last_used_at"] < now - LAST_USE_STEP_S:
-        conn.execute("UPDATE users SET last_used_at = ? WHERE id = ?", (now, row["id"]))
+        try:  # (best effort: a busy database does not refuse the request for this)
+            conn.execute("UPDATE users SET last_used_at = ? WHERE id = ?", (now, row["id"]))
+        except (sqlite3.OperationalError, *db_postgres.UNAVAILABLE) as e:
+            logging.getLogger(__name__).warning("last use of user %s not noted: %s", row["name"], e)
     return _caller(row)
 
 
