@@ -66,16 +66,18 @@ nginx:
 postgresql:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null)
 
+# lint first (ruff; its settings and pytest's are in pyproject.toml), then every test under tests/
 test: models chromium nginx postgresql
-	$(PY) -m pytest -q tests
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
 
 $(VENV)/.bench-installed: $(VENV)/.installed bench/requirements-bench.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r bench/requirements-bench.txt  # llama_cpp.server, the baseline
 	touch $@
 
 bench: models $(VENV)/.bench-installed
-	$(PY) bench/gateway_overhead.py && $(PY) bench/history.py && $(PY) bench/stream_overhead.py && \
-	  $(PY) bench/llamacpp_server.py && $(PY) bench/upstreams.py
+	$(PY) -m bench.gateway_overhead && $(PY) -m bench.history && $(PY) -m bench.stream_overhead && \
+	  $(PY) -m bench.llamacpp_server && $(PY) -m bench.upstreams
 
 # GPU machine (one CUDA GPU, Python 3.12, torch with CUDA, nvcc; maybe no network): what it lacks travels as
 # py3.12 wheels in the git-ignored .whl/ folder. `make gpu-wheels` here (registries reachable), then on it
@@ -105,4 +107,4 @@ gpu-check: $(GPU_SITE)/.installed
 gpu-bench: $(GPU_SITE)/.installed
 	@test -f .cache/gpu-check/exllamav2.env || { echo "run 'make gpu-check' first: it builds exllamav2"; exit 2; }
 	set -a; . ./.cache/gpu-check/exllamav2.env; set +a; \
-	  PYTHONPATH=$(GPU_SITE) $(GPU_PY) bench/gpu_engines.py $(GPU_BENCH_ARGS)
+	  PYTHONPATH=$(GPU_SITE) $(GPU_PY) -m bench.gpu_engines $(GPU_BENCH_ARGS)

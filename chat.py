@@ -1,8 +1,8 @@
 """Dual AI Chat API gateway: GigaChat (cloud) and the local Qwen server behind one HTTP API,
 every exchange saved to SQLite.
 
-    python chat.py [--host 127.0.0.1] [--port 5000]      # local
-    gunicorn chat:app                                      # deployment (see gunicorn.conf.py)
+    python chat.py [--host 127.0.0.1] [--port 5000]      # one process (common/wsgi_server.py's embedded gunicorn)
+    gunicorn -c gunicorn.conf.py chat:app                  # deployment: several workers
     python chat.py ask "…" / python chat.py chat          # a terminal chat with a running gateway (gateway/cli.py)
     python chat.py users add NAME / list / remove / rotate # users, their keys and limits (gateway/users_cli.py)
 """
@@ -14,11 +14,13 @@ from flask import Flask
 from prometheus_client import Gauge
 
 import db
+import db_journal
 import providers as provider_registry
-from common import openapi
+from common import openapi, request_reader, wsgi_server
+from common.framing import strict_framing
 from common.api_common import (Metrics, allowed_host_names, install_access, install_common, load_env, setup_logging,
                                warn_if_exposed)
-from gateway import ask, auth, history, openai_api, page, routing, text_completions
+from gateway import ask, auth, cross_site, history, openai_api, page, routing, text_completions, users
 from gateway.openapi_spec import gateway_spec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -28,6 +30,7 @@ def settings_from_env() -> dict:
     env = os.environ.get
     return {
         "DATABASE": env("CHAT_DB", os.path.join(HERE, "chat_history.db")),
+        "JOURNAL_DIR": env("CHAT_JOURNAL_DIR", ""),  # empty: db_journal.default_dir
         "DEFAULT_SYSTEM_PROMPT": env("DEFAULT_SYSTEM_PROMPT", ""),
         "QWEN_URL": env("QWEN_URL", "http://127.0.0.1:5001"),
         "QWEN_TIMEOUT": float(env("QWEN_TIMEOUT", "300")),
@@ -56,11 +59,16 @@ def create_app(config=None, providers=None):
     metrics = app.extensions["metrics"] = Metrics("chat")
     install_common(app, metrics, "chat", app.config["ALLOWED_HOSTS"], "CHAT_ALLOWED_HOSTS")
     install_access(app, page.PUBLIC_PATHS, auth.authenticate)  # API keys (CHAT_API_KEY, users) and CORS
+    cross_site.install(app)  # no spending or saving for another site's page
+    app.wsgi_app = strict_framing(app.wsgi_app)  # a 400 for broken HTTP framing, before anything else
     openapi.register(app, gateway_spec)  # GET /openapi.json
     db.init_app(app)
     in_use = Gauge("chat_history_connections_in_use", "History DB connections handed out and not yet given back",
                    registry=metrics.registry, multiprocess_mode="livesum")
     app.extensions["db_pool"].on_change = in_use.set
+    start_journal(app, Gauge("chat_history_journal_pending", "Answers kept in the journal until the history "
+                                                               "database takes them", registry=metrics.registry,
+                             multiprocess_mode="livesum"))
     app.extensions["routes_total"] = routing.routes_counter(metrics.registry)
     auth.install(app)  # users: whose conversation a question continues, their limits, /whoami
     providers = provider_registry.build(app.config) if providers is None else providers
@@ -72,6 +80,14 @@ def create_app(config=None, providers=None):
     for blueprint in (ask.bp, history.bp, openai_api.bp, page.bp, text_completions.bp):
         app.register_blueprint(blueprint)
     return app
+
+
+def start_journal(app, pending_gauge):
+    """The journal of answers the database could not take (db_journal.py); replayed from now on."""
+    target = app.config["DATABASE"]
+    directory = db_journal.directory_for(app.config["JOURNAL_DIR"] or db_journal.default_dir(target), target)
+    journal = app.extensions["history_journal"] = db_journal.Journal(directory, target, pending_gauge.set)
+    journal.start()
 
 
 def main(argv=None):
@@ -86,18 +102,29 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Dual AI Chat API gateway (GigaChat + local Qwen, SQLite history). "
                                             "`python chat.py ask \"…\"` / `python chat.py chat`: talk to a "
                                             "running one from the terminal; `python chat.py users --help`: "
-                                            "users, their keys and limits.")
+                                            "users, their keys and limits.",
+                                epilog="env GUNICORN_THREADS (default 16): requests served at once, streams included "
+                                       "(`gunicorn -c gunicorn.conf.py chat:app` for several processes). "
+                                       + request_reader.HELP)
     p.add_argument("--host", default=os.environ.get("CHAT_HOST", "127.0.0.1"), help="bind address (env CHAT_HOST)")
     p.add_argument("--port", type=int, default=int(os.environ.get("CHAT_PORT", "5000")),
                    help="port (env CHAT_PORT, default 5000)")
     args = p.parse_args(argv)
+    threads = os.environ.get("GUNICORN_THREADS") or "16"
+    if not threads.isdigit() or int(threads) < 1:
+        p.error(f"GUNICORN_THREADS={threads!r}: give the number of requests served at once (default 16)")
+    try:
+        request_reader.timeout_from_env()
+    except ValueError as e:
+        p.error(str(e))
     setup_logging()
-    app = create_app({"ALLOWED_HOSTS": allowed_host_names("CHAT_ALLOWED_HOSTS", args.host)})
-    with app.app_context():
-        keyed = auth.required()  # CHAT_API_KEY, or users in the history database
-    if not keyed:
+    if not users.exist_in(settings_from_env()["DATABASE"]):  # (users, like CHAT_API_KEY, need keys)
         warn_if_exposed("chat", args.host, "CHAT_API_KEY")
-    app.run(args.host, args.port, threaded=True)
+    # gunicorn, embedded: one worker process with GUNICORN_THREADS threads (streams included), each request
+    # read whole before a thread takes it (slow clients: SLOW_CLIENT_TIMEOUT); the app is built in the worker
+    config = {"ALLOWED_HOSTS": allowed_host_names("CHAT_ALLOWED_HOSTS", args.host)}
+    sys.exit(wsgi_server.serve(lambda: create_app(config), args.host, args.port, int(threads),
+                               os.environ.get("LOG_LEVEL", "INFO"), graceful_timeout=10, name="chat"))
 
 
 def __getattr__(name):

@@ -82,12 +82,20 @@ def _statements(script):
 
 
 def _create_private(path):
-    """A new history file is readable by its owner only (0600); SQLite gives its -wal and -shm
-    files the database file's permissions."""
+    """The history file, new or not, is readable by its owner only (0600), and so are its -wal and
+    -shm files: SQLite creates those with the database file's permissions, and keeps existing ones."""
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except FileExistsError:
         pass
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, 0o600)
+        except FileNotFoundError:
+            pass
+        except PermissionError:  # (another user's file: SQLite will say whether it can be used)
+            log.warning("cannot make %s private (0600): it belongs to another user", name)
 
 
 POOL_SIZE = 32  # idle connections kept per app: at least the server's threads per process
@@ -208,12 +216,13 @@ class ConversationGone(Exception):
 
 def add_message(db, conv_id, role, content, provider, model=None, system_prompt=None, params=None,
                 usage=None, latency_ms=None, finish_reason=None, status="ok", error=None, title=None,
-                question_id=None, route=None, user_id=0) -> int:
+                question_id=None, route=None, created_at=None, user_id=0) -> int:
     """Inserts one message and bumps its conversation; returns the message id. With a title, the
     conversation is created first if it does not exist yet, in the same transaction (one commit).
     An answer names its question (question_id); `route` is how model "auto" chose the provider (None when
     the client chose it). The conversation belongs to `user_id` (0: the built-in admin): one of someone else's is
-    never written to. Raises ConversationGone when either was deleted, or is someone else's."""
+    never written to. Raises ConversationGone when either was deleted, or is someone else's.
+    created_at: when it was said, if earlier than now (an answer replayed from the journal)."""
     usage = usage or {}
     now = time.time()
     try:
@@ -237,12 +246,21 @@ def add_message(db, conv_id, role, content, provider, model=None, system_prompt=
                 (conv_id, role, content, provider, model, system_prompt,
                  json.dumps(params, ensure_ascii=False) if params is not None else None,
                  usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("precached_prompt_tokens"),
-                 latency_ms, finish_reason, status, error, now, question_id, route, user_id)).fetchone()[0]
+                 latency_ms, finish_reason, status, error, created_at or now, question_id, route,
+                 user_id)).fetchone()[0]
     except INTEGRITY_ERRORS as e:
         if "foreign key" in str(e).lower():
             raise ConversationGone(conv_id) from e
         raise
     return message_id
+
+
+def forget_question(db, conv_id, question_id):
+    """Removes a question the upstream refused as invalid (and its conversation, if nothing else is in it)."""
+    with write_transaction(db):
+        db.execute("DELETE FROM messages WHERE id = ?", (question_id,))
+        db.execute("DELETE FROM conversations WHERE id = ? AND NOT EXISTS (SELECT 1 FROM messages "
+                   "WHERE conversation_id = ?)", (conv_id, conv_id))
 
 
 def answered_pairs(db, conv_id):

@@ -166,6 +166,7 @@ class Pool:
             if self.pid != os.getpid():
                 self.pool = psycopg_pool.ConnectionPool(
                     self.url, min_size=1, max_size=POOL_MAX, timeout=POOL_TIMEOUT_S, open=True,
+                    check=psycopg_pool.ConnectionPool.check_connection,  # (after a restart: none broken handed out)
                     kwargs={"autocommit": True}, configure=lambda c: setattr(c, "row_factory", _rows))
                 self.pid = os.getpid()
             return self.pool

@@ -8,15 +8,20 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # common.wsgi_server, whichever way gunicorn is started
+from common import request_reader  # the standard library only
 from common.env import load_env  # noqa: E402 - light: prometheus_client must not be imported yet
 
 load_env()  # .env first: CHAT_HOST, CHAT_PORT and GUNICORN_* set there apply here, as they do to chat.py
 _env = os.environ.get
 
 bind = f"{_env('CHAT_HOST') or '127.0.0.1'}:{_env('CHAT_PORT') or '5000'}"
-# gthread whose threads never wait on a slow client's headers or body (they are read in the worker's poller,
-# common.wsgi_server.HEADER_TIMEOUT_S at most): 50 clients sending headers a byte at a time leave /health answering.
+# gthread whose threads never wait on a slow client's headers or body: they are read in the worker's poller,
+# SLOW_CLIENT_TIMEOUT seconds at most each (then a 408): clients sending a byte at a time leave /health answering.
 worker_class = "common.wsgi_server.HeadersFirstWorker"
+try:
+    request_reader.timeout_from_env()
+except ValueError as _e:
+    sys.exit(f"gunicorn.conf.py: error: {_e}")
 workers = int(_env("GUNICORN_WORKERS") or min(4, multiprocessing.cpu_count() * 2))
 threads = int(_env("GUNICORN_THREADS") or 16)
 timeout = 120           # a worker is restarted only if its main loop hangs, not for long streams

@@ -11,7 +11,8 @@ import sys
 
 from flask import Flask
 
-from common import openapi
+from common import openapi, request_reader
+from common.framing import strict_framing
 from common.api_common import (LOOPBACK_NAMES, Metrics, allowed_host_names, install_common, load_env, setup_logging,
                                warn_if_exposed)
 from common.wsgi_server import StartupError, serve
@@ -30,6 +31,7 @@ def create_app(engine, max_tokens_default=2048, allowed_hosts=LOOPBACK_NAMES, so
     app = Flask(__name__)
     metrics = Metrics("qwen")
     install_common(app, metrics, "qwen_server", allowed_hosts, "QWEN_ALLOWED_HOSTS")
+    app.wsgi_app = strict_framing(app.wsgi_app)  # a 400 for broken HTTP framing, before anything else
     openapi.register(app, openapi.qwen_server_spec)  # GET /openapi.json
     app.extensions["qwen"] = ModelService(engine, metrics, max_tokens_default, source)
     app.register_blueprint(routes.bp)
@@ -39,7 +41,8 @@ def create_app(engine, max_tokens_default=2048, allowed_hosts=LOOPBACK_NAMES, so
 def parse_args(argv=None):
     load_env()  # .env fills in what flags leave out; flags win
     env = os.environ.get
-    p = argparse.ArgumentParser(description="Local Qwen 2.5 Coder server (OpenAI-compatible, streaming).")
+    p = argparse.ArgumentParser(description="Local Qwen 2.5 Coder server (OpenAI-compatible, streaming).",
+                                epilog=request_reader.HELP)
     p.add_argument("-m", "--model", default=env("QWEN_MODEL_PATH"),
                    help="a .gguf file (or a dir holding one), a Hugging Face-format or EXL2 model dir, a Hugging "
                         "Face repo id owner/repo[:QUANT] (GGUF quant tag or EXL2 branch; downloaded once into the "
@@ -76,6 +79,10 @@ def parse_args(argv=None):
         p.error("--http-threads and --max-tokens-default must be at least 1")
     if args.threads is not None and args.threads < 1:
         p.error("-t must be at least 1")
+    try:
+        request_reader.timeout_from_env()
+    except ValueError as e:
+        p.error(str(e))
     return args
 
 

@@ -11,21 +11,18 @@ import shutil
 import sqlite3
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from urllib.parse import urlsplit
+
+# The servers start exactly as in the tests (tests/ is on the path: bench/__init__.py); re-exported for the benches.
+from helpers import (PYTHON, clean_env, free_port, gigachat_env, http, start_fake_gigachat, start_gateway,  # noqa: F401
+                     start_process, start_qwen, stop_process)
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
 TESTS_DIR = os.path.join(REPO_ROOT, "tests")
 CACHE_DIR = os.path.join(REPO_ROOT, ".cache", "bench")  # .cache/ is git-ignored
-for _p in (REPO_ROOT, TESTS_DIR):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-
-from helpers import (PYTHON, clean_env, free_port, gigachat_env, http, start_fake_gigachat, start_gateway,  # noqa: E402,F401
-                     start_process, start_qwen, stop_process)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models are local; never try a hub
 

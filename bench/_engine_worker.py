@@ -3,18 +3,16 @@
 then for each JSON line on stdin ({"messages", "params"}) runs engine.generate() and answers one
 JSON line with the times (ms from the generate() call) of every text chunk and the usage.
 
-    python bench/_engine_worker.py ENGINE MODEL_DIR CACHE MAX_SEQ_LEN [REPO]
+    PYTHONPATH=CHECKOUT python bench/_engine_worker.py ENGINE MODEL_DIR CACHE MAX_SEQ_LEN
 
-REPO: import `engines` from this checkout instead of this one's (to compare engine changes).
+It imports `engines` from CHECKOUT (this one, or another to compare engine changes: --engine-repo).
 """
 import json
-import os
 import sys
 import threading
 import time
 
-sys.path.insert(0, sys.argv[5] if len(sys.argv) > 5 else os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from engines import GenParams, create_engine  # noqa: E402
+from engines import GenParams, create_engine
 
 
 def main():

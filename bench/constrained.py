@@ -1,6 +1,6 @@
 """Decode speed with and without constrained decoding (llguidance masks), same run, each CPU engine.
 
-    .venv/bin/python bench/constrained.py [--tokens 200] [--rounds 3]
+    .venv/bin/python -m bench.constrained [--tokens 200] [--rounds 3]
 
 In-process engines on SmolLM2-135M (transformers on the HF dir, llama.cpp on the Q4_1 GGUF), greedy.
 Each round runs, back to back: free text; a JSON schema (an array of bounded strings, so the answer is
@@ -10,7 +10,7 @@ import argparse
 import os
 import threading
 
-from _common import fmt, header, md_table, median
+from bench._common import fmt, header, md_table, median
 
 from engines import GenParams, create_engine
 from engines.constrained import json_grammar

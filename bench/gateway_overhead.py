@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What the gateway (chat.py) adds on top of its upstreams, for non-streamed requests.
 
-    .venv/bin/python bench/gateway_overhead.py [--quick] [--ab OTHER_CHECKOUT ...]
+    .venv/bin/python -m bench.gateway_overhead [--quick] [--ab OTHER_CHECKOUT ...]
 
 (a) Latency, one sequential client, keep-alive: the same question straight to the upstream and
     through the gateway, interleaved in blocks of --block requests ("warm") and request by request
@@ -14,7 +14,7 @@
     "added" = the gateway's percentile minus the direct one. Goal: added p95 <= 3 ms.
 (b) Throughput with C concurrent keep-alive clients (wrk when installed, else Python threads):
     the upstream alone vs through the gateway under gunicorn (the project's gunicorn.conf.py,
-    4 gthread workers) and under `python chat.py` (werkzeug, for reference), plus the CPU each
+    4 gthread workers) and under `python chat.py` (one embedded gunicorn worker, for reference), plus the CPU each
     process tree spent per request. Runs are interleaved and repeated; medians reported.
     Goal: gateway req/s >= 0.6 x upstream req/s. Against an upstream that answers in ~0.1 ms
     (the fake) that ratio only measures the gateway's own CPU cost, so rows with the fake
@@ -27,15 +27,13 @@ Everything runs on 127.0.0.1; servers are subprocesses on free ports, stopped at
 """
 import argparse
 import os
-import sys
 import time
 import urllib.parse
 import uuid
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (CACHE_DIR, Client, Servers, cpu_seconds, fmt, header, http, load, load_tool,  # noqa: E402
-                     md_table, median, pct, rmtree, start_fake, start_gateway, start_qwen)
-from tools.make_models import ensure_tiny_qwen  # noqa: E402
+from bench._common import (CACHE_DIR, Client, Servers, cpu_seconds, fmt, header, http, load, load_tool,
+                           md_table, median, pct, rmtree, start_fake, start_gateway, start_qwen)
+from tools.make_models import ensure_tiny_qwen
 
 # Slower fakes for the throughput runs: 16 ms answers make the fake alone serve ~480 req/s to 8
 # clients, the upstream of the LiteLLM figure quoted in the README; 50 ms is closer to a real LLM API.
@@ -159,7 +157,7 @@ def start_gateways(S, a, qwen, fake, dbdir):
                  S.add(start_gateway(qwen.base_url, fake, os.path.join(dbdir, "gunicorn.db"),
                                      gunicorn_workers=a.workers, **common)))]
     if not a.no_werkzeug:
-        gateways.append(("`python chat.py` (werkzeug)",
+        gateways.append(("`python chat.py` (embedded gunicorn)",
                          S.add(start_gateway(qwen.base_url, fake, os.path.join(dbdir, "werkzeug.db"), **common))))
     for k, other in enumerate(a.ab):
         gateways.append((f"gunicorn, {other}",

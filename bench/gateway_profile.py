@@ -3,7 +3,7 @@
 client, so no HTTP server in the picture) talking to real upstream subprocesses (the fake
 GigaChat with TCP_NODELAY, qwen_server on tiny-qwen2), grouped by component.
 
-    .venv/bin/python bench/gateway_profile.py [--quick] [--repo OTHER_CHECKOUT] [--top 15]
+    .venv/bin/python -m bench.gateway_profile [--quick] [--repo OTHER_CHECKOUT] [--top 15]
 
 --repo profiles chat.py from another checkout (e.g. a patched copy), against the same kind of
 upstreams, so a change's effect shows component by component. The history database is a fresh
@@ -15,9 +15,8 @@ import pstats
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (CACHE_DIR, REPO_ROOT, Servers, fmt, gigachat_env, header, md_table, median,  # noqa: E402
-                     rmtree, start_fake, start_qwen)
+from bench._common import (CACHE_DIR, REPO_ROOT, Servers, fmt, gigachat_env, header, md_table, median,
+                           rmtree, start_fake, start_qwen)
 
 # chat.py and the modules it imports, dropped from sys.modules before importing another checkout's
 PROJECT_MODULES = ("chat", "db", "db_maintenance", "exchange", "api_common", "openai_format", "openapi", "client_watch",
@@ -70,7 +69,6 @@ def main():
     a = ap.parse_args()
     n = a.n or (80 if a.quick else 300)
     repo = os.path.abspath(a.repo)
-    sys.path.insert(0, REPO_ROOT)
     from tools.make_models import ensure_tiny_qwen
     tiny = str(ensure_tiny_qwen())
     os.makedirs(CACHE_DIR, exist_ok=True)
@@ -89,7 +87,7 @@ def main():
             # chat.py and its modules from `repo`, not from this checkout
             for m in [m for m in sys.modules if m in PROJECT_MODULES or m.split(".")[0] in PROJECT_PACKAGES]:
                 del sys.modules[m]
-            sys.path.insert(0, repo)
+            sys.path.insert(0, repo)  # the A/B itself: import chat from that checkout, in this process
             import chat
             assert os.path.dirname(os.path.abspath(chat.__file__)) == repo, chat.__file__
             app = chat.create_app()

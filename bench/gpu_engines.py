@@ -2,7 +2,7 @@
 """GPU engines side by side on a Qwen2.5-Coder-7B-shaped model at 16k context: decode speed, time to first
 token, 4 concurrent requests and VRAM.
 
-    python3 bench/gpu_engines.py [--configs exllamav2:q4,transformers:eager,...] [--ctx 16384] [--layers 28]
+    python3 -m bench.gpu_engines [--configs exllamav2:q4,transformers:eager,...] [--ctx 16384] [--layers 28]
                                  [--tokens 128] [--repeats 2] [--http exllamav2:q4|none]
                                  (make gpu-bench GPU_BENCH_ARGS="...")
 
@@ -30,10 +30,9 @@ import subprocess
 import sys
 import time
 
-BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(BENCH_DIR)
-sys.path.insert(0, REPO_ROOT)
-from _gpu_model import CACHE_DIR, build_model, log, model_dir_for  # noqa: E402
+from bench._gpu_model import CACHE_DIR, build_model, log, model_dir_for
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 ALL_CONFIGS = ["exllamav2:fp16", "exllamav2:q8", "exllamav2:q6", "exllamav2:q4", "transformers:eager",
                "transformers:compile"]
@@ -146,7 +145,7 @@ def http_vs_bare(engine, kind, model_dir, mode, a):
     cache, loaded beside it) streaming over HTTP; fresh prompts, strictly alternate runs, medians and ratio."""
     import threading
 
-    from _common import Client, start_qwen, stop_process
+    from bench._common import Client, start_qwen, stop_process
     from engines import GenParams
     greedy = dict(GREEDY, max_tokens=a.tokens)
     tok = engine.hf_tokenizer
@@ -238,7 +237,7 @@ def main():
         if os.path.exists(out):
             os.unlink(out)
         log(f"running {kind} {mode} ...")
-        args = [sys.executable, os.path.abspath(__file__), "--worker", kind, mode, "--out", out, "--ctx", str(a.ctx),
+        args = [sys.executable, "-m", "bench.gpu_engines", "--worker", kind, mode, "--out", out, "--ctx", str(a.ctx),
                 "--layers", str(a.layers), "--tokens", str(a.tokens), "--repeats", str(a.repeats), "--http", a.http]
         env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
         p = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True)

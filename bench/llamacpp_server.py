@@ -3,7 +3,7 @@
 same GGUF (SmolLM2-135M-Instruct Q4_1), same KV cache type, same threads, in one run.
 
     .venv/bin/pip install -r bench/requirements-bench.txt     # llama_cpp.server's dependencies
-    .venv/bin/python bench/llamacpp_server.py [--quick] [--runs 5] [--cache q4] [--threads N]
+    .venv/bin/python -m bench.llamacpp_server [--quick] [--runs 5] [--cache q4] [--threads N]
 
 Both servers stream over HTTP to one keep-alive client (OpenAI `stream: true`), greedy, repetition
 penalty 1.1, and take strict turns (never at once: they would share the cores). Measured:
@@ -20,15 +20,13 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (PYTHON, REPO_ROOT, Client, clean_env, fmt, free_port, header, md_table, median,  # noqa: E402
-                     stop_process)
-from engines.llamacpp_engine import CACHE_TYPES, physical_cores  # noqa: E402
-from tools.make_models import ensure_smollm2_gguf  # noqa: E402
+from bench._common import (PYTHON, REPO_ROOT, Client, clean_env, fmt, free_port, header, md_table, median,
+                           stop_process)
+from engines.llamacpp_engine import CACHE_TYPES, physical_cores
+from tools.make_models import ensure_smollm2_gguf
 
 GGML_TYPE = {"f16": 1, "q8_0": 8, "q5_1": 7, "q4_0": 2}  # llama.cpp's ggml_type numbers (--type_k/--type_v)
 STORY = "Write a long, detailed story about a robot who learns to paint. Use many paragraphs."

@@ -4,10 +4,10 @@ one decision takes (median and p95 over every question, each decided REPEATS tim
 emptied first, in this process: CPU time, as the machine is shared), the scan of 100k characters, and what
 detect-secrets alone misses of the private questions, which our own rules catch.
 
-    .venv/bin/python bench/routing.py"""
+    .venv/bin/python -m bench.routing"""
 import time
 
-from _common import fmt, header, md_table, median, pct  # (puts tests/ on sys.path)
+from bench._common import fmt, header, md_table, median, pct
 
 import routing_eval
 from gateway import routing, secret_scan

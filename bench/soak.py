@@ -1,7 +1,7 @@
 """Soak: minutes of mixed load with random hang-ups against the gunicorn gateway, qwen_server (tiny
 Qwen2) and the fake GigaChat, then a check of the history file and the servers (not part of CI).
 
-    .venv/bin/python bench/soak.py [--minutes 10] [--clients 8] [--workers 2]
+    .venv/bin/python -m bench.soak [--minutes 10] [--clients 8] [--workers 2]
 
 Clients ask on every route (/qwen, /gigachat, /v1; streamed or not), continue shared sessions from
 several clients at once, inject GigaChat faults, delete sessions, read /history and the export,
@@ -26,8 +26,8 @@ import uuid
 from collections import Counter
 from urllib.parse import quote, urlsplit
 
-import _common as c
-import db  # noqa: E402 (the project's own, on the path set by _common)
+from bench import _common as c
+import db
 
 ROUTES = ["/qwen", "/qwen?stream", "/v1 qwen", "/v1 qwen stream", "/gigachat", "/gigachat?stream",
           "/v1 gigachat", "/v1 gigachat stream"]
@@ -292,7 +292,7 @@ def report(args, load, ran, rss, statuses, n_msg, in_use, streams, wal, contexts
             ("answers clients received, each found saved under its own question", len(load.acked)),
             ("answer statuses", ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))),
             ("questions without exactly one answer, wrong pairs, leftovers", len(problems)),
-            (f"GigaChat contexts checked / mixed pairs", f"{contexts} / {bad_contexts}"),
+            ("GigaChat contexts checked / mixed pairs", f"{contexts} / {bad_contexts}"),
             ("history connections still held / streams still open", f"{in_use:g} / {streams:g}"),
             ("WAL at the end (bytes)", wal),
             ("gateway RSS MB after 1 min → end", f"{c.fmt(warm[0][1], 1)} → {c.fmt(rss[-1][1], 1)}"),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What HTTP streaming costs on top of the bare engine, and what the gateway adds to the first token.
 
-    .venv/bin/python bench/stream_overhead.py [--quick] [--max-tokens 64] [--qwen-repo PATH] [--ab PATH]
+    .venv/bin/python -m bench.stream_overhead [--quick] [--max-tokens 64] [--qwen-repo PATH] [--ab PATH]
 
 (a) SmolLM2-135M-Instruct, greedy, the same prompt and max_tokens: the transformers engine
     in-process (engines.create_engine + engine.generate, in a worker process of its own) vs
@@ -21,15 +21,13 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.parse
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (BENCH_DIR, CACHE_DIR, PYTHON, REPO_ROOT, Client, Servers, clean_env, fmt,  # noqa: E402
-                     header, md_table, median, pct, rmtree, start_fake, start_gateway, start_qwen)
-from gateway_overhead import oauth_token  # noqa: E402
-from tools.make_models import ensure_smollm2  # noqa: E402
+from bench._common import (BENCH_DIR, CACHE_DIR, PYTHON, REPO_ROOT, Client, Servers, clean_env, fmt,
+                           header, md_table, median, pct, rmtree, start_fake, start_gateway, start_qwen)
+from bench.gateway_overhead import oauth_token
+from tools.make_models import ensure_smollm2
 
 PROMPT = "Write a long, detailed story about a robot who learns to paint. Use many paragraphs."
 PARAMS = {"temperature": 0.0, "top_p": 0.9, "top_k": 60, "repetition_penalty": 1.1}  # qwen_server's defaults
@@ -44,8 +42,9 @@ class EngineWorker:
                 full.pop(k, None)
             else:
                 full[k] = v
+        full["PYTHONPATH"] = os.path.abspath(repo or REPO_ROOT)  # the checkout whose engines are measured
         self.proc = subprocess.Popen([PYTHON, os.path.join(BENCH_DIR, "_engine_worker.py"), "transformers", model,
-                                      "fp16", str(max_seq_len)] + ([os.path.abspath(repo)] if repo else []),
+                                      "fp16", str(max_seq_len)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True, env=full, cwd=REPO_ROOT)
         line = self.proc.stdout.readline()
@@ -183,7 +182,7 @@ def part_b(model, fake, n, ab, env, max_tokens):
             qwen = S.add(start_qwen(model, "-l", "1024", env=env))
             gws = [("gunicorn (1 gthread worker)", S.add(start_gateway(qwen.base_url, fake, os.path.join(dbdir, "g.db"),
                                                                         gunicorn_workers=1))),
-                   ("`python chat.py` (werkzeug)", S.add(start_gateway(qwen.base_url, fake,
+                   ("`python chat.py` (embedded gunicorn)", S.add(start_gateway(qwen.base_url, fake,
                                                                         os.path.join(dbdir, "w.db"))))]
             for k, other in enumerate(ab):
                 gws.append((f"gunicorn, {other}", S.add(start_gateway(qwen.base_url, fake, os.path.join(dbdir, f"ab{k}.db"),

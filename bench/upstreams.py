@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Several Qwen upstreams behind one gateway (QWEN_URL=a,b,...).
 
-    .venv/bin/python bench/upstreams.py [--hold 0.2] [--seconds 6]
+    .venv/bin/python -m bench.upstreams [--hold 0.2] [--seconds 6]
 
 Upstreams are tests/fake_qwen.py processes in --serial mode: one answer at a time after a fixed
 --hold seconds, the others queued and reported as queue_length in /status (a GPU engine in
@@ -17,15 +17,13 @@ miniature, with none of its CPU cost, so the balancer alone is measured). The ga
 import argparse
 import os
 import signal
-import sys
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (PYTHON, TESTS_DIR, free_port, header, md_table, median, pct, start_fake_gigachat,  # noqa: E402
-                     rmtree, start_gateway, start_process, stop_process, tmpdir)
+from bench._common import (PYTHON, TESTS_DIR, free_port, header, md_table, median, pct, start_fake_gigachat,
+                           rmtree, start_gateway, start_process, stop_process, tmpdir)
 
-import requests  # noqa: E402
+import requests
 
 
 def start_upstream():

@@ -8,13 +8,13 @@ import logging
 import os
 import time
 import uuid
-from urllib.parse import unquote_to_bytes, urlsplit
 
 from flask import Response, g, jsonify, request
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest,
                                multiprocess)
 from werkzeug.exceptions import HTTPException
 
+from common import wsgi_server
 from common.env import load_env  # noqa: F401 - re-exported: the servers import it from here
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: far above any sane prompt, small enough to refuse abuse
@@ -105,6 +105,11 @@ class Metrics:
                                     multiprocess_mode="livesum")
         self.queue_length = Gauge(f"{prefix}_queue_length", "Requests waiting for the model", registry=r,
                                   multiprocess_mode="livesum")
+        self.slow_clients = Counter(f"{prefix}_slow_clients_closed_total", "Connections closed (408) because a "
+                                    "request's head or body did not arrive within SLOW_CLIENT_TIMEOUT", ["part"],
+                                    registry=r)
+        for part in ("head", "body"):
+            self.slow_clients.labels(part)  # 0 from the start
         self.collectors = []  # computed at scrape time (the gateway's upstreams), this process's view
 
     def add_collector(self, collector):
@@ -178,30 +183,11 @@ def warn_if_exposed(service: str, bind_host: str, api_key_env: str = None):
         "127.0.0.1 behind a reverse proxy that authenticates (README: Deployment).", service, bind_host, guard)
 
 
-def raw_utf8_urls(wsgi_app):
-    """Werkzeug's development server (`python chat.py`) double-encodes raw non-ASCII bytes in a URL: http.server
-    reads the request line as latin-1 and werkzeug then encodes that text as UTF-8 again, so `?q=Привет` typed
-    raw arrived as `ÐŸÑ€Ð¸Ð²ÐµÑ‚`. Rebuild PATH_INFO (the bytes, latin-1-decoded as PEP 3333 says) and
-    QUERY_STRING (its raw bytes %-escaped, as a browser sends them: invalid UTF-8 then stays text, not a
-    crash) from the request line. Other servers pass these through (gunicorn refuses raw bytes with a 400)."""
-    def app(environ, start_response):
-        raw = environ.get("REQUEST_URI", "")
-        if not raw.isascii() and environ.get("SERVER_SOFTWARE", "").startswith("Werkzeug/"):
-            raw = raw.encode("latin-1").decode("utf-8")  # undo the second encoding: one char a byte again
-            url = urlsplit(raw)
-            path = f"/{url.netloc}{url.path}" if not url.scheme and url.netloc else url.path  # as werkzeug splits
-            query = "".join(c if c.isascii() else f"%{ord(c):02X}" for c in url.query)
-            environ.update(PATH_INFO=unquote_to_bytes(path.encode("latin-1")).decode("latin-1"),
-                           QUERY_STRING=query, REQUEST_URI=raw, RAW_URI=raw)
-        return wsgi_app(environ, start_response)
-    return app
-
-
 def install_common(app, metrics: Metrics, service: str, allowed_hosts=frozenset(LOOPBACK_NAMES),
                    hosts_env="ALLOWED_HOSTS"):
     """JSON errors, request ids, access log, browser-origin checks and /metrics for a Flask app."""
     app.config.setdefault("MAX_CONTENT_LENGTH", MAX_BODY_BYTES)
-    app.wsgi_app = raw_utf8_urls(app.wsgi_app)
+    wsgi_server.on_slow_close(lambda part: metrics.slow_clients.labels(part).inc())
     app.json.ensure_ascii = False  # Cyrillic in, Cyrillic out: raw UTF-8, not \\u escapes
     app.json.sort_keys = False
 

@@ -1,11 +1,11 @@
 """OpenAI wire format, shared by qwen_server.py and the gateway's /v1 endpoints:
 request validation with errors that say what to fix, and response/chunk builders."""
-import json
 import math
 import time
 import uuid
 
 from common.api_common import ApiError
+from common.openai_tools import call_arguments, check_tool_turns
 
 ROLES = ("system", "user", "assistant")
 # name: (type, min, max). Ranges follow OpenAI where it has the parameter.
@@ -66,7 +66,10 @@ def content_text(content, where):
 # name -> the values that are the same as leaving the field out.
 UNSUPPORTED = {"n": (None, 1), "best_of": (None, 1), "logit_bias": (None, {}), "presence_penalty": (None, 0),
                "frequency_penalty": (None, 0), "functions": (None, []), "function_call": (None,),
-               "audio": (None,), "prediction": (None,), "modalities": (None, ["text"]), "web_search_options": (None,)}
+               "audio": (None,), "prediction": (None,), "modalities": (None, ["text"]), "web_search_options": (None,),
+               # other servers' sampling and grammar fields (llama.cpp, vLLM): response_format does that here
+               "min_p": (None, 0), "typical_p": (None, 1), "grammar": (None,), "json_schema": (None,),
+               "guided_json": (None,), "guided_regex": (None,), "guided_choice": (None,), "guided_grammar": (None,)}
 # Accepted and ignored: they do not change the answer (bookkeeping, routing, caching hints).
 HARMLESS = ("user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
             "safety_identifier", "reasoning_effort", "verbosity")
@@ -88,19 +91,13 @@ def parse_tool_message(m: dict, where: str) -> dict:
                 "tool_call_id": str(m.get("tool_call_id") or "")}
     calls = m.get("tool_calls")
     if not isinstance(calls, list) or not all(isinstance(c, dict) and isinstance(c.get("function"), dict)
-                                              for c in calls):
+                                              and isinstance(c["function"].get("name"), str)
+                                              and isinstance(c.get("id"), (str, type(None))) for c in calls):
         raise ApiError(400, f"{where}.tool_calls must be a list of {{id, type, function: {{name, arguments}}}}.",
                        code="invalid_message", param="messages")
-    out = []
-    for c in calls:
-        args = c["function"].get("arguments") or "{}"
-        try:
-            args = json.loads(args) if isinstance(args, str) else args
-        except ValueError:
-            raise ApiError(400, f"{where}.tool_calls: arguments must be a JSON object as a string.",
-                           code="invalid_message", param="messages") from None
-        out.append({"id": c.get("id"), "type": "function",
-                    "function": {"name": str(c["function"].get("name")), "arguments": args}})
+    out = [{"id": c.get("id"), "type": "function",
+            "function": {"name": c["function"]["name"],
+                         "arguments": call_arguments(c["function"].get("arguments"), where)}} for c in calls]
     content = m.get("content")
     return {"role": "assistant", "content": content_text(content, where) if content is not None else "",
             "tool_calls": out}
@@ -129,6 +126,8 @@ def parse_messages(raw, tools_ok=False) -> list:
             raise ApiError(400, f"{where}.role {str(role)[:40]!r} is unknown: use system, user or assistant.",
                            code="invalid_role", param="messages")
         out.append({"role": role, "content": content_text(m.get("content"), where)})
+    if tools_ok:
+        check_tool_turns(out)
     if out[-1]["role"] == "assistant" and not out[-1]["content"]:
         raise ApiError(400, "The last message is an empty assistant message: end with a user message.",
                        code="invalid_messages", param="messages")

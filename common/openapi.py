@@ -243,6 +243,10 @@ HEALTH = obj(["status"], status=string(enum=["ok"]))
 QWEN_STATUS_PROPS = dict(
     online=BOOL, engine=STR, model=STR, model_path=STR, architecture=STR, cache_mode=STR, cache_requested=STR,
     cache_note=nullable(STR), max_seq_len=INT, device=STR, load_seconds=nullable(NUM),
+    constrained_decoding={"type": "string", "description": "\"ready\", \"preparing\" (the vocabulary is being "
+                          "read after the load; grammar and logprobs requests wait), \"not started\" or "
+                          "\"failed: ...\"."},
+    constrained_vocab_seconds=nullable(NUM),
     memory=obj(["kind", "used_bytes", "total_bytes"], kind=string(enum=["vram", "ram"]), used_bytes=INT,
                total_bytes=INT),
     requests_served=INT, tokens_generated=INT, average_tokens_per_second=nullable(NUM),

@@ -1,5 +1,6 @@
 """The production WSGI server both services run on: gunicorn's threaded worker, made proof against slow
-clients, and an embedded one-worker gunicorn for qwen_server (which owns one model in one process).
+clients, and an embedded one-worker gunicorn for `python qwen_server.py` (which owns one model in one
+process) and `python chat.py` (the gateway; `gunicorn -c gunicorn.conf.py chat:app` for several workers).
 
 Why gunicorn for qwen_server too (over cheroot and waitress): it is already the gateway's server, a
 pure-Python wheel with no compiled parts (the offline GPU box installs it from .whl/), its gthread worker
@@ -7,86 +8,204 @@ writes every chunk an app yields straight to the socket (SSE tokens are never he
 output up to `send_bytes`), and it puts the client socket in the environ (`gunicorn.socket`), which
 client_watch needs to notice a client that left. cheroot gives every connection a thread while it reads
 headers; gunicorn did too, which HeadersFirstWorker below fixes."""
+import contextlib
+import errno
+import heapq
+import itertools
 import logging
 import os
-import re
+import selectors
 import signal
 import socket
 import sys
 import threading
 import time
+from collections import deque
+from functools import partial
 
+from gunicorn import util
 from gunicorn.app.base import BaseApplication
 from gunicorn.errors import AppImportError
-from gunicorn.workers.gthread import _DEFER, ThreadWorker
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
-HEADER_TIMEOUT_S = 10.0  # a request's headers must all be in this long after their first byte (nginx: 60 s)
-BODY_TIMEOUT_S = 30.0  # and its body (when read ahead, below) this long after its headers
-BODY_AHEAD_MAX = 1 << 20  # bodies up to this (both servers' MAX_BODY_BYTES) are read before a thread is given
-_CONTENT_LENGTH = re.compile(rb"\ncontent-length:[ \t]*(\d{1,12})[ \t]*\r?\n", re.IGNORECASE)
-_EXPECT = re.compile(rb"\nexpect:", re.IGNORECASE)
+from common import request_reader
+
+LINGER_S = 2.0  # a closed connection's last bytes from the client are drained this long at most (gunicorn's too)
+_slow_close_listeners = []
+
+
+def on_slow_close(callback):
+    """callback(part) runs, in the worker's main thread, for each connection closed because its request's
+    "head" or "body" did not arrive within SLOW_CLIENT_TIMEOUT (the apps count them in /metrics)."""
+    _slow_close_listeners.append(callback)
+
+
+class _Conn(TConn):
+    """gunicorn's connection, except that a graceful close lingers in the worker's poller, not in its main
+    thread: gunicorn's own waits there up to 2 s for the client to close its side, and 50 clients that do
+    not stall everything else for 100 s."""
+
+    def __init__(self, worker, *args):
+        super().__init__(worker.cfg, *args)
+        self.worker, self.incoming, self.request_bytes = worker, None, None
+
+    def close(self, graceful=False):
+        if graceful:
+            self.worker.linger(self.sock)
+        else:
+            super().close()
 
 
 class HeadersFirstWorker(ThreadWorker):
-    """gthread, except a connection costs a thread only once its request headers (and body) are all in.
+    """gthread, except that a connection costs a thread only once its whole request is in.
 
-    gunicorn's gthread hands a connection to a pool thread as soon as a first byte arrives, and that thread
-    then blocks reading the rest of the headers with no deadline: 16 clients sending a header a byte at a
-    time take all 16 threads, and /health waits behind them. Here the pool thread reads only what has
-    already arrived, without blocking, and gives the connection back to the worker's poller until more
-    comes (gunicorn's own `_DEFER`); a client whose headers are not in HEADER_TIMEOUT_S after they began
-    is dropped. A body with a Content-Length up to BODY_AHEAD_MAX is read the same way (BODY_TIMEOUT_S);
-    a chunked, larger or `Expect: 100-continue` body is left to gunicorn and the app."""
+    Stock gthread hands a connection to a pool thread that then blocks reading the request: clients sending
+    a header a byte at a time take all the threads, and /health waits behind them. Here the worker's main
+    thread reads each request in its poller, without blocking, as its bytes arrive (request_reader.Incoming):
+    its head, then a Content-Length body up to 1 MiB or a chunked body up to its last chunk (answering
+    `Expect: 100-continue` itself). Only the complete request goes to a thread. One whose head, or then
+    whose body, is not in SLOW_CLIENT_TIMEOUT seconds after it began gets a 408 and is closed (counted by
+    on_slow_close listeners). Closing never waits on a client in the main thread (_Conn.close, linger).
+    TLS connections are left to gunicorn (terminate TLS in nginx, deploy/)."""
 
-    def handle(self, conn):
-        if not self.cfg.is_ssl:  # TLS: leave the handshake and reads to gunicorn
-            ready = self._headers_in(conn)
-            if ready is not True:
-                return ready
-        return super().handle(conn)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.timeout_s = request_reader.timeout_from_env()
+        self.deadlines, self.lingering, self._seq = [], deque(), itertools.count()
 
-    def _headers_in(self, conn):
-        """True once a whole request head (and body) is buffered for the parser; _DEFER to wait; False to close."""
-        if getattr(conn, "head", None) is None:  # a new request on this connection
-            conn.head = bytearray(conn.parser.unreader.take_buffered() if conn.parser else b"")
-            conn.head_deadline, conn.head_size = time.monotonic() + HEADER_TIMEOUT_S, None
-        cfg, head = self.cfg, conn.head
+    def accept(self, listener):
+        if self.cfg.is_ssl:
+            return super().accept(listener)
+        try:
+            sock, client = listener.accept()
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        self.enqueue_req(_Conn(self, sock, client, listener.getsockname()))
+
+    def enqueue_req(self, conn):
+        """A new connection, a kept-alive one with bytes again, or bytes left behind a request: read the
+        (next) request first."""
+        if self.cfg.is_ssl or conn.request_bytes is not None:
+            return super().enqueue_req(conn)
+        buffered = conn.parser.unreader.take_buffered() if conn.parser else b""
+        cfg = self.cfg
         most = cfg.limit_request_line + cfg.limit_request_fields * (cfg.limit_request_field_size + 2) + 4
+        conn.incoming = request_reader.Incoming(bytearray(buffered), time.monotonic() + self.timeout_s, most)
+        self._watch_deadline(conn)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+        if buffered:
+            self._on_readable(conn)
+
+    def _watch_deadline(self, conn):
+        heapq.heappush(self.deadlines, (conn.incoming.deadline, next(self._seq), conn, conn.incoming))
+
+    def _on_readable(self, conn, _fileobj=None):
+        incoming = conn.incoming
         while True:
-            if conn.head_size is None:
-                conn.head_size = request_size(head, most)
-                if conn.head_size is not None:  # headers are in: the body gets a deadline of its own
-                    conn.head_deadline = time.monotonic() + BODY_TIMEOUT_S
-            if conn.head_size is not None and len(head) >= conn.head_size:
+            part = incoming.part
+            verdict = incoming.verdict(time.monotonic(), self.timeout_s)
+            if incoming.part != part:
+                self._watch_deadline(conn)
+            if verdict is request_reader.Verdict.READY:
                 break
+            if incoming.send_continue:
+                incoming.send_continue = False
+                _send_now(conn.sock, request_reader.CONTINUE)
             try:
                 data = conn.sock.recv(65536, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
-                return _DEFER if time.monotonic() < conn.head_deadline and self.alive else False
+                return  # the rest comes later: the poller calls again
             except OSError:
-                return False
-            if not data:
-                return False  # the client left before its request was complete
-            head += data
-        conn.head = None
-        conn.data_ready = True
-        conn.init()
-        conn.parser.unreader.unread(bytes(head))
-        return True
+                data = b""
+            if not data:  # the client left before its request was complete
+                self._stop_reading(conn)
+                self.nr_conns -= 1
+                conn.close()
+                return
+            incoming.data += data
+        self._stop_reading(conn)
+        conn.request_bytes, conn.data_ready = bytes(incoming.data), True
+        super().enqueue_req(conn)
+
+    def _stop_reading(self, conn):
+        conn.incoming = None
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(conn.sock)
+
+    def murder_pending(self):
+        """Each turn of the main loop (a second at most): requests past their deadline, lingering closes."""
+        super().murder_pending()
+        now = time.monotonic()
+        while self.deadlines and self.deadlines[0][0] <= now:
+            _, _, conn, incoming = heapq.heappop(self.deadlines)
+            if conn.incoming is incoming and incoming.deadline <= now:  # still being read, and this is its deadline
+                part = incoming.part
+                self._stop_reading(conn)
+                self.nr_conns -= 1
+                _send_now(conn.sock, request_reader.timeout_response(self.timeout_s))
+                self.linger(conn.sock)
+                self.log.debug("closed %s: its request %s was not in within %g s", conn.client, part,
+                               self.timeout_s)
+                for listener in _slow_close_listeners:
+                    try:
+                        listener(part)
+                    except Exception:  # a metric must never stop the worker's loop
+                        self.log.exception("on_slow_close listener failed")
+        while self.lingering and self.lingering[0][0] <= now:
+            self._close_lingering(self.lingering.popleft()[1])
+
+    def linger(self, sock):
+        """Close `sock` gracefully (RFC 9112 section 9.6: FIN, then its last bytes read and dropped) without
+        waiting on the client here: the poller drains it, LINGER_S at most."""
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+            self.poller.register(sock, selectors.EVENT_READ, self._drain)
+        except (OSError, ValueError, KeyError):
+            util.close(sock)
+            return
+        self.lingering.append((time.monotonic() + LINGER_S, sock))
+
+    def _drain(self, sock):
+        try:
+            if sock.recv(65536):
+                return  # dropped; more may come until the client closes or LINGER_S is up
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self._close_lingering(sock)
+
+    def _close_lingering(self, sock):
+        if sock.fileno() < 0:
+            return  # closed already (drained to its end): its entry in self.lingering is stale
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(sock)
+        util.close(sock)
+
+    def handle(self, conn):
+        if getattr(conn, "request_bytes", None) is not None:  # read by the poller: the parser starts from these bytes
+            conn.sock.setblocking(True)
+            conn.init()
+            conn.parser.unreader.unread(conn.request_bytes)
+            conn.request_bytes = None
+        return super().handle(conn)
+
+    def _keepalive_after(self, conn, keepalive):
+        """A body the app left unread is dropped only if it is here already: a thread never waits on a client
+        for it (stock gthread: up to 5 s); otherwise the connection closes."""
+        if not keepalive:
+            return False
+        return bool(conn.parser.finish_body(deadline=time.monotonic() + 0.05))
 
 
-def request_size(head, most):
-    """Bytes to read before a thread takes the request: its head, plus a Content-Length body up to
-    BODY_AHEAD_MAX; None while the head is incomplete. Past `most` bytes of head, or a bare-LF end, the
-    parser answers (a 4xx) from what is there."""
-    end = head.find(b"\r\n\r\n")
-    if end < 0:
-        bare = head.find(b"\n\n")
-        return bare + 2 if bare >= 0 else (len(head) if len(head) > most else None)
-    block = head[:end + 2]
-    length = _CONTENT_LENGTH.search(block)
-    body = int(length.group(1)) if length else 0
-    return end + 4 + (body if body <= BODY_AHEAD_MAX and not _EXPECT.search(block) else 0)
+def _send_now(sock, data):
+    """As much of `data` as the socket takes without waiting (a 408 or a 100 Continue: one small segment)."""
+    with contextlib.suppress(OSError):
+        sock.send(data, socket.MSG_DONTWAIT)
 
 
 class _BootFailureFilter(logging.Filter):
@@ -140,14 +259,15 @@ def _post_fork(server, worker):
             os._exit(1)
 
 
-def serve(load_app, host, port, threads, log_level="info", graceful_timeout=10):
+def serve(load_app, host, port, threads, log_level="info", graceful_timeout=10, name="qwen_server"):
     """Run `load_app()`'s WSGI app on host:port until SIGTERM/SIGINT; returns the exit status (2 when the
-    app could not load)."""
+    app could not load). `python qwen_server.py` and `python chat.py` both serve this way."""
     options = {"bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}", "workers": 1,
                "worker_class": "common.wsgi_server.HeadersFirstWorker", "threads": threads,
                "timeout": 60,  # the worker's main loop is idle polling; 60 s silent means it hung
                "graceful_timeout": graceful_timeout, "keepalive": 5, "accesslog": None, "errorlog": "-",
-               "loglevel": log_level.lower(), "proc_name": "qwen_server",
+               "loglevel": log_level.lower(), "proc_name": name,
+               "limit_request_line": 8190,  # as gunicorn.conf.py: long GET ?q= questions
                "control_socket_disable": True,
                "post_fork": _post_fork}
     failure_filter = _BootFailureFilter()
@@ -165,4 +285,4 @@ def serve(load_app, host, port, threads, log_level="info", graceful_timeout=10):
 
 
 if __name__ == "__main__":  # pragma: no cover - a module of the two servers, not a program
-    sys.exit("wsgi_server.py is imported by qwen_server.py and gunicorn.conf.py; it does not run alone")
+    sys.exit("wsgi_server.py is imported by qwen_server.py, chat.py and gunicorn.conf.py; it does not run alone")

@@ -75,6 +75,8 @@ class Engine:
         self.device = "cpu"
         self.load_seconds = None
         self.turns = Turns()  # engines that run one request at a time queue them here
+        self.ll_vocab = None  # engines/constrained.Vocab, set by load(): the vocabulary for grammars
+        self._tag_ids = None
         self._last_prompt = threading.local()
 
     def fit_context(self, own_limit):
@@ -104,6 +106,15 @@ class Engine:
         """(prefix, suffix, middle) token ids of the model's fill-in-the-middle tokens, or None."""
         ids = [self.tokenize(t) for t in FIM_TOKENS]
         return tuple(i[0] for i in ids) if all(len(i) == 1 for i in ids) else None
+
+    def tool_tag_ids(self) -> dict:
+        """{tag: token id} of <tool_call> and </tool_call> where the vocabulary has the tag as one token
+        (Qwen2.5's added tokens); a tag spelled in several tokens (SmolLM2) is left out."""
+        if self._tag_ids is None:
+            from engines.constrained import TOOL_TAGS
+            ids = {t: self.tokenize(t) for t in TOOL_TAGS}
+            self._tag_ids = {t: i[0] for t, i in ids.items() if len(i) == 1}
+        return self._tag_ids
 
     def render(self, messages, tools=None) -> str:
         """The prompt text: messages (and tools) through the model's own chat template, generation prompt
@@ -160,7 +171,11 @@ class Engine:
                 "cache_requested": self.cache_requested, "cache_note": self.cache_note,
                 "context_note": self.context_note,
                 "max_seq_len": self.max_seq_len, "device": self.device, "memory": self.memory(),
-                "load_seconds": self.load_seconds}
+                "load_seconds": self.load_seconds,
+                # response_format, forced tools and logprobs need the vocabulary read (in the background
+                # after the load): "ready", or "preparing" while such requests wait for it
+                "constrained_decoding": self.ll_vocab.state() if self.ll_vocab else "not started",
+                "constrained_vocab_seconds": self.ll_vocab.seconds if self.ll_vocab else None}
 
 
 class Turns:

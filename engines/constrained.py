@@ -8,26 +8,14 @@ a 49k vocabulary with no per-schema precompilation, and its masks are plain bitm
 array takes (an exllamav2 filter could hand back the same allowed set)."""
 import json
 import threading
+import time
 
 import numpy as np
 
+from engines.json_schema import SchemaError, closed  # noqa: F401 - SchemaError: for the callers
+
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 # No free whitespace: a weak model would otherwise fill max_tokens with spaces inside valid JSON.
-
-
-def closed(schema):
-    """The schema with every object that declares `properties` but says nothing of others closed to them
-    (additionalProperties: false, as OpenAI's strict mode requires): the model writes the declared keys
-    only, instead of inventing more until max_tokens (what a weak model does when it may)."""
-    if isinstance(schema, list):
-        return [closed(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: closed(v) if isinstance(v, (dict, list)) else v for k, v in schema.items()}
-    if isinstance(schema.get("properties"), dict):
-        out["properties"] = {k: closed(v) for k, v in schema["properties"].items()}
-        out.setdefault("additionalProperties", False)
-    return out
 
 
 def json_grammar(schema, close=True) -> str:
@@ -50,18 +38,46 @@ def grammar_error(grammar: str):
 
 
 class Vocab:
-    """An engine's llguidance tokenizer, built on first use (about a second for a 150k-token vocab)."""
+    """An engine's llguidance tokenizer. The engine calls start() when its model loads: the vocabulary is
+    read in a background thread (seconds for a 150k-token one, bench/vocab_prep.py), so the server answers
+    at once and the first constrained request does not pay for it; get() waits for it if it must."""
 
     def __init__(self, build):
         self._build = build
         self._lock = threading.Lock()
-        self._tok = None
+        self._done = threading.Event()
+        self._thread = None
+        self._tok = self._error = None
+        self.seconds = None  # how long it took, once done
+
+    def start(self):
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="llguidance-vocab", daemon=True)
+                self._thread.start()
+
+    def _run(self):
+        t0 = time.perf_counter()
+        try:
+            self._tok = self._build()
+        except Exception as e:  # noqa: BLE001 - reported by state() and to each request that needs it
+            self._error = f"{type(e).__name__}: {e}"
+        finally:
+            self.seconds = round(time.perf_counter() - t0, 2)
+            self._done.set()
 
     def get(self):
-        with self._lock:
-            if self._tok is None:
-                self._tok = self._build()
-            return self._tok
+        self.start()
+        self._done.wait()
+        if self._error:
+            raise RuntimeError(f"constrained decoding is unavailable: the vocabulary could not be read ({self._error})")
+        return self._tok
+
+    def state(self) -> str:
+        """For /status: "ready", "preparing" (requests that need it wait), "not started" or "failed: ..."."""
+        if self._done.is_set():
+            return f"failed: {self._error}" if self._error else "ready"
+        return "preparing" if self._thread is not None else "not started"
 
 
 class TokenGuide:
@@ -116,9 +132,15 @@ class TokenGuide:
             self.matcher.consume_token(tid)
 
 
-def tool_call_lark(tools, name=None) -> str:
+TOOL_TAGS = ("<tool_call>", "</tool_call>")
+
+
+def tool_call_lark(tools, name=None, tag_ids=None) -> str:
     """A Lark grammar for one Qwen-style call: <tool_call>\\n{"name": N, "arguments": {...}}\\n</tool_call>,
-    arguments matching that tool's JSON schema (any of `tools` unless `name` is given)."""
+    arguments matching that tool's JSON schema (any of `tools` unless `name` is given). `tag_ids` maps a tag
+    to its token id where the vocabulary has it as one token (Qwen2.5: 151657, 151658): the grammar then
+    names that token (`<[id]>`), since llguidance takes every added token for a special one, which a
+    quoted "<tool_call>" never matches."""
     rules, alts = [], []
     for i, t in enumerate(tools):
         fn = t["function"]
@@ -127,5 +149,6 @@ def tool_call_lark(tools, name=None) -> str:
         schema = closed(fn.get("parameters") or {"type": "object"})
         rules.append(f"args{i}: %json {json.dumps({**schema, 'x-guidance': JSON_OPTIONS})}")
         alts.append(f'"{{\\"name\\": " {json.dumps(json.dumps(fn["name"]))} ", \\"arguments\\": " args{i} "}}"')
-    return ("start: \"<tool_call>\\n\" call \"\\n</tool_call>\"\n"
+    open_tag, close_tag = (f"<[{tag_ids[t]}]>" if t in (tag_ids or {}) else json.dumps(t) for t in TOOL_TAGS)
+    return (f'start: {open_tag} "\\n" call "\\n" {close_tag}\n'
             f"call: {' | '.join(alts)}\n" + "\n".join(rules) + "\n")

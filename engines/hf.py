@@ -49,6 +49,7 @@ class HFEngine(Engine):
         self.stop_ids = self.stop_token_ids()
         self.ll_vocab = Vocab(lambda: llguidance_hf.from_tokenizer(
             self.hf_tokenizer, n_vocab=self.model_config.get("vocab_size"), eos_token=self.stop_ids))
+        self.ll_vocab.start()  # read in the background while the weights load
         if not self.hf_tokenizer.chat_template:
             raise EngineError(f"{self.model_path!r} has no chat template (tokenizer_config.json "
                               f"'chat_template'): an instruct model is needed")

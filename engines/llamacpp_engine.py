@@ -119,6 +119,7 @@ class LlamaCppEngine(Engine):
         self._vocab_is_eog = llama_cpp.llama_vocab_is_eog  # asked every token: no import on that path
         self.extra_stops = {ids[0] for ids in (self.tokenize(t) for t in CHATML_STOPS) if len(ids) == 1}
         self.ll_vocab = Vocab(self._ll_tokenizer)
+        self.ll_vocab.start()  # in the background: the server answers meanwhile
         self.load_seconds = round(time.perf_counter() - t0, 2)
         log.info("llama.cpp: %s, K and V cache %s (asked: %s), flash attention %s, %d threads, OMP_WAIT_POLICY=%s",
                  os.path.basename(self.gguf_path), self.cache_mode, self.cache_requested,

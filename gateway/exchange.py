@@ -3,20 +3,27 @@
 The question is saved before the upstream call; exactly one answer row, naming its question, is
 saved however the exchange ends: answered (`ok`, `blocked`), failed (`error`), or left by its
 client (`cancelled`): before the first token, mid-stream, while waiting in a queue, or before a
-streamed response was ever read. Only a conversation deleted meanwhile gets no answer row."""
+streamed response was ever read. Only a conversation deleted meanwhile gets no answer row, and a
+request the upstream refuses as invalid leaves nothing (its question is removed)."""
 import contextlib
 import itertools
 import json
 import logging
-import threading
 import time
 
+from flask import current_app
+
 import db
+import db_journal
 from common.api_common import ApiError
 from gateway import auth, limits
+from gateway.cancel import Cancel
+from providers.openai_reply import MAX_TOOL_CALLS
 
 ANSWER_RESERVE = 1024  # tokens kept free for the answer when max_tokens is not given
+MAX_SAVED_CHARS = 1 << 20  # of one answer (its tool calls included) in history; the rest is cut, and the row says so
 CANCELLED = "client disconnected"
+INVALID_REQUEST = (400, 413, 422)  # an upstream's answer that the request was wrong: nothing of it is kept
 
 log = logging.getLogger(__name__)
 
@@ -31,38 +38,6 @@ class ClientGone(ApiError):
 def session_deleted():
     return ApiError(409, "The conversation was deleted while this answer was being written, so the answer was not "
                          "saved; ask again to start a new conversation.", code="session_deleted")
-
-
-class Cancel:
-    """Set when the client has gone. Providers register how to abort their upstream call (shut its
-    socket) with on_cancel(); set() runs those, from whatever thread notices the hang-up."""
-
-    def __init__(self):
-        self._set, self._aborts, self._lock = False, [], threading.Lock()
-
-    def is_set(self):
-        return self._set
-
-    def on_cancel(self, abort):
-        """Runs abort() when the client goes (now, if it is gone); returns the function that
-        unregisters it, to call once the upstream call is over."""
-        with self._lock:
-            if not self._set:
-                self._aborts.append(abort)
-                return lambda: self._off(abort)
-        abort()
-        return lambda: None
-
-    def _off(self, abort):
-        with self._lock:
-            if abort in self._aborts:
-                self._aborts.remove(abort)
-
-    def set(self):
-        with self._lock:
-            self._set, aborts, self._aborts = True, self._aborts, []
-        for abort in aborts:
-            abort()
 
 
 def past_turns(conn, session_id):
@@ -122,6 +97,9 @@ def merge_tool_call_deltas(calls, deltas):
     """OpenAI's streamed tool_calls pieces (by index: id and name once, arguments in pieces) into calls."""
     for d in deltas:
         i = d.get("index", len(calls))
+        if not isinstance(i, int) or not 0 <= i < MAX_TOOL_CALLS:  # (a list a million entries long, otherwise)
+            raise ApiError(502, f"The upstream sent a tool call numbered {str(i)[:20]}: at most {MAX_TOOL_CALLS} "
+                                f"calls an answer.", type="upstream_error", code="upstream_bad_answer")
         while len(calls) <= i:
             calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
         c, f = calls[i], d.get("function") or {}
@@ -132,20 +110,25 @@ def merge_tool_call_deltas(calls, deltas):
 
 
 def _save_answer(ctx, text, info, status, error=None):
-    """The answer row (its tokens counted against the user's day); ApiError 409 when the conversation was
-    deleted meanwhile."""
+    """The answer row's id, or None when the database could not take it now: then it is in the journal
+    (db_journal.py), written to the history once the database is back. ApiError 409 when the
+    conversation was deleted meanwhile. Its tokens count against the user's day (gateway/limits.py)."""
+    content = saved_text(text, info.get("tool_calls"))
+    if len(content) > MAX_SAVED_CHARS:
+        error = (f"{error}; " if error else "") + (f"the answer was cut to its first {MAX_SAVED_CHARS} characters "
+                                                   f"of {len(content)} for history")
+        content = content[:MAX_SAVED_CHARS]
+    record = {"conv_id": ctx["sid"], "role": "assistant", "content": content,
+              "provider": ctx["provider"].name, "model": ctx["model"] or info.get("model"),
+              "system_prompt": ctx["system"], "params": ctx["params"], "usage": info.get("usage"),
+              "latency_ms": _elapsed_ms(ctx), "finish_reason": info.get("finish_reason"), "status": status,
+              "error": error, "question_id": ctx["question_id"], "route": ctx["provider"].route,
+              "user_id": ctx["caller"].id}
     try:
-        mid = db.add_message(ctx["conn"], ctx["sid"], "assistant", saved_text(text, info.get("tool_calls")),
-                              ctx["provider"].name,
-                              ctx["model"] or info.get("model"), ctx["system"], ctx["params"],
-                              usage=info.get("usage"), latency_ms=_elapsed_ms(ctx),
-                              finish_reason=info.get("finish_reason"), status=status, error=error,
-                              question_id=ctx["question_id"], route=ctx["provider"].route,
-                              user_id=ctx["caller"].id)
+        mid = ctx["journal"].save(ctx["conn"], record)
     except db.ConversationGone:
         raise session_deleted() from None
-    if not ctx["caller"].keyless:
-        limits.add_tokens(ctx["conn"], ctx["caller"].id, info.get("usage"))
+    limits.count_answer(ctx["conn"], ctx["caller"], info.get("usage"), saved=mid is not None)
     return mid
 
 
@@ -155,6 +138,9 @@ def start(conn, provider, sid, question, messages, system, params, model=None, t
     The conversation is the caller's (someone else's is a 404, as if it did not exist)."""
     provider.check_ready()
     caller = auth.caller()
+    journal = current_app.extensions["history_journal"]
+    if journal.pending:  # answers that ended while the database was away go in before this question
+        journal.replay(wait=False)
     try:
         saved = {k: v for k, v in params.items() if k != "completion"}  # (its prompt is the question)
         qid = db.add_message(conn, sid, "user", question, provider.name, model, system, saved, title=title,
@@ -165,11 +151,18 @@ def start(conn, provider, sid, question, messages, system, params, model=None, t
                        code="unknown_session", param="session") from None
     return {"conn": conn, "provider": provider, "sid": sid, "messages": messages, "system": system,
             "params": params, "model": model, "t0": time.perf_counter(), "question_id": qid, "cancel": Cancel(),
-            "caller": caller}
+            "journal": journal, "caller": caller}
 
 
 def _save_failure(ctx, e):
-    """The answer row for an upstream call that raised; returns the exception to raise."""
+    """The answer row for an upstream call that raised; returns the exception to raise. An upstream
+    that found the request itself invalid (before any answer) leaves nothing saved: the question goes."""
+    if isinstance(e, ApiError) and e.status in INVALID_REQUEST and not ctx["cancel"].is_set():
+        try:
+            db.forget_question(ctx["conn"], ctx["sid"], ctx["question_id"])
+        except db_journal.unavailable_errors() as gone:  # (the question stays, without an answer)
+            log.warning("could not remove the refused question %s: %s", ctx["question_id"], gone)
+        return e
     if ctx["cancel"].is_set():  # the failure is our own abort of the upstream, for a client that left
         _save_answer(ctx, "", {}, "cancelled", CANCELLED)
         return ClientGone()
@@ -205,6 +198,8 @@ def open_stream(ctx):
         raise _save_failure(ctx, e)
     try:
         conn, give_back = db.borrow()
+    except db_journal.unavailable_errors():  # (PostgreSQL gone meanwhile: the answer goes to the journal)
+        conn, give_back = None, lambda conn: None
     except BaseException:
         upstream.close()
         raise

@@ -4,12 +4,14 @@ limit is a 429 with Retry-After, before anything is saved. Windows are fixed: th
 day. Tokens (prompt + completion) are added when an answer is saved, so the answer that crosses the daily
 limit is delivered whole and the next question is refused. /metrics shows today's counts for the busiest
 users (a bounded top N, the rest summed as "(other)")."""
+import logging
 import math
 import time
 
 from prometheus_client.core import GaugeMetricFamily
 
 import db
+import db_journal
 from common.api_common import ApiError
 from db_maintenance import write_transaction
 from gateway import users
@@ -17,6 +19,7 @@ from gateway import users
 MINUTE, DAY = 60, 86400
 TOP_USERS = 10  # users named in /metrics; the others are summed in one "(other)" series
 OTHER = "(other)"
+log = logging.getLogger(__name__)
 
 
 def _bump(conn, user_id, kind, window_start, n) -> int:
@@ -55,6 +58,17 @@ def admit(conn, caller: users.Caller, now=None):
             _bump(conn, caller.id, "requests_day", day, 1)
     if refused:
         _refuse("requests a minute", caller.requests_per_minute, max(1, math.ceil(minute + MINUTE - now)))
+
+
+def count_answer(conn, caller: users.Caller, usage, saved=True):
+    """Counts a saved answer's tokens for its user (not the keyless user's; not an answer waiting in the journal
+    while the database is away: best effort, a database that fails now costs the count, not the answer)."""
+    if caller.keyless or not saved:
+        return
+    try:
+        add_tokens(conn, caller.id, usage)
+    except db_journal.unavailable_errors() as e:
+        log.warning("tokens of user %s not counted: %s", caller.name, e)
 
 
 def add_tokens(conn, user_id, usage, now=None):

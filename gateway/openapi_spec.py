@@ -48,7 +48,9 @@ def ask_paths():
     answer = obj(["answer", "provider", "session", "message_id", "blocked", "elapsed_ms"],
                  answer=STR, model=nullable(STR), provider=string(enum=["gigachat", "qwen"]),
                  route=nullable(string(description=ROUTE_NOTE)), session=STR,
-                 message_id=INT, finish_reason=nullable(STR), blocked=BOOL, usage=nullable(USAGE), elapsed_ms=NUM)
+                 message_id={**nullable(INT), "description": "null while the answer waits in the journal (the "
+                                                           "history database was unavailable)"},
+                 finish_reason=nullable(STR), blocked=BOOL, usage=nullable(USAGE), elapsed_ms=NUM)
     ask_errors = (400, 401, 402, 404, 409, 413, 429, 502, 503, 504)
 
     def ask(provider, extra=""):
@@ -163,7 +165,7 @@ def openai_paths():
 def page_paths():
     """The web page and its settings."""
     return {
-    "/config": {"get": op("What the web page needs (no secrets).", {"200": ok("Public settings.", obj(
+    "/config": {"get": op("What the web page needs (no secrets; the key when one is set).", {"200": ok("Public settings.", obj(
         ["default_system_prompt", "qwen_defaults", "gigachat_model", "auth_required", "providers"],
         default_system_prompt=STR, gigachat_model=STR, auth_required=BOOL,
         default_provider=string(description="auto when either model works, else the one that does."),
@@ -172,7 +174,7 @@ def page_paths():
                    "additionalProperties": obj(["configured"], configured=BOOL)},
         qwen_defaults=obj(["temperature", "top_p", "top_k", "repetition_penalty", "max_tokens"],
                           temperature=NUM, top_p=NUM, top_k=INT, repetition_penalty=NUM,
-                          max_tokens=nullable(INT))))}, tag="service", secured=False)},
+                          max_tokens=nullable(INT))))}, errors=(401,), tag="service")},
     "/whoami": {"get": op("Who this key belongs to (the page's \"Signed in as\").", {"200": ok("The caller.", obj(
         ["user", "admin", "auth_required"], user=nullable(string(description="null: the keyless single user.")),
         admin=BOOL, auth_required=BOOL))}, errors=(401,), tag="service")},

@@ -6,7 +6,7 @@ from common.api_common import endpoint_list
 from gateway import auth
 from gateway.routing import AUTO
 
-PUBLIC_PATHS = ("/health", "/", "/config", "/favicon.ico")  # the page itself asks for the key; it holds no data
+PUBLIC_PATHS = ("/health", "/", "/favicon.ico")  # the page shell asks for the key; /config needs it
 PAGE_CSP = ("default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
             "frame-ancestors 'none'; form-action 'self'")
 
@@ -15,8 +15,9 @@ bp = Blueprint("page", __name__)
 
 @bp.get("/config")
 def public_config():
-    """What the web page needs to fill its settings panel (no secrets). "auto" (POST /ask) works when either
-    model does, and is then the default choice."""
+    """What the web page needs to fill its settings panel (no secrets, but the key when one is set: the
+    default system prompt may say more about its owner than a stranger should read). "auto" (POST /ask)
+    works when either model does, and is then the default choice."""
     config = current_app.config
     providers = {name: {"configured": provider.configured()}
                  for name, provider in current_app.extensions["providers"].items()}

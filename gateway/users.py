@@ -3,6 +3,7 @@
 the keyless single user), who owns every conversation saved before users existed."""
 import hashlib
 import logging
+import os
 import re
 import secrets
 import sqlite3
@@ -10,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+import db
 import db_postgres
 from db_maintenance import write_transaction
 
@@ -105,6 +107,22 @@ def all_users(conn):
 
 def any_user(conn) -> bool:
     return conn.execute("SELECT 1 FROM users LIMIT 1").fetchone() is not None
+
+
+def exist_in(target) -> bool:
+    """Whether the history at `target` has users (False when it cannot be read yet: no file, an older schema)."""
+    if not db_postgres.is_url(target) and not os.path.exists(target):
+        return False
+    try:
+        conn = db.open_connection(target)
+    except Exception:  # noqa: BLE001 - only a start-up warning depends on it
+        return False
+    try:
+        return any_user(conn)
+    except Exception:  # noqa: BLE001 - (no users table yet)
+        return False
+    finally:
+        conn.close()
 
 
 def by_key(conn, key: str) -> Optional[Caller]:

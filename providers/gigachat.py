@@ -11,6 +11,7 @@ import time
 
 import pydantic
 from gigachat import GigaChat
+from gigachat.models import Chat
 from gigachat.context import session_id_cvar
 
 from common.api_common import ApiError
@@ -235,6 +236,13 @@ class GigaChatProvider(Provider):
                 raise ApiError(400, f"{key} must be a number, got {value!r}.", code="invalid_parameter", param=key)
         if payload.get("temperature") is not None and payload["temperature"] <= 0:
             payload["temperature"] = MIN_TEMPERATURE  # "as deterministic as possible", what 0 means elsewhere
+        try:  # what the SDK's model of a request cannot hold (a schema's "type": [...]) is the client's 400
+            Chat.model_validate(payload)
+        except pydantic.ValidationError as e:
+            bad = e.errors()[0]
+            where = ".".join(str(p) for p in bad.get("loc", ()))
+            raise ApiError(400, f"GigaChat cannot take this request: {where}: {bad['msg']}.", code="invalid_parameter",
+                           param="tools" if where.startswith("functions") else None) from None
         return payload
 
     @contextlib.contextmanager

@@ -11,7 +11,7 @@ from urllib3.exceptions import HTTPError, NewConnectionError
 from urllib3.exceptions import TimeoutError as UpstreamTimeout  # not the builtin of that name
 
 from common.api_common import ApiError
-from providers import Provider
+from providers import Provider, openai_reply, usage_count
 
 STATUS_TTL = 30  # seconds to trust a cached /status (the context size rarely changes)
 STATUS_TIMEOUT = urllib3.Timeout(connect=2.0, read=5.0)
@@ -75,6 +75,7 @@ class QwenProvider(Provider):
         self.pool.ConnectionCls = _abortable(self.pool.ConnectionCls)
         self.prefix = urllib3.util.parse_url(self.base_url).path or ""
         self._status, self._status_at = None, 0.0
+        self._no_counter = set()  # token-count endpoints this upstream does not have (404)
 
     def _request(self, method, path, body=None, stream=False, timeout=None, abort=None):
         data = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
@@ -100,21 +101,27 @@ class QwenProvider(Provider):
                 text = ""
             finally:
                 r.release_conn()
-            try:
-                err = json.loads(text).get("error") or {}
-                msg, code, param = err.get("message") or text[:300], err.get("code"), err.get("param")
-            except (ValueError, AttributeError):
-                msg, code, param = text[:300] or "no details", None, None
-            if r.status < 500:  # the client's mistake (e.g. context too long): pass it on as is
-                raise ApiError(r.status, f"Qwen server: {msg}", code=code or "qwen_rejected",
-                               param=param if isinstance(param, str) else None)
-            raise ApiError(502, f"The Qwen server failed ({r.status}): {msg}", type="upstream_error",
-                           code=code or "qwen_error")
+            err = _error_fields(text)
+            if r.status < 500:  # the client's mistake (e.g. context too long): passed on unchanged, no retry
+                raise ApiError(r.status, err["message"], type=err["type"], code=err["code"] or "qwen_rejected",
+                               param=err["param"])
+            raise ApiError(502, f"The Qwen server failed ({r.status}): {err['message']}", type="upstream_error",
+                           code=err["code"] or "qwen_error")
         return r
 
     def _json(self, method, path, body=None, timeout=None, abort=None):
         r = self._request(method, path, body, timeout=timeout, abort=abort)
-        return json.loads(r.data)
+        try:
+            return json.loads(r.data)
+        except ValueError:  # an HTML error page from a proxy, a port that is not a Qwen server...
+            raise self._odd(f"{path} answered {r.status} with a body that is not JSON "
+                            f"({r.data[:60].decode('utf-8', 'replace')!r})") from None
+
+    def _odd(self, what):
+        """The 502 for an answer of the wrong shape (openai_reply.OddReply): the upstream's fault."""
+        return ApiError(502, f"The server at {self.base_url} gave an answer the gateway cannot use: {what}. Check "
+                             f"that QWEN_URL points to a Qwen server (or another OpenAI-compatible one).",
+                        type="upstream_error", code="qwen_bad_answer")
 
     @staticmethod
     def _body(messages, params, stream):
@@ -132,10 +139,15 @@ class QwenProvider(Provider):
     def complete(self, messages, params, session_id=None, cancel=None):
         with _aborting(cancel) as abort:
             data = self._json("POST", *self._body(messages, params, False), abort=abort)
-        choice = data["choices"][0]
-        message, logprobs = choice.get("message") or {}, choice.get("logprobs")
-        return {"answer": choice["text"] if "text" in choice else message.get("content") or "",
-                "finish_reason": choice.get("finish_reason"), "usage": data.get("usage") or {},
+        try:
+            checked = openai_reply.completion(data)
+        except openai_reply.OddReply as e:
+            raise self._odd(str(e)) from None
+        choice, message, logprobs = checked["choice"], checked["message"], checked["choice"].get("logprobs")
+        answer = choice["text"] if "text" in choice else message.get("content") or ""
+        usage = usage_count.filled(self, data.get("usage"), messages, params,
+                                   [{"delta": answer, "tool_calls": message.get("tool_calls")}])
+        return {"answer": answer, "finish_reason": choice.get("finish_reason"), "usage": usage,
                 "model": data.get("model"), "blocked": False, "tool_calls": message.get("tool_calls"),
                 "logprobs": logprobs.get("content") if logprobs and "message" in choice else logprobs}
 
@@ -143,7 +155,18 @@ class QwenProvider(Provider):
         """Yields {"delta": text}..., then {"finish_reason", "usage", "model", "blocked"}."""
         with _aborting(cancel) as abort:
             r = self._request("POST", *self._body(messages, params, True), stream=True, abort=abort)
-            yield from self._events(r)
+            kind = r.headers.get("Content-Type", "")
+            if not kind.startswith("text/event-stream"):
+                r.close()
+                r.release_conn()
+                raise self._odd(f"a stream came as {kind[:60] or 'no content type'!r}, not text/event-stream")
+            pieces = []
+            for ev in self._events(r):
+                if "usage" in ev:  # the last one
+                    ev["usage"] = usage_count.filled(self, ev["usage"], messages, params, pieces)
+                else:
+                    pieces.append(ev)
+                yield ev
 
     def _events(self, r):
         final = {"finish_reason": None, "usage": {}, "model": None, "blocked": False}
@@ -155,7 +178,7 @@ class QwenProvider(Provider):
                 if line == b"data: [DONE]":
                     done = True
                     break
-                obj = json.loads(line[6:])
+                obj = self._chunk(line[6:])
                 if "error" in obj:
                     err = obj["error"]
                     raise ApiError(502, f"The Qwen server failed mid-answer: {err.get('message')}",
@@ -192,18 +215,28 @@ class QwenProvider(Provider):
                            type="upstream_error", code="qwen_stream_broken")
         yield final
 
+    def _chunk(self, data):
+        """One streamed `data:` payload, parsed and checked."""
+        try:
+            obj = json.loads(data)
+            return obj if isinstance(obj, dict) and "error" in obj else openai_reply.stream_chunk(obj)
+        except openai_reply.OddReply as e:
+            raise self._odd(str(e)) from None
+        except ValueError:
+            raise self._odd(f"a streamed event that is not JSON ({data[:60].decode('utf-8', 'replace')!r})") from None
+
     def status(self) -> dict:
-        """The server's /status plus reachability; never raises."""
+        """The server's /status plus reachability; never raises. A reply of the wrong shape: offline, and why."""
         t0 = time.perf_counter()
         try:
-            st = self._json("GET", "/status", timeout=STATUS_TIMEOUT)
+            st = openai_reply.status(self._json("GET", "/status", timeout=STATUS_TIMEOUT))
+        except openai_reply.OddReply as e:
+            return {"online": False, "url": self.base_url, "reason": f"odd reply: {e}"}
         except ApiError as e:
             models = self.models() if e.status == 404 else []  # another OpenAI-compatible server (vLLM...)
             if models:
                 return {"online": True, "url": self.base_url, "model": models[0], "max_seq_len": None}
             return {"online": False, "url": self.base_url, "reason": e.message}
-        except ValueError:
-            return {"online": False, "url": self.base_url, "reason": "the server at QWEN_URL did not answer JSON"}
         st.update(online=True, url=self.base_url, gateway_rtt_ms=round((time.perf_counter() - t0) * 1000, 2))
         self._status, self._status_at = st, time.monotonic()
         return st
@@ -216,10 +249,42 @@ class QwenProvider(Provider):
     def count_tokens(self, messages) -> int:
         return self._json("POST", "/v1/token/count", {"messages": messages})["count"]
 
+    def model_ids(self):
+        """/v1/models' ids; ApiError when unreachable, openai_reply.OddReply when of the wrong shape."""
+        return openai_reply.model_ids(self._json("GET", "/v1/models", timeout=STATUS_TIMEOUT))
+
+    def count_text(self, text):
+        """Tokens in `text` by the upstream's tokenizer (usage_count.COUNTERS), or None if it cannot say."""
+        for path, field in usage_count.COUNTERS:
+            if path in self._no_counter:
+                continue
+            try:
+                return int(self._json("POST", path, {field: text}, timeout=STATUS_TIMEOUT)["count"])
+            except ApiError as e:
+                if e.status not in (404, 405):  # a failure now, not a missing endpoint: asked again next time
+                    return None
+                self._no_counter.add(path)
+            except (KeyError, ValueError, TypeError):
+                self._no_counter.add(path)
+        return None
+
+    def count_prompt(self, messages, params):
+        """The chat prompt's tokens, template included, where the upstream counts them (qwen_server)."""
+        if params.get("completion") or "/v1/token/count" in self._no_counter:
+            return None
+        try:
+            return int(self.count_tokens(messages))
+        except ApiError as e:
+            if e.status in (404, 405):
+                self._no_counter.add("/v1/token/count")
+            return None
+        except (KeyError, ValueError, TypeError):
+            return None
+
     def models(self):
         try:
-            return [m["id"] for m in self._json("GET", "/v1/models", timeout=STATUS_TIMEOUT)["data"]]
-        except (ApiError, ValueError, KeyError):
+            return self.model_ids()
+        except (ApiError, ValueError):
             return []
 
 
@@ -232,6 +297,20 @@ def _wire(message):
                                    else json.dumps(c["function"]["arguments"], ensure_ascii=False)))
              for c in message["tool_calls"]]
     return dict(message, tool_calls=calls)
+
+
+def _error_fields(text) -> dict:
+    """An upstream's {"error": {...}} body as strings (an odd one: its text as the message)."""
+    try:
+        err = json.loads(text).get("error")
+    except (ValueError, AttributeError):
+        err = None
+    err = err if isinstance(err, dict) else {}
+    out = {k: err.get(k) if isinstance(err.get(k), str) and err.get(k) else None
+           for k in ("message", "type", "code", "param")}
+    out["message"] = out["message"] or text[:300] or "no details"
+    out["type"] = out["type"] or "invalid_request_error"
+    return out
 
 
 def _unreachable(base_url):

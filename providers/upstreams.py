@@ -3,11 +3,16 @@ takes the next request (least busy, the conversation's last one first), which on
 breaker), and a background poller that keeps each one's queue length, models and health fresh, so
 that choosing never waits on the network."""
 import collections
+import logging
 import os
 import threading
 import time
 
+from common.api_common import ApiError
+from providers.openai_reply import OddReply
 from providers.qwen import QwenProvider
+
+log = logging.getLogger(__name__)
 
 MODELS_EVERY = 30.0  # seconds between /v1/models reads of a healthy upstream (model lists rarely change)
 EWMA = 0.2  # weight of the newest time-to-first-byte in an upstream's latency figure
@@ -119,7 +124,11 @@ class Upstreams:
     def _poll_loop(self, u):
         first = True
         while True:
-            self.refresh(u)
+            try:
+                self.refresh(u)
+            except Exception as e:  # noqa: BLE001 - whatever an upstream answers, the poller goes on
+                log.exception("polling %s failed", u.url)
+                self._out(u, f"polling it failed: {type(e).__name__}: {str(e)[:200]}")
             if first:
                 first = False
                 with self.lock:
@@ -138,17 +147,25 @@ class Upstreams:
         st = u.client.status()  # never raises; vLLM and others without /status: their /v1/models
         models = None
         if st.get("online") and (u.models is None or now - u.models_at > MODELS_EVERY or u.down_until):
-            models = u.client.models()
+            try:
+                models = u.client.model_ids()
+            except (ApiError, OddReply) as e:
+                st = {"online": False, "reason": f"/v1/models: {e}"}
         with self.lock:
             if u.down_until > time.monotonic():
                 return  # a request failed on it during this look: that counts, not the look
             if not st.get("online"):
                 u.down_until, u.down_reason = time.monotonic() + self.cooldown, st.get("reason")
                 return
-            u.status, u.queue = st, max(0, int(st.get("queue_length") or 0))
+            u.status, u.queue = st, st.get("queue_length") or 0  # (checked by openai_reply.status)
             if models is not None:
                 u.models, u.models_at = models, now
             u.down_until, u.down_reason = 0.0, None
+
+    def _out(self, u, reason):
+        """Takes `u` out for a cooldown, for a reason the poller found (its next look probes it again)."""
+        with self.lock:
+            u.down_until, u.down_reason = time.monotonic() + self.cooldown, reason
 
     def view(self):
         now = time.monotonic()

@@ -9,6 +9,11 @@ from common.openai_format import parse_params, parse_stop, reject_unsupported
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
 MAX_LOGPROBS = 5  # OpenAI's limit for the legacy `logprobs` integer
+# The chat endpoint's fields that this one has not (each a 400, never a silent drop): what to do instead.
+CHAT_ONLY = {"response_format": "send the request to /v1/chat/completions to shape the answer as JSON.",
+             "top_logprobs": "here 'logprobs' is the number of alternatives per token (0 to 5).",
+             "tools": "send the request to /v1/chat/completions to let the model call tools.",
+             "tool_choice": "send the request to /v1/chat/completions to let the model call tools."}
 
 
 def _bad(param, message, code="invalid_parameter"):
@@ -17,6 +22,9 @@ def _bad(param, message, code="invalid_parameter"):
 
 def parse_completion_request(body: dict, defaults: dict) -> dict:
     reject_unsupported(body)
+    for name, hint in CHAT_ONLY.items():
+        if body.get(name) is not None:
+            raise _bad(name, f"'{name}' is not accepted on /v1/completions: {hint}", "unsupported_parameter")
     if body.get("echo"):
         raise _bad("echo", "'echo' is not supported: the answer holds the completion only.", "unsupported_parameter")
     prompt = body.get("prompt")
@@ -38,8 +46,10 @@ def parse_completion_request(body: dict, defaults: dict) -> dict:
     params.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
     params.update(stop=parse_stop(body.get("stop")), logprobs=logprobs is not None, top_logprobs=logprobs or 0)
     opts = body.get("stream_options") or {}
+    if not isinstance(opts, dict):
+        raise _bad("stream_options", "'stream_options' must be an object, like {\"include_usage\": true}.")
     return {"prompt": prompt, "suffix": suffix, "params": params, "stream": stream,
-            "include_usage": isinstance(opts, dict) and bool(opts.get("include_usage"))}
+            "include_usage": bool(opts.get("include_usage"))}
 
 
 def prompt_ids(engine, prompt, suffix) -> list:

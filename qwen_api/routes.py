@@ -3,6 +3,7 @@ import threading
 
 from flask import Blueprint, current_app, jsonify, request
 
+from common import client_watch
 from common.api_common import ApiError, endpoint_list, json_body, sse, sse_response
 from common.openai_format import chunk, completion, new_id, parse_chat_request, parse_messages
 from engines import GenParams
@@ -22,11 +23,13 @@ def chat_completions():
     svc, body = service(), json_body()
     engine = svc.engine
     req = parse_chat_request(body, SEED_DEFAULTS, tools_ok=True)
-    shape = parse_shaping(body)  # response_format, tools, logprobs
+    cancel = threading.Event()
+    with client_watch.watching(request.environ, on_leave=cancel.set):  # a schema's preparation stops with it
+        shape = parse_shaping(body, engine.tool_tag_ids(), cancel)  # response_format, tools, logprobs
     params = {**req["params"], "grammar": shape["grammar"], "logprobs": shape["logprobs"],
               "top_logprobs": shape["top_logprobs"]}
     params["max_tokens"] = svc.budget(req["messages"], params.get("max_tokens"), shape["tools"])
-    model, cid, cancel = engine.model_name, new_id(), threading.Event()
+    model, cid = engine.model_name, new_id()
     chunks = engine.generate(req["messages"], GenParams(**params), cancel, tools=shape["tools"])
     if req["stream"]:
         frames = svc.chat_frames(deltas(chunks, shape["tool_mode"]), cid, model, req["include_usage"])

@@ -4,10 +4,12 @@
 import json
 import uuid
 
+from common import openai_tools
 from common.api_common import ApiError
 from common.stop_strings import partial_tail
 from qwen_api import completions
 from engines.constrained import grammar_error, json_grammar, lark_grammar, tool_call_lark
+from engines.json_schema import SchemaError, check_time, preparing
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 MAX_TOP_LOGPROBS = 20
@@ -32,46 +34,33 @@ def response_format_grammar(rf):
 
 def parse_tools(body):
     """(tools, mode, forced name): mode is None (no tools), "auto", "required" or "named"."""
-    tools, choice = body.get("tools"), body.get("tool_choice")
-    if tools in (None, []):
-        if choice not in (None, "none", "auto"):
-            raise _bad("tool_choice", "'tool_choice' needs 'tools': send the functions the model may call.")
-        return None, None, None
-    if not isinstance(tools, list) or not all(
-            isinstance(t, dict) and t.get("type", "function") == "function" and isinstance(t.get("function"), dict)
-            and isinstance(t["function"].get("name"), str) and isinstance(t["function"].get("parameters", {}), dict)
-            for t in tools):
-        raise _bad("tools", "'tools' must be a list of {\"type\": \"function\", \"function\": {\"name\": ..., "
-                            "\"parameters\": {JSON schema}}}.")
-    names = [t["function"]["name"] for t in tools]
-    if choice in (None, "auto"):
-        return tools, "auto", None
-    if choice == "none":
+    tools = openai_tools.parse_tools(body.get("tools"))
+    choice = openai_tools.parse_tool_choice(body.get("tool_choice"), tools)
+    if choice.mode == "none":
         return None, None, None  # not rendered, not parsed: the model answers in text
-    if choice == "required":
-        return tools, "required", None
-    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
-    if name not in names:
-        raise _bad("tool_choice", f"'tool_choice' must be none, auto, required or {{\"type\": \"function\", "
-                                  f"\"function\": {{\"name\": one of {names}}}}}.")
-    return tools, "named", name
+    return tools, choice.mode, choice.name
 
 
-def parse_shaping(body: dict) -> dict:
+def parse_shaping(body: dict, tag_ids=None, cancel=None) -> dict:
     """The request's grammar (llguidance), tools to render, tool mode, logprobs settings; 400 when
-    something is malformed (every engine honours all of them)."""
+    something is malformed (every engine honours all of them). `tag_ids`: the engine's tool_tag_ids();
+    `cancel` (an Event, set when the client leaves) stops the schema preparation."""
     tools, mode, name = parse_tools(body)
-    grammar = response_format_grammar(body.get("response_format"))
-    if mode in ("required", "named"):
-        if grammar is not None:
-            raise _bad("response_format", "A forced tool call and 'response_format' cannot both shape the "
-                                          "answer: drop one of them.")
-        grammar = lark_grammar(tool_call_lark(tools, name))
-    if grammar is not None:
-        error = grammar_error(grammar)
-        if error:
-            raise _bad("response_format" if mode not in ("required", "named") else "tools",
-                       f"The JSON schema cannot be used: {error[:300]}")
+    forced = mode in ("required", "named")
+    with preparing(cancel):
+        try:
+            grammar = response_format_grammar(body.get("response_format"))
+            if forced:
+                if grammar is not None:
+                    raise _bad("response_format", "A forced tool call and 'response_format' cannot both shape the "
+                                                  "answer: drop one of them.")
+                grammar = lark_grammar(tool_call_lark(tools, name, tag_ids))
+            error = grammar_error(grammar) if grammar is not None else None
+            check_time()
+        except (SchemaError, ValueError) as e:  # (llguidance's own refusals: ValueError)
+            error = str(e)
+    if error:
+        raise _bad("tools" if forced else "response_format", f"The JSON schema cannot be used: {error[:300]}")
     logprobs, top = body.get("logprobs"), body.get("top_logprobs")
     if logprobs not in (None, True, False):
         raise _bad("logprobs", "'logprobs' must be true or false.")

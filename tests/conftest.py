@@ -1,16 +1,14 @@
 """Real servers for the tests, each a subprocess on a free 127.0.0.1 port:
 qwen_server.py on the two small models, the fake GigaChat, and the gateway."""
 import os
-import sys
 
 import pytest
 
 import helpers
 import webpage
-from helpers import REPO_ROOT, clean_env, start_fake_gigachat, stop_process
+from helpers import clean_env, start_fake_gigachat, stop_process
 
-sys.path.insert(0, REPO_ROOT)
-from tools.make_models import ensure_smollm2, ensure_smollm2_gguf, ensure_tiny_qwen  # noqa: E402
+from tools.make_models import ensure_smollm2, ensure_smollm2_gguf, ensure_tiny_qwen, ensure_tiny_qwen_gguf
 
 # Tests must not pick up a developer's .env or proxies (clean_env); quiet logs, one OpenMP thread.
 TEST_ENV = {"LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
@@ -73,6 +71,20 @@ def qwen_tiny(tiny_qwen_dir):
 def qwen_tiny_2k(tiny_qwen_dir):
     """The tiny Qwen2 with room for a tool list (its toy tokenizer spends many tokens on one)."""
     proc = start_qwen(tiny_qwen_dir, "-l", "2048")
+    yield proc
+    stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_gguf():
+    return str(ensure_tiny_qwen_gguf())
+
+
+@pytest.fixture(scope="session")
+def qwen_tiny_llama(tiny_qwen_gguf):
+    """The tiny Qwen2 as a Qwen2 GGUF on the llamacpp engine: Qwen2.5's vocabulary layout and template
+    on llama.cpp (tests/MODELS.md)."""
+    proc = start_qwen(tiny_qwen_gguf, "-l", "2048", engine="llamacpp")
     yield proc
     stop_process(proc)
 

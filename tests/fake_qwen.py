@@ -9,6 +9,9 @@ Answers echo the last user message, "Эхо: <text>", word by word. In that mess
 Server knobs (attributes): `model_id` (what /status and /v1/models name), `fail_status` (answer every
 chat request with that 5xx status while set), `serial` (answer one request at a time, like a GPU
 engine; the others wait and /status reports them as queue_length).
+Hostile replies: `replies[path] = (status, content_type, body bytes)` answers that path (GET /status,
+GET /v1/models, POST /v1/chat/completions...) with exactly that instead; `stream_script` (a list of
+payloads, objects or raw strings) is what a streamed chat answer sends, as `data:` events, then [DONE].
 Every request is recorded (`server.requests`: its messages and stream flag), and a connection the
 gateway closes while an answer is held or streamed is recorded in `server.hangups` (text, time).
 Runs in a thread of the test process: start() returns the server, its base_url and stop()."""
@@ -38,7 +41,22 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _raw(self):
+        """Sends the hostile reply set for this path, if any; True when it did."""
+        reply = self.server.replies.get(self.path)
+        if reply is None:
+            return False
+        status, ctype, data = reply
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        return True
+
     def do_GET(self):
+        if self._raw():
+            return
         if self.path == "/status":
             return self._json({"model": self.server.model_id, "max_seq_len": 1_000_000, "online": True,
                                "queue_length": self.server.waiting})
@@ -54,6 +72,10 @@ class Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.requests.append({"messages": messages, "stream": bool(body.get("stream")),
                                          "model": body.get("model")})
+        if self._raw():
+            return
+        if body.get("stream") and self.server.stream_script is not None:
+            return self._script(self.server.stream_script)
         if self.server.fail_status:
             return self._json({"error": {"message": "fake failure", "code": "fake"}}, self.server.fail_status)
         if self.server.serial:
@@ -97,6 +119,16 @@ class Handler(BaseHTTPRequestHandler):
         self._event("[DONE]")
         self.wfile.write(b"0\r\n\r\n")
 
+    def _script(self, payloads):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for obj in payloads:
+            self._event(obj)
+        self._event("[DONE]")
+        self.wfile.write(b"0\r\n\r\n")
+
     def _event(self, obj):
         data = b"data: " + (obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)).encode() + b"\n\n"
         try:
@@ -130,6 +162,7 @@ def start(port=0, model_id="qwen-fake", serial=False):
     server.daemon_threads = True
     server.lock, server.requests, server.hangups = threading.Lock(), [], []
     server.model_id, server.fail_status, server.serial = model_id, None, serial
+    server.replies, server.stream_script = {}, None
     server.one_at_a_time, server.waiting = threading.Lock(), 0
     server.base_url = f"http://127.0.0.1:{server.server_address[1]}"
     threading.Thread(target=server.serve_forever, daemon=True, name="fake-qwen").start()

@@ -168,7 +168,7 @@ def start_qwen(model_dir, *extra, env=None, repo=REPO_ROOT, engine="transformers
 
 
 def start_gateway(qwen_url, fake, db_path, gunicorn_workers=None, repo=REPO_ROOT, **env_over):
-    """chat.py (werkzeug, threaded) or gunicorn with the project's gunicorn.conf.py, from `repo`."""
+    """`python chat.py` (one embedded gunicorn worker) or gunicorn with the project's gunicorn.conf.py, from `repo`."""
     port = free_port()
     env = clean_env(**gigachat_env(fake), QWEN_URL=qwen_url, CHAT_DB=db_path)
     env.update(env_over)

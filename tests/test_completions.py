@@ -60,17 +60,23 @@ def test_logprobs_legacy_shape(server):
         assert chosen == pytest.approx(max(top.values()), abs=1e-4)  # greedy
 
 
-def test_fill_in_the_middle_uses_the_fim_tokens(qwen_tiny):
+@pytest.fixture(scope="module", params=["qwen_tiny", "qwen_tiny_llama"])
+def fim_server(request):
+    """The tiny Qwen2 (Qwen2.5's FIM tokens, added but not special) on both CPU engines."""
+    return request.getfixturevalue(request.param)
+
+
+def test_fill_in_the_middle_uses_the_fim_tokens(fim_server):
     """The prompt is <|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>: 3 tokens more than P and S alone."""
     def prompt_tokens(**kw):
-        return complete(qwen_tiny, max_tokens=1, **kw).usage.prompt_tokens
+        return complete(fim_server, max_tokens=1, **kw).usage.prompt_tokens
     p, s = "def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"
     plain = prompt_tokens(prompt=p)
     suffix_only = prompt_tokens(prompt=s)
     assert prompt_tokens(prompt=p, suffix=s) == plain + suffix_only + 3
-    parts = [e.choices[0].text for e in complete(qwen_tiny, prompt=p, suffix=s, max_tokens=6, stream=True)
+    parts = [e.choices[0].text for e in complete(fim_server, prompt=p, suffix=s, max_tokens=6, stream=True)
              if e.choices]
-    assert "".join(parts) == complete(qwen_tiny, prompt=p, suffix=s, max_tokens=6).choices[0].text
+    assert "".join(parts) == complete(fim_server, prompt=p, suffix=s, max_tokens=6).choices[0].text
 
 
 def test_fim_without_fim_tokens_is_a_clear_400(qwen_smol, qwen_llama):

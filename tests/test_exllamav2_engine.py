@@ -312,7 +312,9 @@ def test_json_schema_answer_parses_and_matches_the_schema(model_dir, sampling):
 
 def test_forced_tool_call_matches_its_schema(model_dir):
     engine, _ = random_engine(model_dir)
-    grammar = lark_grammar(tool_call_lark([WEATHER], "get_weather"))
+    tags = engine.tool_tag_ids()
+    assert set(tags) == {"<tool_call>", "</tool_call>"}  # one token each, as in Qwen2.5 (tests/MODELS.md)
+    grammar = lark_grammar(tool_call_lark([WEATHER], "get_weather", tags))
     chunks = run(engine, user("weather?"), max_tokens=300, grammar=grammar)
     text = text_of(chunks)
     assert text.startswith("<tool_call>\n") and text.endswith("\n</tool_call>"), text

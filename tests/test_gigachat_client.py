@@ -2,20 +2,16 @@
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from helpers import REPO_ROOT, free_port, http, start_fake_gigachat, stop_process
+from helpers import free_port, http, start_fake_gigachat, stop_process
 
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
-
-from common.api_common import ApiError  # noqa: E402
-from gigachat.context import session_id_cvar  # noqa: E402
-from providers.gigachat import GigaChatProvider  # noqa: E402
+from common.api_common import ApiError
+from gigachat.context import session_id_cvar
+from providers.gigachat import GigaChatProvider
 
 USER = [{"role": "user", "content": "Привет, мир! Как дела?"}]
 

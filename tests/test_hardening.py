@@ -6,7 +6,6 @@ import re
 import signal
 import socket
 import subprocess
-import threading
 import time
 import urllib.parse
 
@@ -199,47 +198,7 @@ def slow_header_clients(server, n, stop, slow_part="headers"):
         s.close()
 
 
-@pytest.mark.parametrize("slow_part", ["headers", "body"])
-@pytest.mark.parametrize("server_name", ["gunicorn_gateway", "qwen_tiny"])
-def test_slow_clients_do_not_starve_health(request, server_name, slow_part):
-    server = request.getfixturevalue(server_name)
-    stop = threading.Event()
-    crowd = threading.Thread(target=slow_header_clients, args=(server, 50, stop, slow_part))
-    crowd.start()
-    try:
-        time.sleep(1.0)  # all 50 connected and dribbling
-        for _ in range(5):
-            t0 = time.monotonic()
-            r = requests.get(server.base_url + "/health", timeout=3)
-            assert r.status_code == 200 and time.monotonic() - t0 < 1.0
-            time.sleep(0.2)
-    finally:
-        stop.set()
-        crowd.join(10)
-
-
-def test_a_header_that_never_ends_is_dropped(qwen_tiny):
-    """wsgi_server.HEADER_TIMEOUT_S (10 s) after its first byte, however steadily it trickles."""
-    s = socket.create_connection(address(qwen_tiny))
-    s.settimeout(0.5)
-    t0 = time.monotonic()
-    try:
-        s.sendall(b"GET /health HTTP/1.1\r\nX-Slow: ")
-        while time.monotonic() - t0 < 20:
-            try:
-                if s.recv(100) == b"":
-                    break
-            except socket.timeout:
-                try:
-                    s.sendall(b"z")
-                except OSError:  # reset by the server
-                    break
-            except OSError:
-                break
-        dropped_after = time.monotonic() - t0
-    finally:
-        s.close()
-    assert 9 < dropped_after < 13, dropped_after
+# test_slow_clients.py: a minute of them against the three servers at once
 
 
 # -- bounded metric labels -------------------------------------------------------------------------
@@ -296,8 +255,6 @@ def test_client_watch_sees_a_hangup_on_a_descriptor_above_1024(use_epoll, monkey
     """select() refuses descriptors >= 1024, which a server with many connections reaches: both the
     epoll watcher (Linux) and the polling fallback (elsewhere) must see such a socket's hang-up."""
     import resource
-    import sys
-    sys.path.insert(0, REPO_ROOT)
     from common import client_watch
     monkeypatch.setattr(client_watch, "USE_EPOLL", use_epoll)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

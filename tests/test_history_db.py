@@ -315,6 +315,57 @@ def test_history_files_are_private(tmp_path):
         os.umask(old)
 
 
+def test_an_existing_world_readable_history_is_made_private_at_open(tmp_path):
+    path = str(tmp_path / "old.db")
+    conn = db.connect(path)  # a file made by an older version, or copied in with a umask of 022
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("CREATE TABLE t (x)")
+    for suffix in ("", "-wal", "-shm"):
+        os.chmod(path + suffix, 0o644)
+    db.init_db(path)  # (what the server does when it starts)
+    assert [mode(path + suffix) for suffix in ("", "-wal", "-shm")] == [0o600] * 3
+    conn.close()  # (the last connection removes the -wal and -shm)
+    assert not os.path.exists(path + "-wal")
+    os.chmod(path, 0o644)
+    db.init_db(path)
+    conn = db.connect(path)
+    save(conn, "m", "secret", title="t")  # the -wal and -shm SQLite creates now
+    assert [mode(path + suffix) for suffix in ("", "-wal", "-shm")] == [0o600] * 3
+    conn.close()
+
+
+def test_the_wal_stays_under_32_mb_while_6_writers_write_for_15_s(fake_gigachat, tmp_path):
+    gw = start_gateway("http://127.0.0.1:9", fake_gigachat, tmp_path, GIGACHAT_MAX_CONCURRENCY="8")
+    wal, peak, done, saved = str(tmp_path / "history.db-wal"), [0], threading.Event(), []
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], os.path.getsize(wal) if os.path.exists(wal) else 0)
+            time.sleep(0.01)
+
+    def writer(n):
+        s, i = requests.Session(), 0
+        while not done.is_set():
+            words = " ".join(f"слово{n}x{i}x{k}" for k in range(2000))  # ~30 KB, many distinct terms
+            assert s.post(gw.base_url + "/gigachat", json={"q": words}, timeout=60).status_code == 200
+            saved.append(1)
+            i += 1
+            if n % 2:  # readers too: a reader holding an old snapshot keeps the WAL from starting over
+                assert s.get(gw.base_url + "/history", params={"limit": 5}, timeout=60).status_code == 200
+    threads = [threading.Thread(target=watch)] + [threading.Thread(target=writer, args=(n,)) for n in range(6)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(15)
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
+        stop_process(gw)
+    assert len(saved) > 100, "too few writes to prove anything"
+    assert peak[0] <= 32 << 20, (peak[0] >> 20, len(saved))
+
+
 def test_the_wal_stays_bounded_after_a_burst_and_files_are_private(fake_gigachat, tmp_path):
     old = os.umask(0o022)
     try:

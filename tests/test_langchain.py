@@ -1,6 +1,6 @@
 """LangChain's ChatOpenAI against qwen_server: bind_tools and with_structured_output in its three methods
 (function_calling -> a forced tool call, json_mode -> json_object, json_schema -> strict schema). Real
-servers; SmolLM2 on both CPU engines and the tiny random Qwen2."""
+servers; SmolLM2 and the tiny random Qwen2 (Qwen2.5's added tokens), each on both CPU engines."""
 import json
 
 import pytest
@@ -22,7 +22,7 @@ class get_weather(BaseModel):  # noqa: N801 - a tool's name as the model sees it
     city: str = Field(max_length=16)  # bounded: the random tiny Qwen2 never ends a string by itself
 
 
-@pytest.fixture(scope="module", params=["qwen_smol", "qwen_llama", "qwen_tiny_2k"])
+@pytest.fixture(scope="module", params=["qwen_smol", "qwen_llama", "qwen_tiny_2k", "qwen_tiny_llama"])
 def server(request):
     return request.getfixturevalue(request.param)
 

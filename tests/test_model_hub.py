@@ -4,7 +4,6 @@ import os
 import socket
 import time
 
-import pytest
 
 from helpers import PYTHON, REPO_ROOT, free_port, http, start_process, stop_process
 from hub_helpers import (QWEN_05B_FILE, SMOL_FILE, SMOL_REPO, hub_env, hub_requests, one_error_line, qwen_cli,

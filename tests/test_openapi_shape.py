@@ -1,9 +1,8 @@
 """Both servers' GET /openapi.json describe the paths, methods and parameters recorded in
 tests/openapi_shape.json (taken before the gateway was split into packages). A change to the API is
-a change to that file: `.venv/bin/python tests/test_openapi_shape.py` rewrites it from the code."""
+a change to that file: `.venv/bin/python -m tests.test_openapi_shape` rewrites it from the code."""
 import json
 import os
-import sys
 
 import requests
 
@@ -34,7 +33,6 @@ def test_qwen_server_describes_the_recorded_paths_methods_and_parameters(qwen_ti
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from common.openapi import qwen_server_spec
     from gateway.openapi_spec import gateway_spec
     with open(SNAPSHOT, "w", encoding="utf-8") as f:

@@ -1,6 +1,6 @@
 """qwen_server with the `openai` SDK: response_format (json_object, json_schema through llguidance),
 forced and automatic tools (streamed the way OpenAI streams them), logprobs, and the 400s for what the
-server does not do. Real servers, real models: SmolLM2 on both CPU engines, the tiny random Qwen2."""
+server does not do. Real servers, real models: SmolLM2 and the tiny random Qwen2, each on both CPU engines."""
 import json
 
 import jsonschema
@@ -24,8 +24,9 @@ CLOCK = {"type": "function", "function": {
                                        "properties": {"zone": {"type": "string", "maxLength": 10}}}}}
 
 
-@pytest.fixture(scope="module", params=["qwen_smol", "qwen_llama", "qwen_tiny_2k"])
+@pytest.fixture(scope="module", params=["qwen_smol", "qwen_llama", "qwen_tiny_2k", "qwen_tiny_llama"])
 def server(request):
+    """SmolLM2 and the tiny Qwen2 (Qwen2.5's added tokens: <tool_call> is one token) on both CPU engines."""
     return request.getfixturevalue(request.param)
 
 

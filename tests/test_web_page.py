@@ -212,7 +212,8 @@ def test_code_block_has_copy_button(web):
 
 
 def test_api_key_is_asked_once_and_kept(browser, qwen_smol, fake_gigachat, tmp_path):
-    gw = start_gateway(qwen_smol.base_url, fake_gigachat, tmp_path, CHAT_API_KEY="s3cret-key")
+    gw = start_gateway(qwen_smol.base_url, fake_gigachat, tmp_path, CHAT_API_KEY="s3cret-key",
+                       DEFAULT_SYSTEM_PROMPT="Отвечай кратко.")
     web = Web(browser, gw.base_url)
     try:
         page = web.open(ready=False)
@@ -227,6 +228,7 @@ def test_api_key_is_asked_once_and_kept(browser, qwen_smol, fake_gigachat, tmp_p
         page.wait_for_selector("body[data-ready='1']", state="attached")
         assert page.evaluate("sessionStorage.getItem('dualchat.apiKey')") == "s3cret-key"  # this tab only
         assert page.evaluate("localStorage.getItem('dualchat.apiKey')") is None
+        assert page.input_value("#system-prompt") == "Отвечай кратко."  # /config, read with the key
         sent = []
         page.on("request", lambda r: r.url.endswith("/gigachat") and sent.append(r.headers.get("authorization")))
         web.model("gigachat")
@@ -242,6 +244,78 @@ def test_api_key_is_asked_once_and_kept(browser, qwen_smol, fake_gigachat, tmp_p
     finally:
         web.close()
         stop_process(gw)
+
+
+EVIL_PAGE = """<!doctype html><body>
+<img src="{gw}/gigachat?q=img-attack">
+<script>
+  fetch("{gw}/qwen?q=fetch-attack", {{mode: "no-cors"}});
+  fetch("{gw}/gigachat?q=fetch-attack-2", {{mode: "no-cors", credentials: "include"}});
+</script>
+<iframe name="sink"></iframe>
+<form id="f" method="post" action="{gw}/gigachat" target="sink"><input name="q" value="form-attack"></form>
+<script>document.getElementById("f").submit();</script>
+</body>"""
+
+
+def answered(gw):
+    """The statuses /gigachat and /qwen answered, one per request (from the gateway's /metrics)."""
+    out = []
+    for line in http("GET", gw.base_url + "/metrics")[2].splitlines():
+        if line.startswith("chat_http_requests_total{") and ('"/gigachat"' in line or '"/qwen"' in line):
+            out += [int(line.split('status="')[1].split('"')[0])] * int(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
+def test_a_page_on_another_site_cannot_make_the_gateway_ask_or_save(browser, fake_gigachat, tmp_path):
+    """The red team's attack in a real browser: a page on http://localhost:<port> aims an <img>, no-cors
+    fetches and a form at the keyless gateway on http://127.0.0.1:<port>."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import fake_qwen
+    qwen = fake_qwen.start()
+    gw = start_gateway(qwen.base_url, fake_gigachat, tmp_path)
+    html = EVIL_PAGE.format(gw=gw.base_url).encode()
+
+    class Evil(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(html)))
+            self.end_headers()
+            self.wfile.write(html)
+
+        def log_message(self, *args):
+            pass
+    evil = ThreadingHTTPServer(("127.0.0.1", 0), Evil)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    calls = http("GET", fake_gigachat.base_url + "/_debug/stats")[2]["chat_calls"]
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"http://localhost:{evil.server_address[1]}/")
+        page.wait_for_load_state("networkidle")
+        deadline = time.monotonic() + 10  # (the browser hides most of these answers from the page: ask the gateway)
+        while sorted(answered(gw)) != [403, 403, 403, 415] and time.monotonic() < deadline:
+            page.wait_for_timeout(100)
+        assert sorted(answered(gw)) == [403, 403, 403, 415]  # (the form's body is not JSON: refused as before)
+        assert http("GET", gw.base_url + "/history")[2]["messages"] == []
+        assert http("GET", fake_gigachat.base_url + "/_debug/stats")[2]["chat_calls"] == calls
+        assert qwen.requests == []
+        # the gateway's own page, on the same browser, still asks and saves
+        web = Web(browser, gw.base_url)
+        web.open()
+        web.model("gigachat")
+        web.ask("свой вопрос")
+        status, text, error, _ = web.wait_answer()
+        assert status == "ok" and text == "Эхо: свой вопрос", error
+        web.close()
+    finally:
+        context.close()
+        evil.shutdown()
+        stop_process(gw)
+        qwen.stop()
 
 
 def test_errors_are_shown_readably(browser, fake_gigachat, tmp_path):

@@ -26,7 +26,7 @@ OUT = REPO / ".cache" / "gpu-check"
 EXT_DIR = REPO / ".cache" / "torch_extensions"
 BUILD_TIMEOUT_S = int(os.environ.get("GPU_CHECK_BUILD_TIMEOUT", "420"))
 TESTS_TIMEOUT_S = int(os.environ.get("GPU_CHECK_TESTS_TIMEOUT", "300"))
-BUILD = ("import sys; sys.path.insert(0, '.'); from engines.exllamav2_engine import import_exllamav2; "
+BUILD = ("from engines.exllamav2_engine import import_exllamav2; "
          "import_exllamav2(); print('exllamav2 extension loaded')")
 failures = []
 

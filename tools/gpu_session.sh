@@ -38,7 +38,7 @@ left=$((LIMIT - SECONDS))
 echo "bench: $left s left"
 set -a; . ./.cache/gpu-check/exllamav2.env; set +a
 if [ $left -gt 60 ]; then
-  timeout $left python3 bench/gpu_engines.py --configs "$CONFIGS" 2>&1 | tee "$LOG_DIR/bench.log"
+  timeout $left python3 -m bench.gpu_engines --configs "$CONFIGS" 2>&1 | tee "$LOG_DIR/bench.log"
 fi
 echo "gpu_session: done in $SECONDS s (gpu-check exit $rc)"
 exit $rc

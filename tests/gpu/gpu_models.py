@@ -3,12 +3,11 @@ random Qwen2 (head_dim 128: exllamav2's Q4 cache crashes on tiny head dims), plu
 fp16 reference to judge exllamav2's greedy tokens by."""
 import json
 import os
-import sys
 from pathlib import Path
 
+from tools.make_models import TINY_QWEN_VERSION, _ensure, _fix_dir, ensure_tiny_qwen
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-from tools.make_models import _ensure, _fix_dir, ensure_tiny_qwen  # noqa: E402
 
 # models/ may be a link to a checkout that is not on this machine: build under .cache/ (git-ignored).
 MODELS_DIR = Path(os.environ.get("GPU_MODELS_DIR", REPO / ".cache" / "gpu-models"))
@@ -38,7 +37,7 @@ def deep_qwen() -> str:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         _fix_dir(tmp, tok.chat_template)
-    return str(_ensure(MODELS_DIR, "deep-qwen2-random", build)[0])
+    return str(_ensure(MODELS_DIR, "deep-qwen2-random", build, TINY_QWEN_VERSION)[0])  # (tiny-qwen2's tokenizer)
 
 
 class Reference:
