@@ -69,8 +69,8 @@ def test_limits_hold_across_workers_and_hosts_on_one_postgres(postgres, fake_gig
 def test_rotate_and_remove_take_effect_at_once_on_every_worker(fake_gigachat, tmp_path):
     target = str(tmp_path / "history.db")
     gw = start_gateway(DEAD, fake_gigachat, tmp_path, gunicorn_workers=4, CHAT_DB=target,
-                       GIGACHAT_MAX_CONCURRENCY="32")
-    old = add_user(target, "alice")
+                       GIGACHAT_MAX_CONCURRENCY="32", CHAT_API_KEY="admin-key-0123456789abcdef0123")
+    old = add_user(target, "alice")  # (CHAT_API_KEY: with no user left, the gateway would be keyless again)
     try:
         def statuses(key, n=12):  # new connections, spread over the workers, some at once
             return {r.status_code for r in (

@@ -190,7 +190,8 @@ def test_a_keyless_gateway_needs_keys_once_a_user_exists(fake_gigachat, tmp_path
         assert requests.get(base + "/whoami", timeout=10).json()["auth_required"] is False
         key = add_user(target, "alice")
         assert requests.get(base + "/history/sessions", timeout=10).status_code == 401
-        assert requests.get(base + "/config", timeout=10).json()["auth_required"] is True
+        assert requests.get(base + "/config", timeout=10).status_code == 401  # (/config too: it needs the key)
+        assert get(base, "/config", key).json()["auth_required"] is True
         assert session_ids(base, key) == set()  # the keyless user's conversations are the admin's
         root = add_user(target, "root", "--admin")
         assert session_ids(base, root) == {old} == session_ids(base, root, user="admin")
