@@ -1,6 +1,6 @@
 """Per-user limits and key changes under gunicorn: the counts live in the database, so they hold across
 4 workers and across two gateway hosts on one PostgreSQL; a 429 (with Retry-After) saves nothing; a
-rotated or removed key is refused at once by every worker."""
+rotated or removed key is refused at once by every worker; a user's answer replayed from the journal stays theirs."""
 import threading
 import time
 
@@ -100,5 +100,37 @@ def test_sqlite_limit_under_four_workers(fake_gigachat, tmp_path):
         root = add_user(target, "root", "--admin")
         metrics = requests.get(gw.base_url + "/metrics", headers={"X-API-Key": root}, timeout=10).text
         assert 'chat_user_requests_today{user="alice"} 3.0' in metrics  # the sum over the 4 workers
+    finally:
+        stop_process(gw)
+
+
+def test_a_users_answer_kept_in_the_journal_reaches_their_conversation(fake_gigachat, tmp_path):
+    """An answer that ends while SQLite is locked goes to the journal (db_journal.py) and is replayed later:
+    into its user's conversation (the journal line carries the owner, which add_message checks)."""
+    import sqlite3
+    from test_history_journal import journal_lines, wait_for
+    path, journal_dir = str(tmp_path / "history.db"), str(tmp_path / "journal")
+    gw = start_gateway(DEAD, fake_gigachat, tmp_path, CHAT_DB=path, CHAT_JOURNAL_DIR=journal_dir)
+    key = add_user(path, "alice")
+    box = {}
+    asking = threading.Thread(target=lambda: box.update(r=ask(gw.base_url, key, "[[fault:slow=3]] в журнал")))
+    try:
+        asking.start()
+        conn = db.open_connection(path)
+        wait_for(lambda: conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 1, 10, "no question saved")
+        locker = sqlite3.connect(path, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")  # past the 5 s busy timeout when the answer ends
+        asking.join()
+        assert box["r"].status_code == 200, box["r"].text
+        kept = journal_lines(journal_dir)
+        assert len(kept) == 1 and kept[0]["user_id"] > 0
+        locker.execute("ROLLBACK")
+        locker.close()
+        wait_for(lambda: conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 2, 15, "not replayed")
+        assert {r[0] for r in conn.execute("SELECT user_id FROM messages")} == {kept[0]["user_id"]}
+        conn.close()
+        sid = box["r"].json()["session"]
+        r = requests.get(f"{gw.base_url}/history/{sid}", headers={"X-API-Key": key}, timeout=10)
+        assert [m["content"] for m in r.json()["messages"]] == ["[[fault:slow=3]] в журнал", "Эхо: в журнал"]
     finally:
         stop_process(gw)
