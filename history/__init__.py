@@ -11,6 +11,8 @@
     transaction.py  BEGIN IMMEDIATE ... COMMIT on either backend
     maintenance.py  SQLite upkeep off the request path: full-text indexing, WAL checkpoints
     journal.py      answers the database could not take, kept on disk and replayed when it is back
+    users.py        users, their keys (kept as SHA-256) and who calls (Caller)
+    usage.py        the counters behind per-user limits (gateway/limits.py decides)
     move.py         `python db.py migrate-to-postgres SQLITE_FILE POSTGRES_URL`
     migrations/     sqlite/000N_*.sql and postgres/000N_*.sql, applied in order
 

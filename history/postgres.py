@@ -70,13 +70,13 @@ class PgConn:
     def close(self):
         self.raw.close()
 
-    def search_messages(self, q, limit, before=None, session=None, provider=None):
+    def search_messages(self, q, limit, before=None, session=None, provider=None, user=None):
         """The newest `limit` messages holding every word of q (plainto_tsquery ANDs plain words): through
-        pg_search (newest rows first, then the GIN index), or for a session, whose few rows are tested."""
-        if not session:
+        pg_search (newest rows first, then the GIN index), or for a session or a user, by the plain filter."""
+        if not session and user is None:
             return pg_search.search(self, MESSAGE_COLUMNS_AS_M, q, limit, before, provider)
         cond, args = where(("m.search @@ plainto_tsquery('simple', ?)", q), ("m.id < ?", before),
-                           ("m.conversation_id = ?", session), ("m.provider = ?", provider))
+                           ("m.conversation_id = ?", session), ("m.provider = ?", provider), ("m.user_id = ?", user))
         return self.execute(f"SELECT {MESSAGE_COLUMNS_AS_M} FROM messages m WHERE {cond} ORDER BY m.id DESC LIMIT ?",
                             args + [limit]).fetchall()
 

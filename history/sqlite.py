@@ -28,7 +28,7 @@ class SqliteConn(sqlite3.Connection):
     """An sqlite3 connection that also knows this backend's full-text search."""
     backend = "sqlite"
 
-    def search_messages(self, q, limit, before=None, session=None, provider=None):
+    def search_messages(self, q, limit, before=None, session=None, provider=None, user=None):
         """The newest `limit` messages holding every word of q, through FTS5 (what is still queued for
         the index is indexed first). Id bounds go on f.rowid, not m.id: FTS5 then seeks to them instead of
         walking every newer match of a common word first (114 ms for `before` half-way down 1M messages,
@@ -43,7 +43,7 @@ class SqliteConn(sqlite3.Connection):
         if before is not None:
             hi = before - 1 if hi is None else min(hi, before - 1)
         cond, args = where(("f.rowid >= ?", lo), ("f.rowid <= ?", hi),
-                           ("m.conversation_id = ?", session), ("m.provider = ?", provider))
+                           ("m.conversation_id = ?", session), ("m.provider = ?", provider), ("m.user_id = ?", user))
         sql = (f"SELECT {MESSAGE_COLUMNS_AS_M} FROM messages_fts f JOIN messages m ON m.id = f.rowid "
                f"WHERE messages_fts MATCH ? {'AND ' + cond if cond else ''} ORDER BY f.rowid DESC LIMIT ?")
         return self.execute(sql, [fts_query(q)] + args + [limit]).fetchall()

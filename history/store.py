@@ -18,35 +18,38 @@ def get_conversation(db, conv_id):
 
 def add_message(db, conv_id, role, content, provider, model=None, system_prompt=None, params=None,
                 usage=None, latency_ms=None, finish_reason=None, status="ok", error=None, title=None,
-                question_id=None, route=None, created_at=None) -> int:
+                question_id=None, route=None, created_at=None, user_id=0) -> int:
     """Inserts one message and bumps its conversation; returns the message id. With a title, the
     conversation is created first if it does not exist yet, in the same transaction (one commit).
     An answer names its question (question_id); `route` is how model "auto" chose the provider (None when
-    the client chose it). Raises ConversationGone when either was deleted.
+    the client chose it). The conversation belongs to `user_id` (0: the built-in admin): one of someone else's is
+    never written to. Raises ConversationGone when either was deleted, or is someone else's.
     created_at: when it was said, if earlier than now (an answer replayed from the journal)."""
     usage = usage or {}
     now = time.time()
     try:
         with write_transaction(db):
             created = title is not None and db.execute(
-                "INSERT INTO conversations (id, provider, model, system_prompt, title, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                (conv_id, provider, model, system_prompt, title[:200], now, now)).rowcount == 1
+                "INSERT INTO conversations (id, provider, model, system_prompt, title, created_at, updated_at, "
+                "user_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                (conv_id, provider, model, system_prompt, title[:200], now, now, user_id)).rowcount == 1
             # The conversation row is locked (updated) before the message names it: on PostgreSQL a
             # DELETE of the conversation then waits for this transaction instead of deadlocking with it.
             # Gone: answered here, before the insert, since SQLite reuses a deleted question's id, and a
             # UNIQUE question_id clash with a newer question's answer would be reported before the foreign key.
-            if not created and not db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?",
-                                              (now, conv_id)).rowcount:
+            if not created and not db.execute("UPDATE conversations SET updated_at = ? WHERE id = ? AND user_id = ?",
+                                              (now, conv_id, user_id)).rowcount:
                 raise ConversationGone(conv_id)
             message_id = db.execute(
                 "INSERT INTO messages (conversation_id, role, content, provider, model, system_prompt, params, "
                 "prompt_tokens, completion_tokens, precached_prompt_tokens, latency_ms, finish_reason, status, error, "
-                "created_at, question_id, route) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                "created_at, question_id, route, user_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (conv_id, role, content, provider, model, system_prompt,
                  json.dumps(params, ensure_ascii=False) if params is not None else None,
                  usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("precached_prompt_tokens"),
-                 latency_ms, finish_reason, status, error, created_at or now, question_id, route)).fetchone()[0]
+                 latency_ms, finish_reason, status, error, created_at or now, question_id, route,
+                 user_id)).fetchone()[0]
     except INTEGRITY_ERRORS as e:
         if "foreign key" in str(e).lower():
             raise ConversationGone(conv_id) from e
