@@ -11,8 +11,8 @@ import os
 import threading
 import time
 
-from engines import (Engine, EngineError, GenParams, cancelled_before_start, decode_loop, find_gguf,
-                     ms_since)
+from engines.base import Engine, EngineError, GenParams, find_gguf
+from engines.decoding import cancelled_before_start, decode_loop, ms_since
 from engines.constrained import TokenGuide, Vocab
 
 # -cache -> llama.cpp KV cache type. llama.cpp has no 6-bit cache type: q6 gets q5_1 (5 bits + a

@@ -40,7 +40,7 @@ def gguf_parts(gguf) -> list:
 
 def weights_and_shape(path):
     """(bytes of the weight files, Shape or None) of a .gguf file (all its split parts) or a model dir."""
-    from engines import find_gguf
+    from engines.base import find_gguf
     gguf = None if os.path.isfile(os.path.join(path, "config.json")) else find_gguf(path)
     if gguf:
         return sum(os.path.getsize(f) for f in gguf_parts(gguf)), _gguf_shape(gguf)
