@@ -119,11 +119,14 @@ def free_bytes(vram: bool) -> Optional[int]:
 
 
 def warn_before_load(engine, max_seq_len, cache) -> Optional[str]:
-    """warn_if_too_big for an engine about to load: VRAM for exllamav2 and transformers on CUDA, else RAM."""
-    vram = engine.name == "exllamav2"
-    if engine.name == "transformers":
+    """warn_if_too_big for an engine about to load: VRAM for exllamav2 and transformers on CUDA, else RAM.
+    exllamav2 without CUDA is not checked: its load() refuses it in one line that says what to do."""
+    vram = False
+    if engine.name in ("exllamav2", "transformers"):
         import torch
         vram = torch.cuda.is_available()
+        if engine.name == "exllamav2" and not vram:
+            return None
     return warn_if_too_big(engine.model_path, max_seq_len, cache, vram)
 
 
