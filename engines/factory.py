@@ -20,16 +20,18 @@ def pick_engine(kind, model_path) -> str:
 ENGINES = ("auto", "llamacpp", "exllamav2", "transformers")
 
 
-def create_engine(kind, model_path, cache_mode="q4", max_seq_len=None, threads=None) -> Engine:
+def create_engine(kind, model_path, cache_mode="q4", max_seq_len=None, threads=None, jit=(None, False)) -> Engine:
     """threads: llama.cpp's CPU threads (default: the physical cores); the other engines leave
-    threading to torch."""
+    threading to torch. jit: (C++ standard, verbose) of exllamav2's CUDA extension build."""
     kind = pick_engine(kind, model_path)
     if kind == "llamacpp":
         from engines.llamacpp_engine import LlamaCppEngine
         return LlamaCppEngine(model_path, cache_mode, max_seq_len, threads)
     if kind == "exllamav2":
         from engines.exllamav2_engine import ExLlamaV2Engine
-        return ExLlamaV2Engine(model_path, cache_mode, max_seq_len)
+        engine = ExLlamaV2Engine(model_path, cache_mode, max_seq_len)
+        engine.jit = tuple(jit)
+        return engine
     if kind == "transformers":
         from engines.transformers_engine import TransformersEngine
         return TransformersEngine(model_path, cache_mode, max_seq_len)

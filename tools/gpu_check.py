@@ -26,8 +26,9 @@ OUT = REPO / ".cache" / "gpu-check"
 EXT_DIR = REPO / ".cache" / "torch_extensions"
 BUILD_TIMEOUT_S = int(os.environ.get("GPU_CHECK_BUILD_TIMEOUT", "420"))
 TESTS_TIMEOUT_S = int(os.environ.get("GPU_CHECK_TESTS_TIMEOUT", "300"))
-BUILD = ("from engines.exllamav2_engine import import_exllamav2; "
-         "import_exllamav2(); print('exllamav2 extension loaded')")
+BUILD = ("from engines.exllamav2_engine import import_exllamav2; from qwen_api.settings import QwenSettings; "
+         "s = QwenSettings(); import_exllamav2(s.exllamav2_jit_std, s.exllamav2_jit_verbose); "
+         "print('exllamav2 extension loaded')")
 failures = []
 
 
