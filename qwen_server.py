@@ -18,7 +18,7 @@ from engines.base import EngineError
 from engines.factory import create_engine
 from model_hub import fit
 from model_hub.startup import resolve_or_exit
-from qwen_api import routes
+from qwen_api import routes, startup
 from qwen_api.settings import QwenSettings
 from qwen_api.service import ModelService
 
@@ -74,20 +74,27 @@ def main(argv=None):
     def load_app():  # in the server's worker process: the model loads there, once
         log.info("loading %s with engine=%s cache=%s", model_path, s.engine, s.cache)
         try:
-            engine = create_engine(s.engine, model_path, s.cache, s.max_seq_len, s.threads,
-                                   jit=(s.exllamav2_jit_std, s.exllamav2_jit_verbose))
+            engine = create_engine(s.engine, model_path, s.cache, s.max_seq_len, s.threads, s.threads_batch,
+                                   s.llama_amx, jit=(s.exllamav2_jit_std, s.exllamav2_jit_verbose))
             if source:
                 engine.model_name = source.model_name
             fit.warn_before_load(engine, s.max_seq_len, s.cache)
-            engine.load()
-        except EngineError as e:
+            child = startup.start_probe(engine, model_path, s) if engine.probe_in_child else None
+            try:
+                engine.load()
+            finally:
+                if child:
+                    startup.check_probe(engine, child)  # a crash there says more than a load error here
+            probe_s = startup.first_token(engine)
+        except (EngineError, startup.ProbeCrash) as e:
             raise StartupError(f"qwen_server: error: {e}") from None
         st = engine.status()
         mem = st["memory"]
         log.info("ready: model=%s arch=%s engine=%s cache=%s context=%d device=%s %s used=%.2f/%.2f GiB "
-                 "load=%.1fs", st["model"], st["architecture"], st["engine"], st["cache_mode"], st["max_seq_len"],
+                 "load=%.1fs first token=%.2fs", st["model"], st["architecture"], st["engine"], st["cache_mode"],
+                 st["max_seq_len"],
                  st["device"], mem["kind"], mem["used_bytes"] / 2**30, mem["total_bytes"] / 2**30,
-                 st["load_seconds"])
+                 st["load_seconds"], probe_s)
         if source:
             log.info("model from the hub: %s quant=%s file=%s commit=%s%s", source.repo, source.quant,
                      source.status()["file"] or source.path, source.commit[:12], " (cached)" * source.from_cache)

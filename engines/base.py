@@ -56,6 +56,11 @@ class Engine:
     provides load, generate, render (messages -> prompt text) and tokenize (text -> ids)."""
 
     name = "base"
+    probe_in_child = False  # native code that may kill its process: qwen_server tries a first token in a child
+
+    def crash_hint(self) -> str:
+        """What to try when the engine's native code crashed on its first token (qwen_api/startup.py)."""
+        return "run qwen_server with LOG_LEVEL=DEBUG to see the engine's output, or try another --engine"
 
     def __init__(self, model_path, cache_mode="q4", max_seq_len=None):
         if cache_mode not in CACHE_MODES:

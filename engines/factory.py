@@ -20,13 +20,16 @@ def pick_engine(kind, model_path) -> str:
 ENGINES = ("auto", "llamacpp", "exllamav2", "transformers")
 
 
-def create_engine(kind, model_path, cache_mode="q4", max_seq_len=None, threads=None, jit=(None, False)) -> Engine:
-    """threads: llama.cpp's CPU threads (default: the physical cores); the other engines leave
-    threading to torch. jit: (C++ standard, verbose) of exllamav2's CUDA extension build."""
+def create_engine(kind, model_path, cache_mode="q4", max_seq_len=None, threads=None, threads_batch=None,
+                  llama_amx=False, jit=(None, False)) -> Engine:
+    """threads, threads_batch: llama.cpp's CPU threads for decoding and for prompts (default: chosen from
+    the cores and the model's size, engines/llamacpp_cpu.py); the other engines leave threading to torch.
+    llama_amx: llama.cpp may use its AMX kernels (QWEN_LLAMA_AMX). jit: (C++ standard, verbose) of
+    exllamav2's CUDA extension build (EXLLAMAV2_JIT_*)."""
     kind = pick_engine(kind, model_path)
     if kind == "llamacpp":
         from engines.llamacpp_engine import LlamaCppEngine
-        return LlamaCppEngine(model_path, cache_mode, max_seq_len, threads)
+        return LlamaCppEngine(model_path, cache_mode, max_seq_len, threads, threads_batch, llama_amx)
     if kind == "exllamav2":
         from engines.exllamav2_engine import ExLlamaV2Engine
         engine = ExLlamaV2Engine(model_path, cache_mode, max_seq_len)

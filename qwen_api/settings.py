@@ -34,7 +34,10 @@ class QwenSettings(EnvSettings):
     engine: Literal[ENGINES] = Field("auto", json_schema_extra=flags("--engine"), description=(
         "auto = llamacpp for a GGUF model; for a model dir exllamav2 when CUDA is present, else transformers"))
     threads: Optional[int] = Field(None, ge=1, json_schema_extra=flags("-t", "--threads"), description=(
-        "CPU threads of the llamacpp engine (default: the physical cores)"))
+        "CPU threads of the llamacpp engine for decoding (default: chosen from the cores and the model's size; "
+        "/status cpu_plan says why)"))
+    threads_batch: Optional[int] = Field(None, ge=1, json_schema_extra=flags("--threads-batch"), description=(
+        "the llamacpp engine's threads for prompts (default: -t, else the physical cores)"))
     host: str = Field("127.0.0.1", min_length=1, json_schema_extra=flags("--host"), description="bind address")
     port: int = Field(5001, ge=1, le=65535, json_schema_extra=flags("--port"), description="port")
     http_threads: int = Field(16, ge=1, json_schema_extra=flags("--http-threads"), description=(
@@ -44,6 +47,9 @@ class QwenSettings(EnvSettings):
     allowed_hosts: str = Field("", description=(
         "host names the server may be reached by, beside loopback names and IP addresses (comma-separated; "
         "* allows any): a guard against DNS rebinding"))
+    llama_amx: bool = Field(False, description=(
+        "1: let llama.cpp use its AMX kernels (only a llama.cpp built with them, make install LLAMA_AMX=1, whose "
+        "AMX bug llama.cpp#20824 is fixed); unset: never on a CPU with AMX"))
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL", description=f"log level: {', '.join(LOG_LEVELS)}")
     slow_client_timeout: float = Field(
         request_reader.DEFAULT_TIMEOUT_S, gt=0, le=3600, validation_alias=request_reader.TIMEOUT_ENV, description=(
