@@ -50,6 +50,7 @@ REQUIRES = [
     ("safetensors", None, "the test models' weights", WHEELS),
     ("click", None, "qwen_server's command line", WHEELS),
     ("flask", (3, 1), "qwen_server", WHEELS),
+    ("pydantic_settings", None, "qwen_server's settings (qwen_api/settings.py) and the extension build's flags", WHEELS),
     ("jinja2", None, "the chat template", IMAGE),
     ("requests", None, "tests/gpu's HTTP client", IMAGE),
     ("pytest", None, "tests/gpu", IMAGE),
