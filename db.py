@@ -2,6 +2,8 @@
 init_app to set it up; and the history package's functions, re-exported for the routes (history/ says
 what lives where). `python db.py migrate-to-postgres SQLITE_FILE POSTGRES_URL` moves an SQLite history
 into an empty PostgreSQL one (history/move.py)."""
+import contextlib
+
 from flask import current_app, g
 
 from history.columns import fts_query
@@ -15,7 +17,7 @@ from history.store import (add_message, answered_pairs, conversation_messages, d
 from history.transaction import write_transaction
 
 __all__ = ["INTEGRITY_ERRORS", "MAINTENANCE_INTERVAL_S", "POSTGRES_UNAVAILABLE", "SCHEMA_VERSION", "UNAVAILABLE",
-           "WAL_SIZE_LIMIT", "ConversationGone", "add_message", "answered_pairs", "borrow", "close_db", "connect",
+           "WAL_SIZE_LIMIT", "ConversationGone", "add_message", "answered_pairs", "borrow", "briefly", "close_db", "connect",
            "conversation_messages", "delete_conversation", "forget_question", "fts_query", "get_conversation", "get_db",
            "has_route", "index_pending", "init_app", "init_db", "iter_messages", "list_conversations",
            "list_messages", "message_dict", "new_session_id", "open_connection", "write_transaction"]
@@ -33,6 +35,18 @@ def borrow():
     that gives it back when the stream ends (from whatever thread ends it)."""
     pool = current_app.extensions["db_pool"]
     return pool.get(), pool.put
+
+
+@contextlib.contextmanager
+def briefly():
+    """A pooled connection for a few statements, given back at once (not held to the request's end):
+    the key check every request makes, and what /metrics reads while it counts the connections in use."""
+    pool = current_app.extensions["db_pool"]
+    conn = pool.get()
+    try:
+        yield conn
+    finally:
+        pool.put(conn)
 
 
 def close_db(e=None):

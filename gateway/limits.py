@@ -77,9 +77,9 @@ class UsageCollector:
 
     def collect(self):
         day = int(time.time() // DAY * DAY)
-        conn = db.get_db()
-        counts = counters.day_counts(conn, day)
-        named = users.names(conn)
+        with db.briefly() as conn:  # given back before the in-use gauge is read
+            counts = counters.day_counts(conn, day)
+            named = users.names(conn)
         ranked = sorted(counts, key=lambda u: (-counts[u]["requests_day"], -counts[u]["tokens_day"]))
         requests = GaugeMetricFamily("chat_user_requests_today", "Questions this UTC day, by user (top N)",
                                      labels=["user"])
