@@ -4,12 +4,11 @@ Once either exists, every path but the public ones needs a key (`Authorization: 
 routes) must not name someone else's conversation (a 404, as for an unknown one), and passes the asking
 user's limits (gateway/limits.py). GET /whoami tells the page who is signed in."""
 import hmac
-import json
 
 from flask import Blueprint, current_app, g, jsonify, request
 
 import db
-from common.api_common import ApiError
+from common.api_common import ApiError, json_body
 from gateway import limits
 from history import users
 
@@ -66,11 +65,7 @@ def asked_session():
     """The conversation a question continues: X-Session-ID (/v1), or `session` in the query or JSON body."""
     sid = request.headers.get("X-Session-ID") or request.args.get("session")
     if not sid and request.method == "POST" and request.is_json:
-        try:
-            body = json.loads(request.get_data(cache=True) or b"null")
-        except ValueError:
-            return None  # (the route answers the 400)
-        sid = body.get("session") if isinstance(body, dict) else None
+        sid = json_body().get("session")  # (the shared parser: a body it refuses is its 4xx here already)
     return str(sid)[:100] if sid else None
 
 
