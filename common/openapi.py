@@ -107,14 +107,15 @@ def ok(description, schema=None, media="application/json", stream=False, headers
 
 ERRORS = {
     400: "Invalid request: the message says what to fix (`param` names the field).",
-    401: "Missing or wrong API key (only when the gateway runs with CHAT_API_KEY).",
+    401: "Missing or wrong API key (when the gateway runs with CHAT_API_KEY or has users).",
+    403: "Refused: an admin-only path for a user's key, or a cross-site request that would spend or write.",
     402: "GigaChat: the token package is used up.",
     404: "Unknown endpoint, session or model.",
     405: "Method not allowed on this path.",
     409: "The conversation was deleted while its answer was being written (the answer was not saved).",
     413: "Request body over 1 MiB, or a question over 100,000 characters.",
     415: "The body is not sent as `Content-Type: application/json` (refused so that web pages cannot post).",
-    429: "GigaChat's rate limit for the key was hit (see Retry-After).",
+    429: "A rate limit was hit: GigaChat's for the key, or the user's own (see Retry-After).",
     500: "A bug: the message names the request id to look up in the server log.",
     502: "The upstream model server failed or answered something unusable.",
     503: "An upstream or the history database is unavailable (Retry-After when known).",
