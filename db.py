@@ -216,12 +216,14 @@ class ConversationGone(Exception):
 
 def add_message(db, conv_id, role, content, provider, model=None, system_prompt=None, params=None,
                 usage=None, latency_ms=None, finish_reason=None, status="ok", error=None, title=None,
-                question_id=None, route=None, created_at=None) -> int:
+                question_id=None, route=None, created_at=None, reroute_question=False) -> int:
     """Inserts one message and bumps its conversation; returns the message id. With a title, the
     conversation is created first if it does not exist yet, in the same transaction (one commit).
     An answer names its question (question_id); `route` is how model "auto" chose the provider (None when
     the client chose it). Raises ConversationGone when either was deleted.
-    created_at: when it was said, if earlier than now (an answer replayed from the journal)."""
+    created_at: when it was said, if earlier than now (an answer replayed from the journal).
+    reroute_question: the answer came from another provider than its question was saved with (model auto's
+    fallback): the question row is given the answer's provider and route, in the same transaction."""
     usage = usage or {}
     now = time.time()
     try:
@@ -245,6 +247,8 @@ def add_message(db, conv_id, role, content, provider, model=None, system_prompt=
                  json.dumps(params, ensure_ascii=False) if params is not None else None,
                  usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("precached_prompt_tokens"),
                  latency_ms, finish_reason, status, error, created_at or now, question_id, route)).fetchone()[0]
+            if reroute_question and question_id is not None:
+                db.execute("UPDATE messages SET provider = ?, route = ? WHERE id = ?", (provider, route, question_id))
     except INTEGRITY_ERRORS as e:
         if "foreign key" in str(e).lower():
             raise ConversationGone(conv_id) from e

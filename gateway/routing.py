@@ -113,11 +113,14 @@ class Routed(Provider):
                             code="private_needs_local_model", headers={"Retry-After": "5"})
         return e
 
-    def _args(self, messages, params):
+    def _request(self, request):
+        """The request as the current model gets it: secrets masked (redact), Qwen's defaults filled in."""
         if self.redact:
-            messages = [dict(m, content=secret_scan.redact(m["content"])) if isinstance(m.get("content"), str)
-                        else m for m in messages]
-        return messages, ({**self.qwen_defaults, **params} if self.name == "qwen" else params)
+            request = request.replace(messages=[dict(m, content=secret_scan.redact(m["content"]))
+                                                if isinstance(m.get("content"), str) else m
+                                                for m in request.messages])
+        return request.replace(sampling={**self.qwen_defaults, **request.sampling}) if self.name == "qwen" \
+            else request
 
     def check_ready(self):
         try:
@@ -128,17 +131,17 @@ class Routed(Provider):
                 raise err
             self.current.check_ready()
 
-    def complete(self, messages, params, session_id=None, cancel=None):
+    def complete(self, request, session_id=None, cancel=None):
         try:
-            return self.current.complete(*self._args(messages, params), session_id, cancel=cancel)
+            return self.current.complete(self._request(request), session_id, cancel=cancel)
         except ApiError as e:
             err = e if cancel is not None and cancel.is_set() else self._switch(e)
             if err is not None:
                 raise err from None
-        return self.current.complete(*self._args(messages, params), session_id, cancel=cancel)
+        return self.current.complete(self._request(request), session_id, cancel=cancel)
 
-    def stream(self, messages, params, session_id=None, cancel=None):
-        upstream = self.current.stream(*self._args(messages, params), session_id, cancel=cancel)
+    def stream(self, request, session_id=None, cancel=None):
+        upstream = self.current.stream(self._request(request), session_id, cancel=cancel)
         try:
             first = next(upstream, None)
         except ApiError as e:
@@ -146,7 +149,7 @@ class Routed(Provider):
             err = e if cancel is not None and cancel.is_set() else self._switch(e)
             if err is not None:
                 raise err from None
-            upstream = self.current.stream(*self._args(messages, params), session_id, cancel=cancel)
+            upstream = self.current.stream(self._request(request), session_id, cancel=cancel)
             first = next(upstream, None)
         try:
             if first is not None:

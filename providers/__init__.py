@@ -1,6 +1,9 @@
 """Upstream chat providers the gateway talks to, behind one small interface (Provider), built from the
 gateway's config by REGISTRY. Another provider (or a second upstream of one kind) is a module with a
 Provider subclass and one more line in REGISTRY."""
+from providers.upstream_request import UpstreamRequest
+
+__all__ = ["Provider", "UpstreamRequest", "REGISTRY", "build"]
 
 
 class Provider:
@@ -11,11 +14,11 @@ class Provider:
     route = None  # how model "auto" chose this provider (gateway/routing.py); None when the client named it
     on_queue_change = staticmethod(lambda n: None)  # told how many wait for the upstream (a metrics gauge)
 
-    def complete(self, messages, params, session_id=None, cancel=None) -> dict:
+    def complete(self, request: UpstreamRequest, session_id=None, cancel=None) -> dict:
         """The whole answer: {"answer", "finish_reason", "usage", "model", "blocked"}."""
         raise NotImplementedError
 
-    def stream(self, messages, params, session_id=None, cancel=None):
+    def stream(self, request: UpstreamRequest, session_id=None, cancel=None):
         """Lazily yields {"delta": text}..., then one {"finish_reason", "usage", "model", "blocked"};
         errors come from next(), so the first item can be pulled before any response header is sent."""
         raise NotImplementedError

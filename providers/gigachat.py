@@ -118,9 +118,9 @@ class GigaChatProvider(Provider):
                 "max_concurrency": self.max_concurrency, "waiting": self._waiting}
 
     # ---- public API -------------------------------------------------------------------------
-    def complete(self, messages, params=None, session_id=None, cancel=None):
+    def complete(self, request, session_id=None, cancel=None):
         client = self._sdk()
-        payload = self._payload(messages, params)
+        payload = self._payload(request)
         with self._slot(cancel), _session(session_id):
             try:
                 resp = client.chat(payload)  # v1: POST {base_url}/chat/completions
@@ -128,14 +128,14 @@ class GigaChatProvider(Provider):
                 raise self._mapped(e) from e
         choice = resp.choices[0] if resp.choices else None
         finish = choice.finish_reason if choice else None
-        cutter = StopCutter((params or {}).get("stop"))
+        cutter = StopCutter(request.sampling.get("stop"))
         text = cutter.feed((choice.message.content or "") if choice else "")
         text += "" if cutter.hit else cutter.flush()
         return {"answer": text, "finish_reason": "stop" if cutter.hit else finish_reason(finish),
                 "usage": _usage(resp.usage), "model": resp.model, "blocked": finish == "blacklist",
                 "tool_calls": tool_calls(choice.message.function_call) if choice else None}
 
-    def stream(self, messages, params=None, session_id=None, cancel=None):
+    def stream(self, request, session_id=None, cancel=None):
         """Yield {"delta": text}..., then {"finish_reason", "usage", "model", "blocked"}.
 
         Lazy: nothing is sent before the first next(), and errors (ApiError) come from next();
@@ -145,9 +145,9 @@ class GigaChatProvider(Provider):
         stream ends or the generator is closed. A request whose client leaves (`cancel`, an
         exchange.Cancel) leaves the queue; one already sent runs to its end (GIGACHAT_TIMEOUT)."""
         client = self._sdk()
-        payload = self._payload(messages, params)
+        payload = self._payload(request)
         chars, finish, usage, model = 0, None, None, None
-        cutter = StopCutter((params or {}).get("stop"))
+        cutter = StopCutter(request.sampling.get("stop"))
         with self._slot(cancel):
             chunks = client.stream(payload)  # v1 SSE; SDK retries are off (see _sdk), so no replay
             try:
@@ -221,13 +221,13 @@ class GigaChatProvider(Provider):
                 self._client = client
             return self._client
 
-    def _payload(self, messages, params):
-        payload = {"model": (params or {}).get("model") or self.model, "messages": normalize_messages(messages),
-                   **functions_payload((params or {}).get("openai") or {})}
+    def _payload(self, request):
+        payload = {"model": request.model or self.model, "messages": normalize_messages(request.messages),
+                   **functions_payload(request.shaping)}
         # top_k is ignored on purpose: GigaChat has no top_k parameter.
         for key, cast in (("temperature", float), ("top_p", float), ("max_tokens", int),
                           ("repetition_penalty", float)):
-            value = (params or {}).get(key)
+            value = request.sampling.get(key)
             if value is None:
                 continue
             try:

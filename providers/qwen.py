@@ -124,37 +124,36 @@ class QwenProvider(Provider):
                         type="upstream_error", code="qwen_bad_answer")
 
     @staticmethod
-    def _body(messages, params, stream):
-        """(path, body): a chat, or with params["completion"] (prompt, suffix...) a text completion."""
-        text = params.get("completion")
-        body = dict(text) if text else {"messages": [_wire(m) for m in messages]}
-        body.update(model="qwen", stream=stream)
-        body.update({k: v for k, v in params.items()
-                     if v is not None and v != [] and k not in ("openai", "completion")})
-        body.update(params.get("openai") or {})  # tools, response_format, logprobs...: passed on as sent
+    def _body(request, stream):
+        """(path, body): a chat, or with request.completion (prompt, suffix...) a text completion."""
+        text = request.completion
+        body = dict(text) if text else {"messages": [_wire(m) for m in request.messages]}
+        body.update(model=request.model or "qwen", stream=stream)
+        body.update({k: v for k, v in request.sampling.items() if v is not None and v != []})
+        body.update(request.shaping)  # tools, response_format, logprobs...: passed on as sent
         if stream:
             body["stream_options"] = {"include_usage": True}
         return ("/v1/completions" if text else "/v1/chat/completions"), body
 
-    def complete(self, messages, params, session_id=None, cancel=None):
+    def complete(self, request, session_id=None, cancel=None):
         with _aborting(cancel) as abort:
-            data = self._json("POST", *self._body(messages, params, False), abort=abort)
+            data = self._json("POST", *self._body(request, False), abort=abort)
         try:
             checked = openai_reply.completion(data)
         except openai_reply.OddReply as e:
             raise self._odd(str(e)) from None
         choice, message, logprobs = checked["choice"], checked["message"], checked["choice"].get("logprobs")
         answer = choice["text"] if "text" in choice else message.get("content") or ""
-        usage = usage_count.filled(self, data.get("usage"), messages, params,
+        usage = usage_count.filled(self, data.get("usage"), request,
                                    [{"delta": answer, "tool_calls": message.get("tool_calls")}])
         return {"answer": answer, "finish_reason": choice.get("finish_reason"), "usage": usage,
                 "model": data.get("model"), "blocked": False, "tool_calls": message.get("tool_calls"),
                 "logprobs": logprobs.get("content") if logprobs and "message" in choice else logprobs}
 
-    def stream(self, messages, params, session_id=None, cancel=None):
+    def stream(self, request, session_id=None, cancel=None):
         """Yields {"delta": text}..., then {"finish_reason", "usage", "model", "blocked"}."""
         with _aborting(cancel) as abort:
-            r = self._request("POST", *self._body(messages, params, True), stream=True, abort=abort)
+            r = self._request("POST", *self._body(request, True), stream=True, abort=abort)
             kind = r.headers.get("Content-Type", "")
             if not kind.startswith("text/event-stream"):
                 r.close()
@@ -163,7 +162,7 @@ class QwenProvider(Provider):
             pieces = []
             for ev in self._events(r):
                 if "usage" in ev:  # the last one
-                    ev["usage"] = usage_count.filled(self, ev["usage"], messages, params, pieces)
+                    ev["usage"] = usage_count.filled(self, ev["usage"], request, pieces)
                 else:
                     pieces.append(ev)
                 yield ev
@@ -268,12 +267,12 @@ class QwenProvider(Provider):
                 self._no_counter.add(path)
         return None
 
-    def count_prompt(self, messages, params):
+    def count_prompt(self, request):
         """The chat prompt's tokens, template included, where the upstream counts them (qwen_server)."""
-        if params.get("completion") or "/v1/token/count" in self._no_counter:
+        if request.completion or "/v1/token/count" in self._no_counter:
             return None
         try:
-            return int(self.count_tokens(messages))
+            return int(self.count_tokens(request.messages))
         except ApiError as e:
             if e.status in (404, 405):
                 self._no_counter.add("/v1/token/count")
