@@ -7,7 +7,7 @@ from flask import Blueprint, current_app
 
 import db
 from common.api_common import ApiError, json_body, sse
-from qwen_api.completions import new_completion_id, parse_completion_request, text_completion
+from common.openai_completions import new_completion_id, parse_completion_request, text_completion
 from gateway import exchange, routing
 from gateway.delivery import begin, deliver, providers
 from gateway.openai_api import route_model, session_id
