@@ -184,7 +184,7 @@ def init_app(app):
     target = app.config["DATABASE"]
     if db_postgres.is_url(target):
         db_postgres.init_db(target)
-        app.extensions["db_pool"] = _Counted(db_postgres.Pool(target))
+        app.extensions["db_pool"] = _Counted(db_postgres.Pool(target, app.config.get("DB_POOL_MAX", db_postgres.POOL_MAX)))
     else:
         init_db(target)
         app.extensions["db_pool"] = _Counted(_Pool(target))

@@ -13,7 +13,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MIGRATIONS = sorted(glob.glob(os.path.join(HERE, "pg", "[0-9][0-9][0-9]_*.sql")))
 SCHEMA_VERSION = len(MIGRATIONS)
 MIGRATION_LOCK = 0x4441_4943  # pg_advisory_xact_lock key: one process migrates at a time
-POOL_MAX = int(os.environ.get("CHAT_DB_POOL_MAX", "32"))  # connections per process (a stream holds one)
+POOL_MAX = 32  # connections per process (a stream holds one); CHAT_DB_POOL_MAX, read in gateway/settings.py
 WALK_FIRST = 1000  # rows a search tests newest first before it estimates the words' frequency (see search)
 WALK_MAX = 40_000  # and at most this many in all (~30 ms), past which the GIN index is surely cheaper
 GIN_ROW_COST = 3  # a match fetched through the GIN index costs about this many walked rows (1M: 1-6)
@@ -158,14 +158,15 @@ class Pool:
     """db.py's pool interface (get/put) over psycopg_pool, opened lazily in the
     process that serves (a gunicorn worker, not a master that forks)."""
 
-    def __init__(self, url):
+    def __init__(self, url, max_size=POOL_MAX):
         self.url, self.lock, self.pool, self.pid = url, threading.Lock(), None, None
+        self.max_size = max_size
 
     def _pool(self):
         with self.lock:
             if self.pid != os.getpid():
                 self.pool = psycopg_pool.ConnectionPool(
-                    self.url, min_size=1, max_size=POOL_MAX, timeout=POOL_TIMEOUT_S, open=True,
+                    self.url, min_size=1, max_size=self.max_size, timeout=POOL_TIMEOUT_S, open=True,
                     check=psycopg_pool.ConnectionPool.check_connection,  # (after a restart: none broken handed out)
                     kwargs={"autocommit": True}, configure=lambda c: setattr(c, "row_factory", _rows))
                 self.pid = os.getpid()

@@ -55,7 +55,7 @@ class Provider:
 
 def _gigachat(config):
     from providers.gigachat import GigaChatProvider  # imported when used: the SDK is heavy
-    return GigaChatProvider()
+    return GigaChatProvider(**config["GIGACHAT"])
 
 
 def _qwen(config):

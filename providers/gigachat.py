@@ -37,15 +37,6 @@ def _interrupted(err, chars):
                     err.headers)
 
 
-def _env_number(name, default, cast):
-    raw = os.environ.get(name, "").strip()
-    try:
-        return cast(raw) if raw else default
-    except ValueError:
-        log.warning("%s=%r is not a number; using %s", name, raw, default)
-        return default
-
-
 @contextlib.contextmanager
 def _session(session_id):
     """X-Session-ID through the SDK's own context variable, for exactly one SDK call.
@@ -93,11 +84,10 @@ class GigaChatProvider(Provider):
 
     name = "gigachat"
 
-    def __init__(self):
-        self.model = os.environ.get("GIGACHAT_MODEL", "").strip() or DEFAULT_MODEL
-        self.context_tokens = _env_number("GIGACHAT_CONTEXT_TOKENS", 32768, int)
-        self.max_concurrency = max(1, _env_number("GIGACHAT_MAX_CONCURRENCY", 1, int))
-        self.queue_timeout = max(0.0, _env_number("GIGACHAT_QUEUE_TIMEOUT", 60.0, float))
+    def __init__(self, model=DEFAULT_MODEL, context_tokens=32768, max_concurrency=1, queue_timeout=60.0):
+        """The GIGACHAT_* settings the SDK does not read itself (gateway/settings.py reads and checks them)."""
+        self.model, self.context_tokens = model, context_tokens
+        self.max_concurrency, self.queue_timeout = max(1, max_concurrency), max(0.0, queue_timeout)
         self._slots = threading.BoundedSemaphore(self.max_concurrency)
         self._lock = threading.Lock()
         self._waiting = 0

@@ -13,6 +13,7 @@ from common.api_common import ApiError
 from gigachat.context import session_id_cvar
 from providers.gigachat import GigaChatProvider
 from providers import UpstreamRequest
+from gateway.settings import GatewaySettings
 
 USER = [{"role": "user", "content": "Привет, мир! Как дела?"}]
 
@@ -62,7 +63,7 @@ def provider(fake, monkeypatch):
                 monkeypatch.delenv(k, raising=False)
             else:
                 monkeypatch.setenv(k, str(v))
-        return GigaChatProvider()
+        return GigaChatProvider(**GatewaySettings().gigachat_options())  # (GIGACHAT_MODEL... as the gateway reads them)
     return make
 
 
