@@ -15,7 +15,7 @@ from gigachat.models import Chat
 from gigachat.context import session_id_cvar
 
 from common.api_common import ApiError
-from providers import Provider
+from providers.base import Provider
 from providers.gigachat_errors import RETRY_AFTER_S, map_error, upstream
 from common.stop_strings import StopCutter
 from providers.gigachat_openai import finish_reason, function_messages, functions_payload, tool_calls

@@ -8,7 +8,9 @@ from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError
 from urllib3.exceptions import TimeoutError as UpstreamTimeout  # not the builtin of that name
 
 from common.api_common import ApiError
-from providers import Provider, openai_reply, usage_count
+import providers.openai_reply as openai_reply  # (the modules, not the package face: no arrow back up)
+import providers.usage_count as usage_count
+from providers.base import Provider
 from providers.upstream_abort import abortable, aborting, request_sent
 
 STATUS_TTL = 30  # seconds to trust a cached /status (the context size rarely changes)

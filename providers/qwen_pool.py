@@ -4,7 +4,7 @@ another upstream, never after (the client would get the same text twice)."""
 import time
 
 from common.api_common import ApiError
-from providers import Provider
+from providers.base import Provider
 from providers.upstreams import Upstreams
 
 
