@@ -21,7 +21,6 @@ from gateway import route_rules, secret_scan
 from providers import Provider
 
 AUTO, PRIVATE = "auto", "private"
-POLICIES = ("refuse", "redact", "allow")
 _OTHER = {"qwen": "gigachat", "gigachat": "qwen"}
 
 
@@ -180,8 +179,8 @@ class Routed(Provider):
 
 
 def policy() -> str:
-    value = current_app.config.get("SECRETS_TO_GIGACHAT", "refuse")
-    return value if value in POLICIES else "refuse"
+    """CHAT_SECRETS_TO_GIGACHAT: refuse, redact or allow (gateway/settings.py refuses any other at start)."""
+    return current_app.config["SECRETS_TO_GIGACHAT"]
 
 
 def explicit(name, providers, messages, conn=None, sid=None):
