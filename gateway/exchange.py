@@ -18,6 +18,7 @@ from flask import current_app
 import db
 import db_journal
 from common.api_common import ApiError
+from gateway import auth, limits
 from gateway.cancel import Cancel
 from gateway.saved_answer import merge_tool_call_deltas, saved_text
 from providers import Provider, UpstreamRequest
@@ -87,6 +88,7 @@ class Exchange:
     question_id: int
     asked: tuple  # (provider, route) the question row was saved with
     journal: object  # db_journal.Journal: answers the database can't take now wait there
+    caller: object  # gateway.auth's caller: whose conversation it is, whose limits it counts against
     cancel: Cancel = field(default_factory=Cancel)  # set when the client leaves
     t0: float = field(default_factory=time.perf_counter)
     give_back: Callable = lambda conn: None  # returns a borrowed conn to the pool
@@ -98,7 +100,7 @@ class Exchange:
 def _save_answer(ex, text, info, status, error=None):
     """The answer row's id, or None when the database could not take it now: then it is in the journal
     (db_journal.py), written to the history once the database is back. ApiError 409 when the
-    conversation was deleted meanwhile."""
+    conversation was deleted meanwhile. Its tokens count against the user's day (gateway/limits.py)."""
     content = saved_text(text, info.get("tool_calls"))
     if len(content) > MAX_SAVED_CHARS:
         error = (f"{error}; " if error else "") + (f"the answer was cut to its first {MAX_SAVED_CHARS} characters "
@@ -109,29 +111,35 @@ def _save_answer(ex, text, info, status, error=None):
               "provider": answered[0], "model": ex.model or info.get("model"),
               "system_prompt": ex.system, "params": ex.request.saved_params(), "usage": info.get("usage"),
               "latency_ms": ex.elapsed_ms(), "finish_reason": info.get("finish_reason"), "status": status,
-              "error": error, "question_id": ex.question_id, "route": answered[1]}
+              "error": error, "question_id": ex.question_id, "route": answered[1], "user_id": ex.caller.id}
     if answered != ex.asked:  # model auto fell back after the question was saved: it says who answered too
         record["reroute_question"] = True
     try:
-        return ex.journal.save(ex.conn, record)
+        mid = ex.journal.save(ex.conn, record)
     except db.ConversationGone:
         raise session_deleted() from None
+    limits.count_answer(ex.conn, ex.caller, info.get("usage"), saved=mid is not None)
+    return mid
 
 
 def start(conn, provider, sid, question, request, system, model=None, title=None) -> Exchange:
     """Saves the question (creating the conversation when a title is given); returns the Exchange
-    for the answer functions. A provider that can't be asked at all is refused first: nothing is saved."""
+    for the answer functions. A provider that can't be asked at all is refused first: nothing is saved.
+    The conversation is the caller's (someone else's is a 404, as if it did not exist)."""
     provider.check_ready()
+    caller = auth.caller()
     journal = current_app.extensions["history_journal"]
     if journal.pending:  # answers that ended while the database was away go in before this question
         journal.replay(wait=False)
     try:
         qid = db.add_message(conn, sid, "user", question, provider.name, model, system, request.saved_params(),
-                             title=title, route=provider.route)
+                             title=title, route=provider.route, user_id=caller.id)
     except db.ConversationGone:
-        raise ApiError(404, f"Session {sid!r} was deleted: omit 'session' to start a new conversation.",
+        raise ApiError(404, f"Unknown session {sid!r} (deleted just now?): omit 'session' to start a new "
+                            f"conversation.",
                        code="unknown_session", param="session") from None
-    return Exchange(conn, provider, sid, request, system, model, qid, (provider.name, provider.route), journal)
+    return Exchange(conn, provider, sid, request, system, model, qid, (provider.name, provider.route), journal,
+                    caller)
 
 
 def _save_failure(ex, e):
