@@ -80,9 +80,6 @@ def function_messages(messages):
             for c in m["tool_calls"]:
                 calls[c.get("id")] = (c["function"]["name"], c["function"]["arguments"])
         elif m["role"] == "tool":  # (answering an earlier call: openai_tools.check_tool_turns)
-            if m.get("tool_call_id") not in calls:  # (unchecked messages: a provider called directly)
-                raise ApiError(400, "A 'tool' message must answer an earlier assistant tool call: give the "
-                                    "call's id as its tool_call_id.", code="invalid_messages", param="messages")
             name, args = calls.pop(m["tool_call_id"])
             out += [{"role": "assistant", "content": "", "function_call": {"name": name, "arguments": args}},
                     {"role": "function", "name": name, "content": _result_content(m["content"])}]
