@@ -14,10 +14,9 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from common import request_reader
-from common.settings_base import EnvSettings
+from common.settings_base import LOG_LEVELS, EnvSettings, LogLevel
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project root
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def env(name, default, description, **checks):
@@ -68,22 +67,15 @@ class GatewaySettings(EnvSettings):
                                 ge=1)
     gunicorn_workers: Optional[int] = env("GUNICORN_WORKERS", None, "gunicorn.conf.py's worker processes "
                                                                     "(default: min(4, 2 x CPUs))", ge=1)
-    log_level: str = env("LOG_LEVEL", "INFO", f"log level: {', '.join(LOG_LEVELS)}")
+    log_level: LogLevel = env("LOG_LEVEL", "INFO", f"log level: {', '.join(LOG_LEVELS)}")
     slow_client_timeout: float = env(request_reader.TIMEOUT_ENV, request_reader.DEFAULT_TIMEOUT_S,
                                      "seconds a request's head, then its body, may take to arrive (then 408)",
                                      gt=0, le=3600)
 
-    @field_validator("secrets_to_gigachat", "log_level", mode="before")
+    @field_validator("secrets_to_gigachat", mode="before")
     @classmethod
     def _word(cls, v):
         return v.strip().lower() if isinstance(v, str) else v
-
-    @field_validator("log_level")
-    @classmethod
-    def _known_level(cls, v: str) -> str:
-        if v.upper() not in LOG_LEVELS:
-            raise ValueError(f"give one of {', '.join(LOG_LEVELS)}")
-        return v.upper()
 
     def flask_config(self) -> dict:
         """The Flask app's config (the keys the blueprints and providers read)."""
