@@ -13,18 +13,20 @@ from flask import Flask
 from prometheus_client import Gauge
 
 import db
-import db_journal
 import providers as provider_registry
 from common import openapi, wsgi_server
 from common.framing import strict_framing
 from common.api_common import Metrics, host_names, install_access, install_common, load_env, setup_logging, warn_if_exposed
-from gateway import ask, auth, cross_site, history, openai_api, page, routing, text_completions, users
+from gateway import ask, auth, cross_site, history, openai_api, page, routing, text_completions
 from gateway.openapi_spec import gateway_spec
 from gateway.settings import GatewaySettings
+from history import journal as history_journal, users
+
 
 def create_app(config=None, providers=None, settings=None):
     """The gateway: config (`settings`, default: the environment's; then `config`'s keys), the shared hooks, the
     history database, the providers and the blueprints."""
+
     load_env()
     settings = settings or GatewaySettings.from_env("chat.py")
     app = Flask(__name__)
@@ -57,10 +59,11 @@ def create_app(config=None, providers=None, settings=None):
 
 
 def start_journal(app, pending_gauge):
-    """The journal of answers the database could not take (db_journal.py); replayed from now on."""
+    """The journal of answers the database could not take (history/journal.py); replayed from now on."""
     target = app.config["DATABASE"]
-    directory = db_journal.directory_for(app.config["JOURNAL_DIR"] or db_journal.default_dir(target), target)
-    journal = app.extensions["history_journal"] = db_journal.Journal(directory, target, pending_gauge.set)
+    base = app.config["JOURNAL_DIR"] or history_journal.default_dir(target)
+    directory = history_journal.directory_for(base, target)
+    journal = app.extensions["history_journal"] = history_journal.Journal(directory, target, pending_gauge.set)
     journal.start()
 
 
