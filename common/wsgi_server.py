@@ -240,9 +240,8 @@ class EmbeddedServer(BaseApplication):
         threading.Thread(target=heartbeat, daemon=True).start()
         try:
             return self.load_app()
-        except StartupError as e:  # one line, as gunicorn prints an AppImportError; the master exits with
-            print(e, file=sys.stderr, flush=True)  # APP_LOAD_ERROR. os._exit: no interpreter teardown, in which
-            logging.shutdown()                     # a loaded native engine (llama.cpp) can itself crash
+        except StartupError as e:  # one line; the master exits on APP_LOAD_ERROR. os._exit: no interpreter
+            print(e, file=sys.stderr, flush=True)  # teardown, in which a loaded llama.cpp can itself crash
             os._exit(Arbiter.APP_LOAD_ERROR)
         finally:
             beat.set()

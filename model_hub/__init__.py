@@ -7,36 +7,10 @@ with no network call; else downloaded with huggingface_hub) before qwen_server l
 Modules: names (parsing, quant tags), catalogue (Qwen 2.5 Coder sizes), cache (the offline look-up),
 hub (download, progress, checksums), fit (memory needed vs free), settings (the environment, read once)."""
 import os
-from dataclasses import dataclass
 from typing import Optional
 
 
-class HubError(Exception):
-    """A model that cannot be had (unknown quant, hub unreachable, bad checksum...): one line, exit code 2."""
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    path: str  # what the engine loads: the .gguf file (a split model's first part) or the snapshot dir
-    repo: str
-    quant: Optional[str]  # the GGUF quant tag or the EXL2 branch; None for a repo's main branch
-    revision: str  # the branch the files came from
-    commit: str
-    files: tuple  # the repo's files that make up the model (GGUF parts, or a dir's weights and configs)
-    from_cache: bool  # True when no network call was made
-
-    @property
-    def model_name(self) -> str:
-        """The name /v1/models reports: the GGUF file's stem, or the repo's name for a dir."""
-        if self.path.lower().endswith(".gguf"):
-            from model_hub.names import SPLIT
-            return SPLIT.sub(".gguf", os.path.basename(self.path))[:-len(".gguf")]
-        return self.repo.split("/")[-1] + (f"-{self.quant}" if self.quant else "")
-
-    def status(self) -> dict:
-        return {"repo": self.repo, "quant": self.quant, "revision": self.revision, "commit": self.commit,
-                "file": self.files[0] if self.path.lower().endswith(".gguf") else None, "files": list(self.files),
-                "path": self.path, "from_cache": self.from_cache}
+from model_hub.base import HubError, ResolvedModel  # noqa: F401 (the package's face)
 
 
 def resolve(spec: str, engine: str = "auto", download: bool = True) -> Optional[ResolvedModel]:

@@ -4,7 +4,7 @@ import json
 import os
 from typing import Optional
 
-from model_hub import ResolvedModel
+from model_hub.base import ResolvedModel
 from model_hub.names import ModelRef, gguf_quants, pick_gguf, split_complete
 from model_hub.settings import HubSettings
 

@@ -32,7 +32,7 @@ def needed_bytes(weights: int, shape: Optional[Shape], context: int, cache: str)
 
 def gguf_parts(gguf) -> list:
     """All the parts of a split GGUF (given any part), or [gguf]."""
-    from model_hub.names import SPLIT
+    from model_hub.base import SPLIT
     if not SPLIT.search(gguf):
         return [gguf]
     return sorted(glob.glob(SPLIT.sub(lambda m: f"-[0-9]*-of-{m.group(2)}.gguf", glob.escape(gguf))))

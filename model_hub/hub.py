@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Optional
 
-from model_hub import HubError, ResolvedModel
+from model_hub.base import HubError, ResolvedModel
 from model_hub.fit import warn_before_download
 from model_hub.names import ModelRef, gguf_quants, pick_gguf
 from model_hub.settings import HubSettings

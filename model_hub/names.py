@@ -5,9 +5,9 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+from model_hub.base import SPLIT, SPLIT_ANY  # noqa: F401 (SPLIT: names' own, kept importable from here)
+
 REPO_ID = re.compile(r"^(?:hf\.co/)?([A-Za-z0-9][\w.-]*/[\w.-]+?)(?::([\w.-]+))?$")
-SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
-SPLIT_ANY = re.compile(r"-(\d{5})-of-(\d{5})\.(gguf|safetensors)$", re.IGNORECASE)
 # The quant tag ends a GGUF file name: -Q4_K_M, .Q4_1, -IQ4_XS, -q8_0, -f16, -bf16 ...
 QUANT = re.compile(r"[-_.]((?:I?Q\d[\w]*?)|(?:B?F16)|(?:F32)|(?:TQ\d_\d))$", re.IGNORECASE)
 DEFAULT_QUANT = "Q4_K_M"  # llama.cpp's default for -hf
