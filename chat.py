@@ -33,7 +33,7 @@ def settings_from_env() -> dict:
         "DEFAULT_SYSTEM_PROMPT": env("DEFAULT_SYSTEM_PROMPT", ""),
         "QWEN_URL": env("QWEN_URL", "http://127.0.0.1:5001"),
         "QWEN_TIMEOUT": float(env("QWEN_TIMEOUT", "300")),
-        "QWEN_BREAKER_COOLDOWN": float(env("QWEN_BREAKER_COOLDOWN", "5")),  # several QWEN_URLs: see README
+        "QWEN_BREAKER_COOLDOWN": float(env("QWEN_BREAKER_COOLDOWN", "5")),  # several QWEN_URLs: docs/operations.md
         "QWEN_STATUS_POLL": float(env("QWEN_STATUS_POLL", "1")),
         "QWEN_AFFINITY_SLACK": int(env("QWEN_AFFINITY_SLACK", "0")),
         "QWEN_DEFAULTS": {"temperature": float(env("QWEN_TEMPERATURE", "0.4")),
