@@ -24,7 +24,8 @@ LLAMA_CPP_VERSION := $(shell sed -n 's/^llama-cpp-python==\([0-9.]*\).*/\1/p' re
 LLAMA_AMX ?=
 LLAMA_NOAMX_FLAGS := $(if $(LLAMA_AMX),,-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
 # The folder names the version and the flags, so only a change of either rebuilds (not every requirements edit).
-LLAMA_WHEELS := .cache/llama-wheel-$(LLAMA_CPP_VERSION)$(if $(LLAMA_AMX),-amx,-noamx)
+LLAMA_BUILD := $(LLAMA_CPP_VERSION)$(if $(LLAMA_AMX),-amx,-noamx)
+LLAMA_WHEELS := .cache/llama-wheel-$(LLAMA_BUILD)
 
 $(LLAMA_WHEELS)/.built:
 	@echo "Building llama-cpp-python $(LLAMA_CPP_VERSION) (pip compiles llama.cpp: ~5 min on 2 cores, once)"
@@ -33,9 +34,14 @@ $(LLAMA_WHEELS)/.built:
 	  --no-cache-dir --no-deps -w $(LLAMA_WHEELS) "llama-cpp-python==$(LLAMA_CPP_VERSION)"
 	touch $@
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt $(LLAMA_WHEELS)/.built
+# which build is in the venv: switching LLAMA_AMX on or off installs the other one (its stamp is gone)
+$(VENV)/.llama-$(LLAMA_BUILD): $(LLAMA_WHEELS)/.built
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --force-reinstall --no-deps $(LLAMA_WHEELS)/llama_cpp_python-*.whl
+	rm -f $(VENV)/.llama-* && touch $@
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt $(VENV)/.llama-$(LLAMA_BUILD)
+	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)" -r requirements-dev.txt
 	touch $@
 

@@ -19,7 +19,7 @@ from common.wsgi_server import StartupError, serve
 from engines import CACHE_MODES, ENGINES, EngineError, create_engine
 from model_hub import fit
 from model_hub.startup import resolve_or_exit
-from qwen_api import routes
+from qwen_api import routes, startup
 from qwen_api.service import ModelService
 
 log = logging.getLogger("qwen_server")
@@ -62,6 +62,9 @@ def parse_args(argv=None):
                         "else transformers (env QWEN_ENGINE)")
     p.add_argument("-t", "--threads", type=int, default=env("QWEN_THREADS") or None,
                    help="CPU threads of the llamacpp engine (env QWEN_THREADS; default: the physical cores)")
+    p.add_argument("--threads-batch", type=int, default=env("QWEN_THREADS_BATCH") or None,
+                   help="the llamacpp engine's threads for prompts (env QWEN_THREADS_BATCH; default: -t, else "
+                        "the physical cores)")
     p.add_argument("--host", default=env("QWEN_HOST", "127.0.0.1"), help="bind address (env QWEN_HOST)")
     p.add_argument("--port", type=int, default=env("QWEN_PORT", "5001"), help="port (env QWEN_PORT, default 5001)")
     p.add_argument("--http-threads", type=int, default=env("QWEN_HTTP_THREADS", "16"),
@@ -77,8 +80,8 @@ def parse_args(argv=None):
         p.error("-l must be at least 16 tokens")
     if args.http_threads < 1 or args.max_tokens_default < 1:
         p.error("--http-threads and --max-tokens-default must be at least 1")
-    if args.threads is not None and args.threads < 1:
-        p.error("-t must be at least 1")
+    if any(t is not None and t < 1 for t in (args.threads, args.threads_batch)):
+        p.error("-t and --threads-batch must be at least 1")
     try:
         request_reader.timeout_from_env()
     except ValueError as e:
@@ -103,19 +106,27 @@ def main(argv=None):
     def load_app():  # in the server's worker process: the model loads there, once
         log.info("loading %s with engine=%s cache=%s", model_path, args.engine, args.cache)
         try:
-            engine = create_engine(args.engine, model_path, args.cache, args.max_seq_len, args.threads)
+            engine = create_engine(args.engine, model_path, args.cache, args.max_seq_len, args.threads,
+                                   args.threads_batch)
             if source:
                 engine.model_name = source.model_name
             fit.warn_before_load(engine, args.max_seq_len, args.cache)
-            engine.load()
-        except EngineError as e:
+            child = startup.start_probe(engine, model_path, args) if engine.probe_in_child else None
+            try:
+                engine.load()
+            finally:
+                if child:
+                    startup.check_probe(engine, child)  # a crash there says more than a load error here
+            probe_s = startup.first_token(engine)
+        except (EngineError, startup.ProbeCrash) as e:
             raise StartupError(f"qwen_server: error: {e}") from None
         st = engine.status()
         mem = st["memory"]
         log.info("ready: model=%s arch=%s engine=%s cache=%s context=%d device=%s %s used=%.2f/%.2f GiB "
-                 "load=%.1fs", st["model"], st["architecture"], st["engine"], st["cache_mode"], st["max_seq_len"],
+                 "load=%.1fs first token=%.2fs", st["model"], st["architecture"], st["engine"], st["cache_mode"],
+                 st["max_seq_len"],
                  st["device"], mem["kind"], mem["used_bytes"] / 2**30, mem["total_bytes"] / 2**30,
-                 st["load_seconds"])
+                 st["load_seconds"], probe_s)
         if source:
             log.info("model from the hub: %s quant=%s file=%s commit=%s%s", source.repo, source.quant,
                      source.status()["file"] or source.path, source.commit[:12], " (cached)" * source.from_cache)

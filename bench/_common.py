@@ -30,14 +30,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models are local; never try a hu
 # -- machine and environment ----------------------------------------------------------------------
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    from engines.llamacpp_cpu import cpuinfo_field
+    return cpuinfo_field("model name") or platform.processor() or "unknown CPU"
 
 
 def machine_line() -> str:

@@ -13,7 +13,9 @@ penalty 1.1, and take strict turns (never at once: they would share the cores). 
 - TTFT: send -> first text delta; a short question, and a ~650-token one whose text is new to the
   server each run (no prefix to reuse: both servers keep the last prompt's KV cache);
 - 4 concurrent streams (64 tokens each): how many finish, and their tokens / wall time;
-- RSS of each server process after the runs (VmRSS) and its peak (VmHWM).
+- RSS of each server process after the runs (VmRSS) and its peak (VmHWM);
+- under load (another process spinning on one core): decode tok/s and a short TTFT again.
+By default each server waits at OpenMP barriers as it ships (--omp-wait-policy PASSIVE: both alike).
 Ratios are qwen_server / llama_cpp.server; the goals: decode >= 0.95, TTFT <= 1.05.
 """
 import argparse
@@ -25,7 +27,8 @@ import time
 
 from bench._common import (PYTHON, REPO_ROOT, Client, clean_env, fmt, free_port, header, md_table, median,
                            stop_process)
-from engines.llamacpp_engine import CACHE_TYPES, physical_cores
+from engines.llamacpp_cpu import physical_cores
+from engines.llamacpp_engine import CACHE_TYPES
 from tools.make_models import ensure_smollm2_gguf
 
 GGML_TYPE = {"f16": 1, "q8_0": 8, "q5_1": 7, "q4_0": 2}  # llama.cpp's ggml_type numbers (--type_k/--type_v)
@@ -114,6 +117,20 @@ def concurrent(arm, n, max_tokens, tag):
     return sum(1 for r in results if r[3]), sum(r[2] for r in results) / wall
 
 
+def under_load(arms, clients, runs, max_tokens, res):
+    """Decode tok/s and a short TTFT while another process spins on one core (a busy machine)."""
+    burner = subprocess.Popen([PYTHON, "-c", "while True: pass"])
+    try:
+        for run in range(runs):
+            for arm in arms if run % 2 == 0 else arms[::-1]:
+                c, r = clients[arm.name], res[arm.name]
+                r["ttft_load"].append(arm.stream(c, [{"role": "user", "content": f"What is {run} plus 3?"}], 8)[0])
+                r["tps_load"].append(arm.stream(c, [{"role": "user", "content": f"[{run}] {STORY}"}], max_tokens)[1])
+    finally:
+        burner.kill()
+        burner.wait()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 runs instead of --runs")
@@ -121,9 +138,9 @@ def main():
     ap.add_argument("--cache", default="q4", choices=sorted(CACHE_TYPES))
     ap.add_argument("--threads", type=int, default=physical_cores())
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--omp-wait-policy", default="PASSIVE", choices=("PASSIVE", "ACTIVE", "default"),
-                    help="OMP_WAIT_POLICY for both servers (default PASSIVE, what qwen_server sets when it is "
-                         "unset; 'default': left unset, so each server runs as shipped)")
+    ap.add_argument("--omp-wait-policy", default="default", choices=("PASSIVE", "ACTIVE", "default"),
+                    help="OMP_WAIT_POLICY for both servers (default: left unset, so each runs as shipped: "
+                         "qwen_server a short spin, llama_cpp.server libgomp's default)")
     args = ap.parse_args()
     runs = 2 if args.quick else args.runs
     gguf, kv = str(ensure_smollm2_gguf()), CACHE_TYPES[args.cache]
@@ -140,7 +157,8 @@ def main():
                                       "--host", "127.0.0.1", "--port", "{port}"],
                  {"repeat_penalty": 1.1})
     arms = [ours, theirs]
-    res = {a.name: {"start": [], "ttft_short": [], "ttft_long": [], "tps": [], "conc": [], "fin": []} for a in arms}
+    res = {a.name: {k: [] for k in ("start", "ttft_short", "ttft_long", "tps", "conc", "fin", "tps_load", "ttft_load")}
+           for a in arms}
     try:
         for i in range(3):
             for arm in arms if i % 2 == 0 else arms[::-1]:
@@ -155,6 +173,7 @@ def main():
                 r["ttft_long"].append(arm.stream(c, [{"role": "user", "content": long_q}], 8)[0])
                 r["tps"].append(arm.stream(c, [{"role": "user", "content": f"({run}) {STORY}"}], args.max_tokens)[1])
                 time.sleep(0.3)
+        under_load(arms, clients, runs, args.max_tokens, res)
         for run in range(2):
             for arm in arms if run % 2 == 0 else arms[::-1]:
                 fin, agg = concurrent(arm, 4, 64, f"c{run}")
@@ -181,6 +200,8 @@ def report(args, runs, kv, res, mem):
     rows = [row(f"decode tok/s ({args.max_tokens} tokens)", "tps", 1),
             row("TTFT, short question (s)", "ttft_short", 3, True),
             row("TTFT, ~650-token question (s)", "ttft_long", 3, True),
+            row(f"under load: decode tok/s ({args.max_tokens} tokens)", "tps_load", 1),
+            row("under load: TTFT, short question (s)", "ttft_load", 3, True),
             row("start -> first answer (s)", "start", 2, True),
             row("4 concurrent streams: aggregate tok/s", "conc", 1),
             ["4 concurrent streams: finished (2 rounds)", f"{sum(a['fin'])} of 8", f"{sum(b['fin'])} of 8", ""],

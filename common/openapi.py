@@ -251,6 +251,8 @@ QWEN_STATUS_PROPS = dict(
                total_bytes=INT),
     requests_served=INT, tokens_generated=INT, average_tokens_per_second=nullable(NUM),
     last_tokens_per_second=nullable(NUM), active_requests=INT, uptime_seconds=NUM, queue_length=INT,
+    worker=obj(["restarts"], restarts=INT, last_signal=nullable(STR), last_exit_code=nullable(INT),
+               last_at=nullable(STR)),
     source=nullable(obj(["repo", "quant", "revision", "commit", "file", "files", "path", "from_cache"],
                         "The Hugging Face repo -m named (null for a local path): quant tag or EXL2 branch, the "
                         "GGUF file served (null for a model dir), whether it came from the cache.",

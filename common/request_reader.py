@@ -19,7 +19,7 @@ _CONTENT_LENGTH = re.compile(rb"\ncontent-length:[ \t]*(\d{1,12})[ \t]*\r?\n", r
 _CHUNKED = re.compile(rb"\ntransfer-encoding:[^\n]*chunked[ \t]*\r?\n", re.IGNORECASE)
 _EXPECT_CONTINUE = re.compile(rb"\r?\nexpect:[ \t]*100-continue[ \t]*(?=\r?\n)", re.IGNORECASE)
 _UNSAFE_IN_TARGET = re.compile(rb"[^\x21-\x7e]")  # RFC 9112 3.2: a request target is printable ASCII
-_CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]{1,8})[^\r\n]*\r\n")
+_CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]{1,8})(?:[ \t]*;[^\r\n]*)?[ \t]*\r\n")  # size [;extensions] CRLF
 
 
 def timeout_from_env(environ=os.environ) -> float:
@@ -116,6 +116,8 @@ def chunked_end(data, start: int, pos: int):
             return (trailers_end + 4 if trailers_end >= 0 else None), pos
         if line.end() + size + 2 > len(data):
             return None, pos
+        if data[line.end() + size:line.end() + size + 2] != b"\r\n":  # a chunk longer than its size said
+            return len(data), pos
         pos = line.end() + size + 2
 
 

@@ -28,7 +28,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.errors import AppImportError
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from common import request_reader
+from common import request_reader, worker_deaths
 
 LINGER_S = 2.0  # a closed connection's last bytes from the client are drained this long at most (gunicorn's too)
 _slow_close_listeners = []
@@ -269,9 +269,10 @@ def serve(load_app, host, port, threads, log_level="info", graceful_timeout=10, 
                "loglevel": log_level.lower(), "proc_name": name,
                "limit_request_line": 8190,  # as gunicorn.conf.py: long GET ?q= questions
                "control_socket_disable": True,
-               "post_fork": _post_fork}
-    failure_filter = _BootFailureFilter()
+               "post_fork": _post_fork, "child_exit": worker_deaths.child_exit}
+    failure_filter, death_filter = _BootFailureFilter(), worker_deaths.DeathFilter()
     logging.getLogger("gunicorn.error").addFilter(failure_filter)
+    logging.getLogger("gunicorn.error").addFilter(death_filter)
     master = os.getpid()
     try:
         EmbeddedServer(load_app, options).run()
@@ -281,6 +282,7 @@ def serve(load_app, host, port, threads, log_level="info", graceful_timeout=10, 
         return 2 if e.code == 4 else (e.code or 0)
     finally:
         logging.getLogger("gunicorn.error").removeFilter(failure_filter)
+        logging.getLogger("gunicorn.error").removeFilter(death_filter)
     return 0
 
 

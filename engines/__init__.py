@@ -59,6 +59,11 @@ class Engine:
     provides load, generate, render (messages -> prompt text) and tokenize (text -> ids)."""
 
     name = "base"
+    probe_in_child = False  # native code that may kill its process: qwen_server tries a first token in a child
+
+    def crash_hint(self) -> str:
+        """What to try when the engine's native code crashed on its first token (qwen_api/startup.py)."""
+        return "run qwen_server with LOG_LEVEL=DEBUG to see the engine's output, or try another --engine"
 
     def __init__(self, model_path, cache_mode="q4", max_seq_len=None):
         if cache_mode not in CACHE_MODES:
@@ -325,13 +330,13 @@ def pick_engine(kind, model_path) -> str:
 ENGINES = ("auto", "llamacpp", "exllamav2", "transformers")
 
 
-def create_engine(kind, model_path, cache_mode="q4", max_seq_len=None, threads=None) -> Engine:
-    """threads: llama.cpp's CPU threads (default: the physical cores); the other engines leave
-    threading to torch."""
+def create_engine(kind, model_path, cache_mode="q4", max_seq_len=None, threads=None, threads_batch=None) -> Engine:
+    """threads, threads_batch: llama.cpp's CPU threads for decoding and for prompts (default: chosen from
+    the cores and the model's size, engines/llamacpp_cpu.py); the other engines leave threading to torch."""
     kind = pick_engine(kind, model_path)
     if kind == "llamacpp":
         from engines.llamacpp_engine import LlamaCppEngine
-        return LlamaCppEngine(model_path, cache_mode, max_seq_len, threads)
+        return LlamaCppEngine(model_path, cache_mode, max_seq_len, threads, threads_batch)
     if kind == "exllamav2":
         from engines.exllamav2_engine import ExLlamaV2Engine
         return ExLlamaV2Engine(model_path, cache_mode, max_seq_len)

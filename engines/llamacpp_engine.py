@@ -14,33 +14,13 @@ import time
 from engines import (Engine, EngineError, GenParams, cancelled_before_start, decode_loop, find_gguf,
                      ms_since)
 from engines.constrained import TokenGuide, Vocab
+from engines.llamacpp_cpu import amx_choice, cpu_name, crash_advice, open_llama, plan_threads
 
 # -cache -> llama.cpp KV cache type. llama.cpp has no 6-bit cache type: q6 gets q5_1 (5 bits + a
 # 16-bit scale and minimum per 32 values = 6.0 bits a value, the memory of a 6-bit cache).
 CACHE_TYPES = {"fp16": "f16", "q8": "q8_0", "q6": "q5_1", "q4": "q4_0"}
 CHATML_STOPS = ("<|im_end|>", "<|endoftext|>")
 log = logging.getLogger("qwen_server.llamacpp")
-
-
-def physical_cores() -> int:
-    """Cores this process may run on, not counting hyperthread siblings (llama.cpp runs no faster
-    on those, and slower when they share a core's FPU with another thread)."""
-    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    cores, cpu, phys = set(), None, "0"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key, value = key.strip(), value.strip()
-                if key == "processor":
-                    cpu = int(value)
-                elif key == "physical id":
-                    phys = value
-                elif key == "core id" and cpu in allowed:
-                    cores.add((phys, value))
-    except (OSError, ValueError):
-        pass
-    return max(1, min(len(cores) or len(allowed), len(allowed)))
 
 
 def gguf_context_length(path):
@@ -68,15 +48,22 @@ def gguf_context_length(path):
 
 class LlamaCppEngine(Engine):
     name = "llamacpp"
+    probe_in_child = True  # llama.cpp's AMX kernels segfault on some Xeons (llamacpp_cpu.py)
 
-    def __init__(self, model_path, cache_mode="q4", max_seq_len=None, threads=None):
+    def crash_hint(self) -> str:
+        amx = amx_choice()
+        return (f"llama.cpp on {cpu_name()} (CPU has AMX: {'yes' if amx.cpu else 'no'}; llama.cpp built with AMX: "
+                f"{'yes' if amx.build else 'no'}): {crash_advice(amx)}")
+
+    def __init__(self, model_path, cache_mode="q4", max_seq_len=None, threads=None, threads_batch=None):
         super().__init__(model_path, cache_mode, max_seq_len)
         self.gguf_path = find_gguf(model_path)
         if not self.gguf_path:
             raise EngineError(f"{model_path!r} is not a .gguf file or a dir holding one: the llamacpp engine "
                               f"serves GGUF models (use --engine transformers for a Hugging Face dir)")
         self.model_name = os.path.basename(self.gguf_path)[:-len(".gguf")]
-        self.threads = threads or physical_cores()
+        self.plan = plan_threads(os.path.getsize(self.gguf_path), threads, threads_batch)
+        self.threads, self.threads_batch = self.plan.decode, self.plan.batch
         self.cache_mode = CACHE_TYPES[cache_mode]
         if cache_mode == "q6":
             self.cache_note = "llama.cpp has no 6-bit KV cache type: q6 uses q5_1 (6.0 bits a value, same memory)"
@@ -86,11 +73,7 @@ class LlamaCppEngine(Engine):
         t0 = time.perf_counter()
         # llama.cpp's own log (model metadata, per-tensor lines) goes to this logger: errors only
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
-        # ggml's CPU threads meet at an OpenMP barrier after every op. libgomp's default lets the early
-        # thread spin, holding a core that the late one needs whenever anything else runs (the gateway,
-        # another server): measured on 2 shared cores, 3 tok/s spinning vs 70 sleeping. Read when
-        # libgomp loads, so it is set before the first import of llama_cpp; an explicit setting wins.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        self.plan.apply()  # OMP_WAIT_POLICY / GOMP_SPINCOUNT: read when libgomp loads, before llama_cpp is imported
         try:
             import llama_cpp
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -98,10 +81,14 @@ class LlamaCppEngine(Engine):
             raise EngineError(f"llama-cpp-python is not installed ({e}): pip install -r requirements.txt") from e
         self.fit_context(gguf_context_length(self.gguf_path))
         cache_type = getattr(llama_cpp, f"GGML_TYPE_{self.cache_mode.upper()}")
+        self.amx = amx_choice()
+        if self.amx.note():
+            log.warning("llama.cpp: %s", self.amx.note())
         try:
-            self.llm = llama_cpp.Llama(self.gguf_path, n_ctx=self.max_seq_len, n_threads=self.threads,
-                                       n_threads_batch=self.threads, type_k=cache_type, type_v=cache_type,
-                                       flash_attn=self.flash_attn, n_gpu_layers=0, verbose=False)
+            self.llm, self.buffers = open_llama(
+                self.gguf_path, self.amx.extra_bufts, n_ctx=self.max_seq_len, n_threads=self.threads,
+                n_threads_batch=self.threads_batch, type_k=cache_type, type_v=cache_type, flash_attn=self.flash_attn,
+                n_gpu_layers=0, verbose=False)
         except (ValueError, RuntimeError) as e:  # llama-cpp-python's "Failed to load model from file" etc.
             raise EngineError(f"llama.cpp cannot load {self.gguf_path!r} with a {self.max_seq_len}-token "
                               f"{self.cache_mode} cache: {e}") from e
@@ -121,9 +108,10 @@ class LlamaCppEngine(Engine):
         self.ll_vocab = Vocab(self._ll_tokenizer)
         self.ll_vocab.start()  # in the background: the server answers meanwhile
         self.load_seconds = round(time.perf_counter() - t0, 2)
-        log.info("llama.cpp: %s, K and V cache %s (asked: %s), flash attention %s, %d threads, OMP_WAIT_POLICY=%s",
+        log.info("llama.cpp: %s, K and V cache %s (asked: %s), flash attention %s, weights in %s; %s",
                  os.path.basename(self.gguf_path), self.cache_mode, self.cache_requested,
-                 "on" if self.flash_attn else "off", self.threads, os.environ.get("OMP_WAIT_POLICY"))
+                 "on" if self.flash_attn else "off", ", ".join(f"{k} {v} MiB" for k, v in self.buffers.items()),
+                 self.plan.line())
 
     def _special_token_texts(self, meta) -> dict:
         """bos/eos/unk/pad token texts for the template, as transformers passes its special tokens map."""
@@ -160,9 +148,9 @@ class LlamaCppEngine(Engine):
 
     def status(self):
         st = super().status()
-        st.update(threads=self.threads, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+        st.update(threads=self.threads, threads_batch=self.threads_batch, cpu_plan=self.plan.view(),
                   flash_attn=self.flash_attn, cache_type_k=self.cache_mode, cache_type_v=self.cache_mode,
-                  gguf=os.path.abspath(self.gguf_path))
+                  gguf=os.path.abspath(self.gguf_path), model_buffers_mib=self.buffers, amx=self.amx.view())
         return st
 
     # -- generation ---------------------------------------------------------------------------------

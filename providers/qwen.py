@@ -7,7 +7,7 @@ import socket
 import time
 
 import urllib3
-from urllib3.exceptions import HTTPError, NewConnectionError
+from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError
 from urllib3.exceptions import TimeoutError as UpstreamTimeout  # not the builtin of that name
 
 from common.api_common import ApiError
@@ -90,8 +90,11 @@ class QwenProvider(Provider):
             raise ApiError(504, f"The Qwen server at {self.base_url} did not answer in time: check that it is "
                                 f"not overloaded, or raise QWEN_TIMEOUT in .env.",
                            type="upstream_timeout", code="qwen_timeout")
-        except HTTPError:  # refused, reset, closed without an answer
-            raise _unreachable(self.base_url)
+        except ProtocolError:  # it took the request, then closed or reset the connection without an answer
+            raise _closed(self.base_url)
+        except HTTPError as e:
+            raise ApiError(502, f"The Qwen server at {self.base_url} failed: {e}", type="upstream_error",
+                           code="qwen_error")
         finally:
             _request_sent.reset(token)
         if r.status >= 400:
@@ -210,8 +213,8 @@ class QwenProvider(Provider):
                 r.close()  # closing our side makes qwen_server cancel the generation
             r.release_conn()
         if not done:
-            raise ApiError(502, f"The Qwen server at {self.base_url} closed the stream before the end "
-                                f"(did it stop or crash?). The partial answer was saved.",
+            raise ApiError(502, f"The Qwen server at {self.base_url} closed the connection before the end of "
+                                f"the answer (did it crash? see its log). The partial answer was saved.",
                            type="upstream_error", code="qwen_stream_broken")
         yield final
 
@@ -299,6 +302,11 @@ def _wire(message):
     return dict(message, tool_calls=calls)
 
 
+def _closed(base_url):
+    return ApiError(502, f"The Qwen server at {base_url} closed the connection (did it crash? see its log).",
+                    type="upstream_error", code="qwen_connection_closed")
+
+
 def _error_fields(text) -> dict:
     """An upstream's {"error": {...}} body as strings (an odd one: its text as the message)."""
     try:
@@ -314,6 +322,7 @@ def _error_fields(text) -> dict:
 
 
 def _unreachable(base_url):
+    """Only for a connection that could not be made (refused, no such host): the server is not running there."""
     return ApiError(503, f"The Qwen server is not reachable at {base_url}: start it with "
                          f"`python qwen_server.py -m MODEL` (`make start` runs the demo model and the gateway), "
                          f"or fix QWEN_URL in .env.",

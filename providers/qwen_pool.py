@@ -32,9 +32,9 @@ class QwenPoolProvider(Provider):
                 raise ApiError(503, f"Every Qwen server that serves {model!r} is down or out; try again in a "
                                     f"few seconds, or ask for model 'qwen'.", type="upstream_unavailable",
                                code="qwen_unreachable")
-            raise ApiError(503, "Every Qwen server in QWEN_URL is down or out (refused, failed or timed out); "
-                                "they are probed back in every few seconds: start them, or fix QWEN_URL.",
-                           type="upstream_unavailable", code="qwen_unreachable")
+            why = self.pool.down_reasons() or "none is healthy"
+            raise ApiError(503, f"Every Qwen server in QWEN_URL is down or out; they are probed back in every few "
+                                f"seconds. Why: {why}", type="upstream_unavailable", code="qwen_unreachable")
         # Servers that check the name (vLLM) get one they serve; qwen_server takes any.
         name = model if model and u.models and model in u.models else (u.models or ["qwen"])[0]
         return u, dict(params, model=name)
@@ -108,8 +108,7 @@ class QwenPoolProvider(Provider):
         base = next((u.status for u in self.pool.all if u.status and not u.down_until), None)
         out = dict(base or {}, online=any(u["healthy"] for u in ups), upstreams=ups)
         if not out["online"]:
-            out["reason"] = "every Qwen server in QWEN_URL is down: " + "; ".join(
-                f"{u['url']}: {u['down_reason']}" for u in ups)
+            out["reason"] = "every Qwen server in QWEN_URL is down: " + self.pool.down_reasons()
         return out
 
     def models(self):

@@ -162,6 +162,11 @@ class Upstreams:
                 u.models, u.models_at = models, now
             u.down_until, u.down_reason = 0.0, None
 
+    def down_reasons(self) -> str:
+        """Each upstream that is out and its last error (refused, closed the connection, timed out...)."""
+        with self.lock:
+            return "; ".join(f"{u.url}: {u.down_reason or 'not looked at yet'}" for u in self.all if u.down_until)
+
     def _out(self, u, reason):
         """Takes `u` out for a cooldown, for a reason the poller found (its next look probes it again)."""
         with self.lock:

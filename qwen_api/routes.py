@@ -6,6 +6,7 @@ from flask import Blueprint, current_app, jsonify, request
 from common import client_watch
 from common.api_common import ApiError, endpoint_list, json_body, sse, sse_response
 from common.openai_format import chunk, completion, new_id, parse_chat_request, parse_messages
+from common.worker_deaths import WORKER_DEATHS
 from engines import GenParams
 from qwen_api import completions
 from qwen_api.tool_calls import collect, deltas, parse_shaping
@@ -107,7 +108,7 @@ def status():
     svc = service()
     st = svc.engine.status()
     st.update(svc.stats.snapshot(), queue_length=svc.engine.queue_length(), online=True,
-              source=svc.source.status() if svc.source else None)
+              source=svc.source.status() if svc.source else None, worker=WORKER_DEATHS.view())
     svc.metrics.queue_length.set(st["queue_length"])
     return jsonify(st)
 

@@ -95,6 +95,7 @@ def test_make_run_ends_with_one_ready_block(demo):
     assert out.count("Dual AI Chat is ready") == 1, out
     assert f"{demo['url']}/" in out and "SmolLM2-135M-Instruct" in out and "llamacpp" in out
     assert ".run/chat.log" in out and "make stop" in out and "GigaChat   not configured" in out
+    assert re.search(r"  CPU        \d+ decode / \d+ prompt threads \(the \d+ physical cores.*\), GOMP_SPINCOUNT=", out), out
     assert "tools/demo.py" not in out and "development server" not in out + demo["run"].stderr  # no recipe, no banner
 
 
@@ -179,10 +180,14 @@ def test_page_first_message_on_its_default_tab(demo, browser):
     web = Web(browser, demo["url"])
     try:
         page = web.open()
-        assert page.is_checked("input[name=model][value='qwen']"), "GigaChat is not configured: open on Qwen"
+        # GigaChat is not configured: the page opens on Auto, which the gateway answers with Qwen
+        assert page.is_checked("input[name=model][value='auto']"), "open on Auto (it works without GigaChat)"
+        assert not page.is_checked("input[name=model][value='gigachat']")
         web.ask("Привет!")
         status, text, error, _ = web.wait_answer(timeout=60_000)
         assert status == "ok" and text.strip() and not error, (status, text, error)
+        rows = history(demo["url"], 2)
+        assert rows and rows[0]["provider"] == "qwen", rows  # answered by the model that works
     finally:
         web.close()
 

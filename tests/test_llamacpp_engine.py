@@ -158,3 +158,26 @@ def test_context_beyond_the_model_runs_with_a_warning(smollm2_gguf, tiny_qwen_di
     from engines.transformers_engine import TransformersEngine
     assert "beyond the 4096 tokens" in TransformersEngine(tiny_qwen_dir, "q4", 8192).context_note
     assert TransformersEngine(tiny_qwen_dir, "q4", 4096).context_note is None
+
+
+def test_threads_and_wait_policy_are_chosen_said_and_overridable(qwen_llama, smollm2_gguf):
+    """By default a short spin (GOMP_SPINCOUNT) and the physical cores, said in /status with why; QWEN_THREADS,
+    QWEN_THREADS_BATCH and OMP_WAIT_POLICY win; an empty OMP_WAIT_POLICY (as .env.example has it) is unset."""
+    from engines.llamacpp_cpu import SPIN_ROUNDS, physical_cores
+    plan = requests.get(qwen_llama.base_url + "/status", timeout=10).json()["cpu_plan"]
+    assert plan["decode_threads"] == plan["prompt_threads"] == physical_cores()
+    assert plan["wait"] == f"GOMP_SPINCOUNT={SPIN_ROUNDS}" and "short spin" in plan["wait_why"], plan
+    assert "physical cores" in plan["threads_why"]
+    for env, wait in (({"QWEN_THREADS": "1", "QWEN_THREADS_BATCH": "2", "OMP_WAIT_POLICY": "PASSIVE"},
+                       "OMP_WAIT_POLICY=PASSIVE"), ({"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": None},
+                                                    f"GOMP_SPINCOUNT={SPIN_ROUNDS}")):
+        proc = start_qwen(smollm2_gguf, "-l", "512", engine="llamacpp", env=env)
+        try:
+            st = requests.get(proc.base_url + "/status", timeout=10).json()
+            assert st["cpu_plan"]["wait"] == wait, st["cpu_plan"]
+            if "QWEN_THREADS" in env:
+                assert (st["threads"], st["threads_batch"]) == (1, 2) and "QWEN_THREADS" in st["cpu_plan"]["threads_why"]
+                assert st["cpu_plan"]["wait_why"] == "set in the environment"
+            assert "Paris" in post(proc, {"messages": FRANCE, "temperature": 0, "max_tokens": 20}).text
+        finally:
+            stop_process(proc)

@@ -87,6 +87,12 @@ def _tail(path, n=1500):
         return f.read()[-n:].decode("utf-8", "replace")
 
 
+def cpu_plan_line(plan):
+    """The llamacpp engine's threads and wait policy, and why (engines/llamacpp_cpu.py)."""
+    return (f"{plan['decode_threads']} decode / {plan['prompt_threads']} prompt threads ({plan['threads_why']}), "
+            f"{plan['wait']}")
+
+
 def fetch_model(model, engine, env):
     """A hub name (`owner/repo[:QUANT]`, a short name) is downloaded here, in the foreground: its progress
     shows in this terminal, and a model that cannot be had ends `make run` with qwen_server's one line."""
@@ -117,6 +123,7 @@ def ready_block(qwen_url, chat_url, detached):
         f"  Model      {st['model']} on {st['engine']} ({st['device']}), KV cache {st['cache_mode']}, "
         f"context {st['max_seq_len']} tokens",
         *_source_line(st.get("source")),
+        *([f"  CPU        {cpu_plan_line(st['cpu_plan'])}"] if st.get("cpu_plan") else []),
         "  GigaChat   " + ("configured" if gigachat.get("configured") else
                            "not configured (set GIGACHAT_CREDENTIALS in .env; Qwen works without it)"),
         f"  Logs       {rel}/qwen.log, {rel}/chat.log   (pids in {rel}/*.pid)",
