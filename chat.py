@@ -4,6 +4,7 @@ every exchange saved to SQLite.
     python chat.py [--host 127.0.0.1] [--port 5000]      # one process (common/wsgi_server.py's embedded gunicorn)
     gunicorn -c gunicorn.conf.py chat:app                  # deployment: several workers
     python chat.py ask "…" / python chat.py chat          # a terminal chat with a running gateway (gateway/cli.py)
+    python chat.py users add NAME / list / remove / rotate # users, their keys and limits (gateway/users_cli.py)
 """
 import argparse
 import os
@@ -19,7 +20,7 @@ from common import openapi, request_reader, wsgi_server
 from common.framing import strict_framing
 from common.api_common import (Metrics, allowed_host_names, install_access, install_common, load_env, setup_logging,
                                warn_if_exposed)
-from gateway import ask, cross_site, history, openai_api, page, routing, text_completions
+from gateway import ask, auth, cross_site, history, openai_api, page, routing, text_completions, users
 from gateway.openapi_spec import gateway_spec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -57,7 +58,7 @@ def create_app(config=None, providers=None):
     app.config.update(config or {})
     metrics = app.extensions["metrics"] = Metrics("chat")
     install_common(app, metrics, "chat", app.config["ALLOWED_HOSTS"], "CHAT_ALLOWED_HOSTS")
-    install_access(app, page.PUBLIC_PATHS)  # API key and CORS
+    install_access(app, page.PUBLIC_PATHS, auth.authenticate)  # API keys (CHAT_API_KEY, users) and CORS
     cross_site.install(app)  # no spending or saving for another site's page
     app.wsgi_app = strict_framing(app.wsgi_app)  # a 400 for broken HTTP framing, before anything else
     openapi.register(app, gateway_spec)  # GET /openapi.json
@@ -69,6 +70,7 @@ def create_app(config=None, providers=None):
                                                                "database takes them", registry=metrics.registry,
                              multiprocess_mode="livesum"))
     app.extensions["routes_total"] = routing.routes_counter(metrics.registry)
+    auth.install(app)  # users: whose conversation a question continues, their limits, /whoami
     providers = provider_registry.build(app.config) if providers is None else providers
     for provider in providers.values():
         provider.on_queue_change = metrics.queue_length.set
@@ -94,9 +96,13 @@ def main(argv=None):
         from gateway import cli
         sys.exit(cli.main(argv))
     load_env()
+    if argv[:1] == ["users"]:
+        from gateway import users_cli
+        sys.exit(users_cli.main(argv[1:], settings_from_env()["DATABASE"]))
     p = argparse.ArgumentParser(description="Dual AI Chat API gateway (GigaChat + local Qwen, SQLite history). "
                                             "`python chat.py ask \"…\"` / `python chat.py chat`: talk to a "
-                                            "running one from the terminal.",
+                                            "running one from the terminal; `python chat.py users --help`: "
+                                            "users, their keys and limits.",
                                 epilog="env GUNICORN_THREADS (default 16): requests served at once, streams included "
                                        "(`gunicorn -c gunicorn.conf.py chat:app` for several processes). "
                                        + request_reader.HELP)
@@ -112,7 +118,8 @@ def main(argv=None):
     except ValueError as e:
         p.error(str(e))
     setup_logging()
-    warn_if_exposed("chat", args.host, "CHAT_API_KEY")
+    if not users.exist_in(settings_from_env()["DATABASE"]):  # (users, like CHAT_API_KEY, need keys)
+        warn_if_exposed("chat", args.host, "CHAT_API_KEY")
     # gunicorn, embedded: one worker process with GUNICORN_THREADS threads (streams included), each request
     # read whole before a thread takes it (slow clients: SLOW_CLIENT_TIMEOUT); the app is built in the worker
     config = {"ALLOWED_HOSTS": allowed_host_names("CHAT_ALLOWED_HOSTS", args.host)}

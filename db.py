@@ -14,7 +14,7 @@ import db_postgres
 from db_maintenance import MAINTENANCE_INTERVAL_S, index_pending, start_maintenance, write_transaction  # noqa: F401
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCHEMA_VERSION = 5  # schema.sql is this version; migrate_<n>.sql brings a file from n-1 to n
+SCHEMA_VERSION = 6  # schema.sql is this version; migrate_<n>.sql brings a file from n-1 to n
 BUSY_TIMEOUT_MS = 5000
 WAL_AUTOCHECKPOINT_PAGES = 10000  # a safety net: the maintenance thread checkpoints every second
 # The -wal file is cut back to this size whenever it starts over (journal_size_limit); and when no one
@@ -216,35 +216,38 @@ class ConversationGone(Exception):
 
 def add_message(db, conv_id, role, content, provider, model=None, system_prompt=None, params=None,
                 usage=None, latency_ms=None, finish_reason=None, status="ok", error=None, title=None,
-                question_id=None, route=None, created_at=None) -> int:
+                question_id=None, route=None, created_at=None, user_id=0) -> int:
     """Inserts one message and bumps its conversation; returns the message id. With a title, the
     conversation is created first if it does not exist yet, in the same transaction (one commit).
     An answer names its question (question_id); `route` is how model "auto" chose the provider (None when
-    the client chose it). Raises ConversationGone when either was deleted.
+    the client chose it). The conversation belongs to `user_id` (0: the built-in admin): one of someone else's is
+    never written to. Raises ConversationGone when either was deleted, or is someone else's.
     created_at: when it was said, if earlier than now (an answer replayed from the journal)."""
     usage = usage or {}
     now = time.time()
     try:
         with write_transaction(db):
             created = title is not None and db.execute(
-                "INSERT INTO conversations (id, provider, model, system_prompt, title, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                (conv_id, provider, model, system_prompt, title[:200], now, now)).rowcount == 1
+                "INSERT INTO conversations (id, provider, model, system_prompt, title, created_at, updated_at, "
+                "user_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                (conv_id, provider, model, system_prompt, title[:200], now, now, user_id)).rowcount == 1
             # The conversation row is locked (updated) before the message names it: on PostgreSQL a
             # DELETE of the conversation then waits for this transaction instead of deadlocking with it.
             # Gone: answered here, before the insert, since SQLite reuses a deleted question's id, and a
             # UNIQUE question_id clash with a newer question's answer would be reported before the foreign key.
-            if not created and not db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?",
-                                              (now, conv_id)).rowcount:
+            if not created and not db.execute("UPDATE conversations SET updated_at = ? WHERE id = ? AND user_id = ?",
+                                              (now, conv_id, user_id)).rowcount:
                 raise ConversationGone(conv_id)
             message_id = db.execute(
                 "INSERT INTO messages (conversation_id, role, content, provider, model, system_prompt, params, "
                 "prompt_tokens, completion_tokens, precached_prompt_tokens, latency_ms, finish_reason, status, error, "
-                "created_at, question_id, route) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                "created_at, question_id, route, user_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (conv_id, role, content, provider, model, system_prompt,
                  json.dumps(params, ensure_ascii=False) if params is not None else None,
                  usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("precached_prompt_tokens"),
-                 latency_ms, finish_reason, status, error, created_at or now, question_id, route)).fetchone()[0]
+                 latency_ms, finish_reason, status, error, created_at or now, question_id, route,
+                 user_id)).fetchone()[0]
     except INTEGRITY_ERRORS as e:
         if "foreign key" in str(e).lower():
             raise ConversationGone(conv_id) from e
@@ -296,8 +299,8 @@ def _where(*conditions):
     return " AND ".join(sql for sql, _ in used), [value for _, value in used]
 
 
-def list_messages(db, limit=50, before=None, session=None, provider=None, q=None):
-    """Newest first; `before` is a message id (keyset paging, fast at any depth)."""
+def list_messages(db, limit=50, before=None, session=None, provider=None, q=None, user=None):
+    """Newest first; `before` is a message id (keyset paging, fast at any depth); `user`: one user's only."""
     cols = ", ".join("m." + c.strip() for c in MESSAGE_COLUMNS.split(","))
     match = fts_query(q) if q else ""
     if match and not isinstance(db, db_postgres.PgConn):
@@ -314,37 +317,35 @@ def list_messages(db, limit=50, before=None, session=None, provider=None, q=None
         if before is not None:
             hi = before - 1 if hi is None else min(hi, before - 1)
         where, args = _where(("f.rowid >= ?", lo), ("f.rowid <= ?", hi),
-                             ("m.conversation_id = ?", session or None), ("m.provider = ?", provider or None))
+                             ("m.conversation_id = ?", session or None), ("m.provider = ?", provider or None),
+                             ("m.user_id = ?", user))
         sql = (f"SELECT {cols} FROM messages_fts f JOIN messages m ON m.id = f.rowid "
                f"WHERE messages_fts MATCH ? {'AND ' + where if where else ''} ORDER BY f.rowid DESC LIMIT ?")
         args = [match] + args
-    elif match and not session:  # PostgreSQL: its tsvector column, newest rows first, then the GIN index
+    elif match and not session and user is None:  # PostgreSQL: tsvector column, newest rows first, then GIN index
         return db_postgres.search(db, cols, q, limit, before, provider or None)
     else:  # PostgreSQL, or no search (plainto_tsquery ANDs plain words; a session has few rows to test)
         where, args = _where(("m.search @@ plainto_tsquery('simple', ?)", q if match else None),
                              ("m.id < ?", before), ("m.conversation_id = ?", session or None),
-                             ("m.provider = ?", provider or None))
+                             ("m.provider = ?", provider or None), ("m.user_id = ?", user))
         sql = f"SELECT {cols} FROM messages m {'WHERE ' + where if where else ''} ORDER BY m.id DESC LIMIT ?"
     return db.execute(sql, args + [limit]).fetchall()
 
 
-def list_conversations(db, limit=50, before=None, provider=None):
-    """Conversations, most recently active first (title: the first question)."""
-    where, args = _where(("updated_at < ?", before), ("provider = ?", provider or None))
+def list_conversations(db, limit=50, before=None, provider=None, user=None):
+    """Conversations, most recently active first (title: the first question); `user`: one user's only."""
+    where, args = _where(("updated_at < ?", before), ("provider = ?", provider or None), ("user_id = ?", user))
     sql = f"SELECT * FROM conversations {'WHERE ' + where if where else ''} ORDER BY updated_at DESC LIMIT ?"
     return db.execute(sql, args + [limit]).fetchall()
 
 
-def iter_messages(db, session=None, batch=1000):
-    """All messages in order, a batch at a time (for export without loading everything)."""
+def iter_messages(db, session=None, batch=1000, user=None):
+    """All messages in order (of one session, of one user), a batch at a time (export without loading all)."""
     last = 0
     while True:
-        if session:
-            rows = db.execute(f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = ? AND id > ? "
-                              f"ORDER BY id LIMIT ?", (session, last, batch)).fetchall()
-        else:
-            rows = db.execute(f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id > ? ORDER BY id LIMIT ?",
-                              (last, batch)).fetchall()
+        where, args = _where(("conversation_id = ?", session or None), ("user_id = ?", user), ("id > ?", last))
+        rows = db.execute(f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE {where} ORDER BY id LIMIT ?",
+                          args + [batch]).fetchall()
         if not rows:
             return
         yield from rows

@@ -1,4 +1,4 @@
--- Dual AI Chat API history: the current schema (version 5, PRAGMA user_version), which db.init_db
+-- Dual AI Chat API history: the current schema (version 6, PRAGMA user_version), which db.init_db
 -- gives a new file in one go. Older files are brought up to it by migrate_<n>.sql in turn.
 CREATE TABLE IF NOT EXISTS conversations (
     id            TEXT PRIMARY KEY,
@@ -7,7 +7,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     system_prompt TEXT,
     title         TEXT,
     created_at    REAL NOT NULL,
-    updated_at    REAL NOT NULL
+    updated_at    REAL NOT NULL,
+    user_id       INTEGER NOT NULL DEFAULT 0  -- its owner (version 6): users.id; 0 is the built-in admin
 );
 
 CREATE TABLE IF NOT EXISTS messages (
@@ -34,12 +35,15 @@ CREATE TABLE IF NOT EXISTS messages (
     question_id             INTEGER REFERENCES messages (id) ON DELETE CASCADE,
     -- How model "auto" chose the provider (version 5): code, general, private or "fallback: <why>";
     -- NULL when the client named the provider.
-    route                   TEXT
+    route                   TEXT,
+    user_id                 INTEGER NOT NULL DEFAULT 0  -- its conversation's owner (version 6)
 );
 
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages (conversation_id, id);
 CREATE INDEX IF NOT EXISTS messages_by_provider ON messages (provider, id);
 CREATE INDEX IF NOT EXISTS conversations_by_update ON conversations (updated_at);
+CREATE INDEX IF NOT EXISTS conversations_by_user ON conversations (user_id, updated_at);
+CREATE INDEX IF NOT EXISTS messages_by_user ON messages (user_id, id);
 -- At most one answer a question; also the index the ON DELETE CASCADE above looks up.
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_question ON messages (question_id);
 
@@ -64,3 +68,22 @@ CREATE TRIGGER IF NOT EXISTS messages_au AFTER UPDATE OF content ON messages BEG
         SELECT 'delete', old.id, old.content WHERE NOT EXISTS (SELECT 1 FROM fts_pending WHERE id = old.id);
     INSERT OR IGNORE INTO fts_pending (id) VALUES (new.id);
 END;
+
+-- Users and their limits' shared counters (version 6; see migrate_6.sql).
+CREATE TABLE IF NOT EXISTS users (
+    id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+    name                TEXT NOT NULL UNIQUE,
+    key_hash            TEXT NOT NULL UNIQUE,  -- SHA-256 of the key; the key itself is never stored
+    is_admin            INTEGER NOT NULL DEFAULT 0,
+    requests_per_minute INTEGER,
+    tokens_per_day      INTEGER,
+    created_at          REAL NOT NULL,
+    last_used_at        REAL
+);
+CREATE TABLE IF NOT EXISTS user_usage (
+    user_id      INTEGER NOT NULL,
+    kind         TEXT NOT NULL,      -- requests_minute, requests_day, tokens_day
+    window_start INTEGER NOT NULL,   -- the window's first second (epoch)
+    used         INTEGER NOT NULL,
+    PRIMARY KEY (user_id, kind, window_start)
+);

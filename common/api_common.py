@@ -225,24 +225,31 @@ def install_common(app, metrics: Metrics, service: str, allowed_hosts=frozenset(
         resp.headers["X-Request-ID"] = g.get("request_id", "")
         if access_log.isEnabledFor(logging.INFO):
             # Structured, one JSON line; never the body, query text or auth headers.
-            access_log.info(json.dumps({"service": service, "rid": g.get("request_id"), "method": request.method,
-                                        "path": request.path, "status": resp.status_code,
-                                        "ms": round(elapsed * 1000, 2)}))
+            line = {"service": service, "rid": g.get("request_id"), "method": request.method, "path": request.path,
+                    "status": resp.status_code, "ms": round(elapsed * 1000, 2)}
+            if g.get("user_name"):  # who asked (set by the gateway's authentication), never the key
+                line["user"] = g.user_name
+            access_log.info(json.dumps(line, ensure_ascii=False))
         return resp
 
     app.add_url_rule("/metrics", "metrics", metrics.response)
 
 
-def install_access(app, public_paths=()):
+def install_access(app, public_paths=(), authenticate=None):
     """The API key (app.config["API_KEY"], when set) on every path but public_paths and /static/, and CORS
-    for the origins listed in app.config["CORS_ORIGINS"]. Call after install_common: its checks run first."""
+    for the origins listed in app.config["CORS_ORIGINS"]. Call after install_common: its checks run first.
+    `authenticate()`, when given, replaces the key check on those paths (the gateway's users: gateway/auth.py)."""
 
     @app.before_request
     def _guard():
         if request.method == "OPTIONS" and request.headers.get("Origin"):
             return Response(status=204)  # CORS preflight: headers are added in _cors
+        if request.path in public_paths or request.path.startswith("/static/"):
+            return
+        if authenticate is not None:
+            return authenticate()
         key = app.config["API_KEY"]
-        if key and request.path not in public_paths and not request.path.startswith("/static/"):
+        if key:
             given = request.headers.get("X-API-Key") or ""
             auth = request.headers.get("Authorization", "")
             if auth.lower().startswith("bearer "):

@@ -262,14 +262,15 @@ OPENAPI_DOC = obj(["openapi", "info", "paths"], openapi=STR, info=obj(), paths=o
 METRICS_TEXT = {"text/plain": {"schema": STR}}
 
 
-def common_paths(service, errors=()):
-    """/health, /metrics, /openapi.json; `errors`: (401,) where an API key guards the last two."""
+def common_paths(service, errors=(), metrics_errors=None):
+    """/health, /metrics, /openapi.json; `errors`: (401,) where an API key guards the last two
+    (`metrics_errors`: /metrics's, when they differ)."""
     return {
         "/health": {"get": op("Liveness: answers while the process serves HTTP.", {"200": ok("Alive.", HEALTH)},
                               tag="service", secured=False)},
         "/metrics": {"get": op(f"Prometheus metrics ({service}_* series).",
                                {"200": {**ok("Prometheus text format."), "content": METRICS_TEXT}},
-                               tag="service", errors=errors)},
+                               tag="service", errors=errors if metrics_errors is None else metrics_errors)},
         "/openapi.json": {"get": op("This document.", {"200": ok("OpenAPI 3.0 document.", OPENAPI_DOC)},
                                     tag="service", errors=errors)},
     }

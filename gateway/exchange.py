@@ -16,6 +16,7 @@ from flask import current_app
 import db
 import db_journal
 from common.api_common import ApiError
+from gateway import auth, limits
 from gateway.cancel import Cancel
 from providers.openai_reply import MAX_TOOL_CALLS
 
@@ -111,7 +112,7 @@ def merge_tool_call_deltas(calls, deltas):
 def _save_answer(ctx, text, info, status, error=None):
     """The answer row's id, or None when the database could not take it now: then it is in the journal
     (db_journal.py), written to the history once the database is back. ApiError 409 when the
-    conversation was deleted meanwhile."""
+    conversation was deleted meanwhile. Its tokens count against the user's day (gateway/limits.py)."""
     content = saved_text(text, info.get("tool_calls"))
     if len(content) > MAX_SAVED_CHARS:
         error = (f"{error}; " if error else "") + (f"the answer was cut to its first {MAX_SAVED_CHARS} characters "
@@ -121,30 +122,36 @@ def _save_answer(ctx, text, info, status, error=None):
               "provider": ctx["provider"].name, "model": ctx["model"] or info.get("model"),
               "system_prompt": ctx["system"], "params": ctx["params"], "usage": info.get("usage"),
               "latency_ms": _elapsed_ms(ctx), "finish_reason": info.get("finish_reason"), "status": status,
-              "error": error, "question_id": ctx["question_id"], "route": ctx["provider"].route}
+              "error": error, "question_id": ctx["question_id"], "route": ctx["provider"].route,
+              "user_id": ctx["caller"].id}
     try:
-        return ctx["journal"].save(ctx["conn"], record)
+        mid = ctx["journal"].save(ctx["conn"], record)
     except db.ConversationGone:
         raise session_deleted() from None
+    limits.count_answer(ctx["conn"], ctx["caller"], info.get("usage"), saved=mid is not None)
+    return mid
 
 
 def start(conn, provider, sid, question, messages, system, params, model=None, title=None):
     """Saves the question (creating the conversation when a title is given); returns the context
-    for the answer functions. A provider that can't be asked at all is refused first: nothing is saved."""
+    for the answer functions. A provider that can't be asked at all is refused first: nothing is saved.
+    The conversation is the caller's (someone else's is a 404, as if it did not exist)."""
     provider.check_ready()
+    caller = auth.caller()
     journal = current_app.extensions["history_journal"]
     if journal.pending:  # answers that ended while the database was away go in before this question
         journal.replay(wait=False)
     try:
         saved = {k: v for k, v in params.items() if k != "completion"}  # (its prompt is the question)
         qid = db.add_message(conn, sid, "user", question, provider.name, model, system, saved, title=title,
-                             route=provider.route)
+                             route=provider.route, user_id=caller.id)
     except db.ConversationGone:
-        raise ApiError(404, f"Session {sid!r} was deleted: omit 'session' to start a new conversation.",
+        raise ApiError(404, f"Unknown session {sid!r} (deleted just now?): omit 'session' to start a new "
+                            f"conversation.",
                        code="unknown_session", param="session") from None
     return {"conn": conn, "provider": provider, "sid": sid, "messages": messages, "system": system,
             "params": params, "model": model, "t0": time.perf_counter(), "question_id": qid, "cancel": Cancel(),
-            "journal": journal}
+            "journal": journal, "caller": caller}
 
 
 def _save_failure(ctx, e):

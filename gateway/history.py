@@ -1,5 +1,6 @@
 """The saved exchanges: GET /history (messages), /history/sessions, /history/export (JSON lines),
-GET and DELETE /history/<session>."""
+GET and DELETE /history/<session>. Each user sees only their own conversations (someone else's is a 404);
+an admin sees everyone's, or one user's with ?user=NAME (gateway/auth.py)."""
 import json
 import sqlite3
 
@@ -7,7 +8,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 import db
 from common.api_common import ApiError
-from gateway import exchange
+from gateway import auth, exchange
 
 PROVIDERS = ("gigachat", "qwen")
 
@@ -57,7 +58,8 @@ def provider_arg():
 def history():
     limit = int_arg("limit", 50, 1, 500)
     rows = db.list_messages(db.get_db(), limit, int_arg("before", None, 1, 2**63 - 1),
-                            request.args.get("session") or None, provider_arg(), request.args.get("q"))
+                            request.args.get("session") or None, provider_arg(), request.args.get("q"),
+                            auth.history_scope())
     msgs = [db.message_dict(r) for r in rows]
     return jsonify({"messages": msgs, "next_before": msgs[-1]["id"] if len(msgs) == limit else None})
 
@@ -70,7 +72,7 @@ def history_sessions():
         before = float(before) if before else None
     except ValueError:
         raise ApiError(400, "'before' must be a timestamp.", code="invalid_parameter", param="before")
-    rows = [dict(r) for r in db.list_conversations(db.get_db(), limit, before, provider_arg())]
+    rows = [dict(r) for r in db.list_conversations(db.get_db(), limit, before, provider_arg(), auth.history_scope())]
     return jsonify({"sessions": rows, "next_before": rows[-1]["updated_at"] if len(rows) == limit else None})
 
 
@@ -78,17 +80,18 @@ def history_sessions():
 def history_export():
     if request.args.get("format", "jsonl") != "jsonl":
         raise ApiError(400, "Only format=jsonl is supported.", code="invalid_parameter", param="format")
-    session = request.args.get("session") or None
+    session, user = request.args.get("session") or None, auth.history_scope()
     conn, give_back = db.borrow()  # the stream outlives the request and its connection
 
-    lines = (json.dumps(db.message_dict(row), ensure_ascii=False) + "\n" for row in db.iter_messages(conn, session))
+    lines = (json.dumps(db.message_dict(row), ensure_ascii=False) + "\n"
+             for row in db.iter_messages(conn, session, user=user))
     return Response(exchange.closing_iter(lines, lambda: give_back(conn)), mimetype="application/x-ndjson",
                     headers={"Content-Disposition": "attachment; filename=chat-history.jsonl"})
 
 
 def conversation_or_404(sid):
     conv = db.get_conversation(db.get_db(), sid)
-    if conv is None:
+    if conv is None or not auth.visible(conv):  # someone else's: as if it did not exist
         raise ApiError(404, f"Unknown session {sid[:100]!r}.", code="unknown_session", param="session")
     return conv
 

@@ -83,7 +83,10 @@ def history_paths():
     provider_filter = param("model", string(enum=["", "gigachat", "qwen"]), description="Only this provider.")
     limit = param("limit", integer(1, 500), description="Page size (default 50).")
     conversation_props = dict(id=STR, provider=string(enum=["gigachat", "qwen"]), model=nullable(STR),
-                              system_prompt=nullable(STR), title=nullable(STR), created_at=NUM, updated_at=NUM)
+                              system_prompt=nullable(STR), title=nullable(STR), created_at=NUM, updated_at=NUM,
+                              user_id={**INT, "description": "Its owner (0: the built-in admin)."})
+    user = param("user", STR, description="Admins only: this user's conversations (`admin`: the built-in admin's); "
+                                          "an unknown name is a 404. Others always see only their own.")
     conv_required = ["id", "provider", "created_at", "updated_at"]
     sid = param("sid", STR, "path", description="The session id.")
 
@@ -93,17 +96,17 @@ def history_paths():
                   obj(["messages", "next_before"], messages=array(ref("Message")), next_before=nullable(INT)))},
         [limit, param("before", integer(1, INT64_MAX, format="int64"), description="Messages with smaller ids."),
          param("session", STR), provider_filter,
-         param("q", STR, description="Full-text search: messages with all these words.")],
-        errors=(400, 401, 503), tag="history")},
+         param("q", STR, description="Full-text search: messages with all these words."), user],
+        errors=(400, 401, 404, 503), tag="history")},
     "/history/sessions": {"get": op("Conversations, most recently active first.", {
         "200": ok("A page; pass next_before as `before` for the next one.",
                   obj(["sessions", "next_before"], sessions=array(obj(conv_required, **conversation_props)),
                       next_before=nullable(NUM)))},
-        [limit, param("before", NUM, description="updated_at timestamp (seconds)."), provider_filter],
-        errors=(400, 401, 503), tag="history")},
+        [limit, param("before", NUM, description="updated_at timestamp (seconds)."), provider_filter, user],
+        errors=(400, 401, 404, 503), tag="history")},
     "/history/export": {"get": op("All messages (or one session's) as JSON Lines, oldest first.", {
         "200": {**ok("One Message object per line."), "content": {"application/x-ndjson": {"schema": STR}}}},
-        [param("format", string(enum=["jsonl"])), param("session", STR)], errors=(400, 401, 503),
+        [param("format", string(enum=["jsonl"])), param("session", STR), user], errors=(400, 401, 404, 503),
         tag="history")},
     "/history/{sid}": {
         "get": op("One conversation with its messages.", {"200": ok("The conversation.", obj(
@@ -153,7 +156,7 @@ def openai_paths():
                                                                 description="qwen, a qwen* model id, or auto "
                                                                             "(Qwen); GigaChat has no such API (400)."),
                  **{k: v for k, v in COMPLETIONS_REQUEST["properties"].items() if k != "model"}),
-        errors=(400, 401, 404, 409, 413, 502, 503, 504), tag="openai")},
+        errors=(400, 401, 404, 409, 413, 429, 502, 503, 504), tag="openai")},
     "/v1/models": {"get": op("Models this gateway routes.", {"200": ok("OpenAI model list.", MODEL_LIST)},
                              errors=(401,), tag="openai")},
     }
@@ -172,6 +175,9 @@ def page_paths():
         qwen_defaults=obj(["temperature", "top_p", "top_k", "repetition_penalty", "max_tokens"],
                           temperature=NUM, top_p=NUM, top_k=INT, repetition_penalty=NUM,
                           max_tokens=nullable(INT))))}, errors=(401,), tag="service")},
+    "/whoami": {"get": op("Who this key belongs to (the page's \"Signed in as\").", {"200": ok("The caller.", obj(
+        ["user", "admin", "auth_required"], user=nullable(string(description="null: the keyless single user.")),
+        admin=BOOL, auth_required=BOOL))}, errors=(401,), tag="service")},
     "/": {"get": op("The web page (Accept: text/html) or the endpoint list.", {"200": {
         **ok("HTML page, or a JSON endpoint list."),
         "content": {"text/html": {"schema": STR},
@@ -183,11 +189,13 @@ def page_paths():
 
 def gateway_spec():
     """The whole document, served by chat.py."""
-    paths = {**ask_paths(), **history_paths(), **openai_paths(), **page_paths(), **common_paths("chat", errors=(401,))}
+    paths = {**ask_paths(), **history_paths(), **openai_paths(), **page_paths(),
+             **common_paths("chat", errors=(401,), metrics_errors=(401, 403))}  # 403: /metrics is for admins
     security = ({"bearerAuth": {"type": "http", "scheme": "bearer",
-                                "description": "CHAT_API_KEY, when the gateway is started with one."},
+                                "description": "CHAT_API_KEY (the admin's), or a user's key "
+                                               "(`python chat.py users add`)."},
                  "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
-                [{"bearerAuth": []}, {"apiKeyHeader": []}, {}])  # {}: no key needed when CHAT_API_KEY is unset
+                [{"bearerAuth": []}, {"apiKeyHeader": []}, {}])  # {}: no key needed with no CHAT_API_KEY and no users
     return document("Dual AI Chat API gateway",
                     "GigaChat and the local Qwen server behind one HTTP API; every exchange saved to SQLite. "
                     "Errors are always `{\"error\": {\"message\", \"type\", \"code\"}}`.",

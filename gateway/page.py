@@ -3,6 +3,7 @@ settings panel and GET /health. Its script and styles are the app's static files
 from flask import Blueprint, current_app, jsonify, make_response, render_template, request
 
 from common.api_common import endpoint_list
+from gateway import auth
 from gateway.routing import AUTO
 
 PUBLIC_PATHS = ("/health", "/", "/favicon.ico")  # the page shell asks for the key; /config needs it
@@ -24,7 +25,7 @@ def public_config():
     default = next((name for name in (AUTO, *providers) if providers[name]["configured"]), "qwen")
     return jsonify({"default_system_prompt": config["DEFAULT_SYSTEM_PROMPT"],
                     "qwen_defaults": config["QWEN_DEFAULTS"], "gigachat_model": config["GIGACHAT_MODEL"],
-                    "auth_required": bool(config["API_KEY"]), "providers": providers, "default_provider": default})
+                    "auth_required": auth.required(), "providers": providers, "default_provider": default})
 
 
 @bp.get("/health")

@@ -106,7 +106,7 @@ def test_version_1_file_is_migrated_and_keeps_its_index(tmp_path):
     db.init_db(path)
     db.init_db(path)  # a second run (another worker) changes nothing
     conn = db.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION == 5
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION == 6
     new = save(conn, "v1", "новое сообщение")
     assert [r["content"] for r in db.list_messages(conn, q="сообщение")] == ["новое сообщение", "старое сообщение"]
     db.delete_conversation(conn, "v1")

@@ -226,7 +226,8 @@ def test_api_key_is_asked_once_and_kept(browser, qwen_smol, fake_gigachat, tmp_p
         page.fill("#key-input", "s3cret-key")
         page.click("#key-save")
         page.wait_for_selector("body[data-ready='1']", state="attached")
-        assert page.evaluate("localStorage.getItem('dualchat.apiKey')") == "s3cret-key"
+        assert page.evaluate("sessionStorage.getItem('dualchat.apiKey')") == "s3cret-key"  # this tab only
+        assert page.evaluate("localStorage.getItem('dualchat.apiKey')") is None
         assert page.input_value("#system-prompt") == "Отвечай кратко."  # /config, read with the key
         sent = []
         page.on("request", lambda r: r.url.endswith("/gigachat") and sent.append(r.headers.get("authorization")))
@@ -382,3 +383,40 @@ def test_page_runs_under_its_csp(browser, gateway):
     page.fill("#input", "hello")
     assert page.locator("#send").is_enabled()
     w.close()  # fails on any CSP violation reported on the console
+
+
+def test_users_sign_in_see_their_own_and_sign_out(browser, fake_gigachat, tmp_path):
+    """Two users in two tabs: each is asked for a key, sees "Signed in as NAME" and only their own
+    conversations; the key is kept for the tab (no cookie, not in localStorage); Sign out forgets it."""
+    from users_helpers import add_user, ask
+    target = str(tmp_path / "history.db")
+    gw = start_gateway("http://127.0.0.1:9", fake_gigachat, tmp_path, CHAT_DB=target)
+    keys = {name: add_user(target, name) for name in ("alice", "bob")}
+    ask(gw.base_url, keys["bob"], "вопрос Боба")
+    web = Web(browser, gw.base_url)
+    try:
+        page = web.open(ready=False)
+        page.wait_for_selector("#key-dialog[open]")
+        page.fill("#key-input", keys["alice"])
+        page.click("#key-save")
+        page.wait_for_selector("body[data-ready='1']", state="attached")
+        page.wait_for_selector("#account:not([hidden])")
+        assert page.text_content("#account-name") == "alice"
+        web.model("gigachat")
+        web.ask("вопрос Алисы")
+        assert web.wait_answer()[1] == "Эхо: вопрос Алисы"
+        page.wait_for_selector(".conv-list .conv")
+        titles = page.eval_on_selector_all(".conv-list .conv", "els => els.map(e => e.textContent)")
+        assert any("Алисы" in t for t in titles) and not any("Боба" in t for t in titles), titles
+        assert web.context.cookies() == [] and page.evaluate("localStorage.getItem('dualchat.apiKey')") is None
+        other = web.context.new_page()  # another tab: its own sessionStorage, so it asks again
+        other.goto(gw.base_url + "/")
+        other.wait_for_selector("#key-dialog[open]")
+        other.close()
+        page.click("#sign-out")
+        page.wait_for_selector("#key-dialog[open]")
+        assert page.evaluate("sessionStorage.getItem('dualchat.apiKey')") is None
+        assert page.is_hidden("#account")
+    finally:
+        web.close()
+        stop_process(gw)

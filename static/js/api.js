@@ -1,10 +1,11 @@
 // HTTP for the page: the API key (asked for on a 401), JSON errors, and Server-Sent Events over fetch
 // (EventSource cannot send the Authorization header).
-import { $, storageGet, storageSet } from "./dom.js";
+import { $, storageSet, tabGet, tabSet } from "./dom.js";
 import { state } from "./state.js";
 
 export const KEY_STORAGE = "dualchat.apiKey";
 export const KEY_SAVED_EVENT = "dualchat:key-saved";
+storageSet(KEY_STORAGE, null);  // a key an older page kept in localStorage: the key now lives for the tab only
 
 class ApiError extends Error {
   constructor(message, status, code) {
@@ -16,7 +17,7 @@ class ApiError extends Error {
 
 export function authHeaders(extra) {
   const headers = new Headers(extra || {});
-  const key = storageGet(KEY_STORAGE);
+  const key = tabGet(KEY_STORAGE);
   if (key) headers.set("Authorization", `Bearer ${key}`);
   return headers;
 }
@@ -50,7 +51,7 @@ export async function request(path, opts = {}, interactive = true) {
     if (resp.ok) return resp;
     const err = await errorFrom(resp);
     if (resp.status !== 401 || !interactive) throw err;
-    storageSet(KEY_STORAGE, null);
+    tabSet(KEY_STORAGE, null);
     await askForKey(err.message);  // throws when the user cancels
   }
 }
@@ -70,7 +71,7 @@ export function askForKey(message) {
       ev.preventDefault();
       const key = $("key-input").value.trim();
       if (!key) { $("key-input").focus(); return; }
-      storageSet(KEY_STORAGE, key);
+      tabSet(KEY_STORAGE, key);
       saved = true;
       dialog.close();
     };

@@ -17,15 +17,22 @@ export function button(className, text, label) {
   return btn;
 }
 
-export function storageGet(key) {
-  try { return localStorage.getItem(key); } catch (e) { return null; }
+// localStorage: settings kept across visits. sessionStorage ("tab"): the API key, for this tab only, gone
+// when it closes, never a cookie. Storage may be off (private mode): then a value lives for this page only.
+function getIn(area, key) {
+  try { return window[area].getItem(key); } catch (e) { return null; }
 }
 
-export function storageSet(key, value) {
+function setIn(area, key, value) {
   try {
-    if (value === null) localStorage.removeItem(key); else localStorage.setItem(key, value);
-  } catch (e) { /* private mode: the value lives for this page only */ }
+    if (value === null) window[area].removeItem(key); else window[area].setItem(key, value);
+  } catch (e) { /* storage off */ }
 }
+
+export const storageGet = (key) => getIn("localStorage", key);
+export const storageSet = (key, value) => setIn("localStorage", key, value);
+export const tabGet = (key) => getIn("sessionStorage", key);
+export const tabSet = (key, value) => setIn("sessionStorage", key, value);
 
 export function relativeTime(seconds) {
   if (!seconds) return "";

@@ -1,8 +1,8 @@
 // Dual AI Chat web page: ES modules, no build step, no external resources (the CSP allows only 'self').
-import { getJSON, KEY_STORAGE } from "./api.js";
+import { getJSON, KEY_SAVED_EVENT, KEY_STORAGE } from "./api.js";
 import { bindChat } from "./chat.js";
 import { bindConversations, openConversation, refreshSidebar } from "./conversations.js";
-import { $, hideBanner, showBanner, storageSet } from "./dom.js";
+import { $, hideBanner, showBanner, tabSet } from "./dom.js";
 import { bindLayout, closeSidebar } from "./layout.js";
 import { setEmpty } from "./messages.js";
 import { bindModels, defaultModel, setModel, updatePlaceholder } from "./models.js";
@@ -10,17 +10,12 @@ import { bindSettings, fillParams, openSettings } from "./settings.js";
 import { FALLBACK_CONFIG, state } from "./state.js";
 import { bindStatus, pollStatus } from "./status.js";
 
-// The header's account slot: shown when GET /config names the user this key belongs to.
-function showAccount() {
-  const user = state.config.user;
-  const name = user && (typeof user === "string" ? user : user.name);
+// The header's account slot: who GET /whoami says this tab's key belongs to (hidden when keyless).
+async function showAccount() {
+  let name = null;
+  try { name = (await getJSON("/whoami", false)).user; } catch (e) { /* no key yet: nobody signed in */ }
   $("account").hidden = !name;
-  if (!name) return;
-  $("account-name").textContent = String(name);
-  $("sign-out").addEventListener("click", () => {
-    storageSet(KEY_STORAGE, null);
-    location.reload();
-  });
+  $("account-name").textContent = name ? String(name) : "";
 }
 
 function bind() {
@@ -29,6 +24,11 @@ function bind() {
   bindConversations();
   bindSettings();
   bindStatus();
+  $("sign-out").addEventListener("click", () => {  // forget this tab's key; the reloaded page asks again
+    tabSet(KEY_STORAGE, null);
+    location.reload();
+  });
+  document.addEventListener(KEY_SAVED_EVENT, showAccount);
   $("banner-close").addEventListener("click", () => { hideBanner(); $("input").focus(); });
   document.addEventListener("keydown", (ev) => {
     if (ev.key !== "Escape" || ev.defaultPrevented) return;
@@ -51,7 +51,7 @@ async function init() {
   bind();
   await loadConfig();
   bindModels();
-  showAccount();
+  await showAccount();
   fillParams(true);
   setModel(defaultModel());
   $("system-prompt").value = state.config.default_system_prompt || "";
