@@ -103,6 +103,7 @@ gpu-wheels:
 $(GPU_SITE)/.installed: $(wildcard .whl/*.whl)
 	@ls .whl/*.whl >/dev/null 2>&1 || { echo "no wheels in .whl/: run 'make gpu-wheels' where the package \
 	registries are reachable and bring .whl/ along"; exit 2; }
+	@$(GPU_PY) tools/gpu_check.py --glibc
 	$(GPU_PY) -m pip install -q --disable-pip-version-check --no-index --no-deps --no-compile --upgrade \
 	  --target $(GPU_SITE) .whl/*.whl
 	touch $@

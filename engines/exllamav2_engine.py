@@ -262,7 +262,7 @@ class ExLlamaV2Engine(HFEngine):
             if r["eos"] and r.get("eos_reason") == "stop_token":
                 text += held_text_before_stop_token(r)
             if req.logprobs is not None:
-                req.logprobs += logprob_entries(r, req.guide, self.stop_ids)
+                req.logprobs += logprob_entries(r, req.guide, self.stop_ids, len(self.hf_tokenizer))
             if text:
                 req.out.put(Chunk(text=text, logprobs=req.logprobs))
                 req.logprobs = [] if req.logprobs is not None else None

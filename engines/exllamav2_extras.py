@@ -68,13 +68,16 @@ def job_extras(params, guide, filter_cls, model, tokenizer, stop_ids) -> dict:
     return kw
 
 
-def logprob_entries(r: dict, guide, stop_ids) -> list:
+def logprob_entries(r: dict, guide, stop_ids, n_vocab: int) -> list:
     """OpenAI logprobs entries of the tokens a streaming result carries (the held ones too, when a stop
-    token ended the job); the stop token itself has none, as on the other engines."""
+    token ended the job); the stop token itself has none, as on the other engines. Normalised over the
+    real vocabulary (the first n_vocab ids): 0.3.2 sets the head's padding rows to -inf in place in the
+    kept logits only when no filter made a masked copy (sampler.py 514-517), so with a grammar they would
+    still hold the model's values and shift every logprob."""
     src = r if "token_ids" in r else r.get("held", {})
     ids, logits = src.get("token_ids"), src.get("logits")
     if ids is None or logits is None:
         return []
     ids = ids.reshape(-1).tolist() if hasattr(ids, "reshape") else list(ids)
-    rows = logits.reshape(len(ids), -1).float().cpu().numpy()
+    rows = logits.reshape(len(ids), -1)[:, :n_vocab].float().cpu().numpy()
     return [guide.logprob(row, tid) for tid, row in zip(ids, rows) if tid not in stop_ids]

@@ -22,9 +22,12 @@ What it copies from 0.3.2, by the lines of dynamic.py it follows:
     the mask queued on the filter pool) and 2102-2116 (held logits); iterate 1211-1220 (the queued filter
     work starts while the "GPU" runs); emit 2050-2052 and 2088-2090 ("logits" beside "token_ids").
     Greedy is top_k == 1 (the engine's setting); otherwise a seeded draw at the job's temperature.
-Pieces: 0.3.2 appends each token's piece (tokenizer.get_id_to_piece_list(); special tokens such as
-<|im_end|> keep their text) and bytes of an unfinished UTF-8 character read as "\ufffd", as
-`tokenizer.decode([id])` of a Hugging Face tokenizer gives them."""
+Pieces: 0.3.2 appends each token's piece, get_id_to_piece_list(False) (tokenizer.py 662-698), which
+tokenizer/hf.py enumerate_tokens() fills with tokenizers' decode([id]): special tokens such as <|im_end|>
+are '' and bytes of an unfinished UTF-8 character read as "\ufffd". eos_triggering_token_str comes from
+get_id_to_piece_list(True) (emit 2025-2029): a special token's own text there.
+Padding rows: sampler.py 514-517 sets the logits of ids >= tokenizer.get_vocab_size() to -inf before
+sampling, in place: on the job's kept logits when no filter's mask_logits made a new tensor."""
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -116,6 +119,7 @@ class Generator:
         """answer(prompt_ids) -> the token ids to "sample", or, with answer None, logits(ids) -> the
         model's logits (a 1-d float tensor) for the next token after ids, sampled as 0.3.2 does."""
         self.tokenizer, self.answer, self.logits = tokenizer, answer, logits
+        self.vocab_size = len(tokenizer)  # ExLlamaV2Tokenizer.get_vocab_size(): the added tokens included
         self.filter_pool, self.filter_queue = ThreadPoolExecutor(max_workers=2), []
         self.paged, self.max_batch_size, self.max_chunk_size = paged, max_batch_size, max_chunk_size
         self.page_size = 256 if paged else max_total_tokens  # 387
@@ -126,8 +130,9 @@ class Generator:
         self.prefilled = []  # identifiers of jobs that began prefill (for tests: a cancelled waiter never does)
         self.iterations = 0
 
-    def piece(self, token_id):
-        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+    def piece(self, token_id, include_special_tokens=False):
+        """tokenizer.get_id_to_piece_list(include_special_tokens)[token_id]"""
+        return self.tokenizer.decode([token_id], skip_special_tokens=not include_special_tokens)
 
     def num_remaining_jobs(self):
         return len(self.pending_jobs) + len(self.active_jobs)
@@ -210,7 +215,7 @@ class Generator:
                 f.background_drop()
                 f.begin("")
         logits = self.logits(job.ids + job.sampled).float().view(1, 1, -1)
-        scores = logits[0, 0]
+        scores, keep = logits[0, 0], None  # a view: what the sampler does in place reaches the kept logits
         if job.filters and all(f.can_mask_logits() for f in job.filters):
             for f in job.filters:
                 assert f.get_next(mask=True) is True, "filter is not precomputing mask"
@@ -221,8 +226,11 @@ class Generator:
                 pt, _et = f.get_next()
                 allowed = set(pt) if allowed is None else allowed & set(pt)
             assert allowed, "Filter excluded all tokens"
-            keep = torch.zeros_like(scores, dtype=torch.bool)
+            keep = torch.zeros_like(scores, dtype=torch.bool)  # 0.3.2's logit_filter, beside the logits
             keep[sorted(allowed)] = True
+        if self.vocab_size < scores.shape[-1]:
+            scores[self.vocab_size:] = float("-inf")
+        if keep is not None:
             scores = scores.masked_fill(~keep, float("-inf"))
         s = job.gen_settings
         if s.top_k == 1:
@@ -276,7 +284,8 @@ class Generator:
         if eos_reason is not None:
             r.update({"eos_reason": eos_reason})
             if eos_reason == "stop_token":
-                r.update({"eos_triggering_token_id": stop_token, "eos_triggering_token_str": self.piece(stop_token)})
+                r.update({"eos_triggering_token_id": stop_token,
+                          "eos_triggering_token_str": self.piece(stop_token, include_special_tokens=True)})
             if eos_reason == "stop_string":
                 r.update({"eos_triggering_string": stop_string})
         if emit_held:

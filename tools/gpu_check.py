@@ -2,6 +2,9 @@
 """`make gpu-check`: prove the exllamav2 GPU path on one machine with a CUDA GPU and no network.
 
 Steps, each printed as PASS/FAIL with its time:
+  0. preflight: what the code assumes of the machine (REQUIRES: module versions, glibc, nvcc, ninja),
+     one line for each thing missing and where it comes from; nothing is built when one is.
+     `python3 tools/gpu_check.py --preflight` runs this step only (no GPU needed).
   1. GPU: torch sees CUDA; names the device, its capability, torch/CUDA/nvcc versions.
   2. exllamav2's JIT build (first: it is the long step, ~2.5 min on 16 cores). TORCH_CUDA_ARCH_LIST is the
      device's capability, MAX_JOBS the core count, the build lands in .cache/torch_extensions/ and its log
@@ -10,8 +13,12 @@ Steps, each printed as PASS/FAIL with its time:
      fails too, the compiler's error lines are printed.
   3. tests/gpu (models built on the spot) with per-test PASS/FAIL, then the figures they recorded.
 Exit status 0 only if every step passed. The packages the machine lacks come from .whl/ (make gpu-wheels)."""
+import importlib
+import importlib.metadata
+import importlib.util
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -19,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,6 +37,96 @@ TESTS_TIMEOUT_S = int(os.environ.get("GPU_CHECK_TESTS_TIMEOUT", "300"))
 BUILD = ("from engines.exllamav2_engine import import_exllamav2; "
          "import_exllamav2(); print('exllamav2 extension loaded')")
 failures = []
+WHEELS = "`make gpu-wheels` where the registries are reachable brings it in .whl/"
+IMAGE = "the machine's image must have it (a CUDA build)"
+# (module, minimum version or None, what needs it, where it comes from). Imported, not just found: a wheel that
+# cannot load is missing too.
+REQUIRES = [
+    ("torch", None, "exllamav2 and the transformers reference", IMAGE),
+    ("transformers", (4, 56), "tests/gpu's reference and the transformers engine (from_pretrained(dtype=...))",
+     WHEELS),
+    ("tokenizers", None, "the HF tokenizer of every engine", WHEELS),
+    ("safetensors", None, "the test models' weights", WHEELS),
+    ("click", None, "qwen_server's command line", WHEELS),
+    ("flask", (3, 1), "qwen_server", WHEELS),
+    ("jinja2", None, "the chat template", IMAGE),
+    ("requests", None, "tests/gpu's HTTP client", IMAGE),
+    ("pytest", None, "tests/gpu", IMAGE),
+    ("numpy", None, "engines/constrained.py", IMAGE),
+]
+FIND_ONLY = [("exllamav2", "the engine (found, not imported: importing it starts the JIT build, step 2)")]
+MIN_GLIBC = (2, 31)  # llguidance 1.9.1's wheel is manylinux_2_31
+
+
+def version_tuple(text):
+    return tuple(int(x) for x in re.findall(r"\d+", text)[:2])
+
+
+def module_version(mod, name):
+    """The version of the module imported (its __version__: the package found first on the path), else its
+    distribution's."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # click 8.2, flask 3.1: use importlib.metadata
+        found = getattr(mod, "__version__", None)
+    try:
+        return found or importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def module_problem(name, minimum, why, fix=WHEELS):
+    """One line saying what is wrong with module `name` here, or None."""
+    try:
+        mod = importlib.import_module(name)
+    except Exception as e:  # noqa: BLE001 - ImportError, or a wheel that fails while importing
+        return f"{name} is not importable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): " \
+               f"needed by {why}; {fix}"
+    found = module_version(mod, name)
+    if minimum and version_tuple(found) < minimum:
+        return f"{name} >= {'.'.join(map(str, minimum))} needed, found {found} ({mod.__file__}): {why}; {fix}"
+    return None
+
+
+def glibc_problem(found):
+    """`found` as os.confstr gives it ("glibc 2.35"), or None where it cannot tell."""
+    if found and found.startswith("glibc") and version_tuple(found) < MIN_GLIBC:
+        return f"glibc >= {'.'.join(map(str, MIN_GLIBC))} needed, found {found.split()[-1]}: llguidance 1.9.1 " \
+               f"(grammars, logprobs) has no wheel for older; use an image with a newer glibc"
+    return None
+
+
+def current_glibc():
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION")
+    except (ValueError, OSError):
+        return " ".join(platform.libc_ver())
+
+
+def nvcc_path():
+    return shutil.which("nvcc") or os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
+
+
+def preflight():
+    """Every assumption checked before anything is built; returns the problems, one line each."""
+    t0 = time.perf_counter()
+    problems = [p for p in (module_problem(*r) for r in REQUIRES) if p]
+    problems += [f"{name} is not installed: needed by {why}; {WHEELS}" for name, why in FIND_ONLY
+                 if importlib.util.find_spec(name) is None]
+    glibc = current_glibc()
+    problems += [p for p in [glibc_problem(glibc)] if p]
+    if not glibc_problem(glibc):
+        problems += [p for p in [module_problem("llguidance", None, "grammars and logprobs")] if p]
+    if not os.path.exists(nvcc_path()):
+        problems.append(f"nvcc is not at {nvcc_path()}: the JIT build needs the CUDA toolkit's compiler; "
+                        f"put it on PATH or set CUDA_HOME")
+    if not shutil.which("ninja") and importlib.util.find_spec("ninja") is None:
+        problems.append("ninja is not installed: torch's JIT build of exllamav2 needs it; pip install ninja")
+    for p in problems:
+        print(f"      MISSING  {p}", flush=True)
+    report("preflight", not problems, time.perf_counter() - t0,
+           f"{len(problems)} missing" if problems else f"{glibc}; " + ", ".join(
+               f"{n} {module_version(sys.modules[n], n)}" for n in ("torch", "transformers", "click")))
+    return problems
 
 
 def report(step, ok, seconds, detail=""):
@@ -48,9 +146,9 @@ def check_gpu():
         report("GPU", False, time.perf_counter() - t0, f"torch {torch.__version__} sees no CUDA device")
         return None
     cap = "%d.%d" % torch.cuda.get_device_capability(0)
-    nvcc = shutil.which("nvcc") or os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
     try:
-        nvcc_v = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        out = subprocess.run([nvcc_path(), "--version"], capture_output=True, text=True).stdout
+        nvcc_v = out.strip().splitlines()[-1]
     except (OSError, IndexError):
         nvcc_v = "nvcc not found (the JIT build needs it)"
     report("GPU", True, time.perf_counter() - t0,
@@ -146,8 +244,17 @@ def show_figures(path):
 
 
 def main():
+    if "--glibc" in sys.argv[1:]:  # before `make gpu-check` installs .whl/: pip would refuse llguidance's wheel
+        problem = glibc_problem(current_glibc())
+        print(f"gpu-check: FAIL (preflight): {problem}" if problem else f"{current_glibc()}: ok")
+        return 1 if problem else 0
     t0 = time.perf_counter()
     OUT.mkdir(parents=True, exist_ok=True)
+    if preflight():
+        print("\ngpu-check: FAIL (preflight): bring what is missing, then run it again")
+        return 1
+    if "--preflight" in sys.argv[1:]:
+        return 0
     cap = check_gpu()
     if cap is None:
         print("\ngpu-check: FAIL (GPU): nothing else can be checked without CUDA")

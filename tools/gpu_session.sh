@@ -19,6 +19,7 @@ export PYTHONUNBUFFERED=1 EXLLAMAV2_JIT_STD=${EXLLAMAV2_JIT_STD-c++20} MAX_JOBS=
 export GPU_CHECK_TESTS_TIMEOUT=${GPU_CHECK_TESTS_TIMEOUT:-240}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 if [ ! -f /tmp/site/.installed ]; then
+  python3 tools/gpu_check.py --glibc || exit 2  # pip would refuse llguidance's manylinux_2_31 wheel
   python3 -m pip install -q --disable-pip-version-check --no-index --no-deps --no-compile --upgrade \
     --target /tmp/site .whl/*.whl && touch /tmp/site/.installed || exit 2
 fi

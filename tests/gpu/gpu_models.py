@@ -11,6 +11,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 # models/ may be a link to a checkout that is not on this machine: build under .cache/ (git-ignored).
 MODELS_DIR = Path(os.environ.get("GPU_MODELS_DIR", REPO / ".cache" / "gpu-models"))
+RU_EMOJI = [{"role": "user", "content": "Привет! Напиши функцию на Python, которая переворачивает строку 🙂🚀"}]
 TIE = 0.02  # logits closer than this (x the row's std) are a tie that fp16 rounding may break either way
 
 
@@ -83,6 +84,25 @@ class Reference:
             bad += gap > TIE
         agree = sum(a == b for a, b in zip(best, new_ids)) / max(1, len(new_ids))
         return bad, first, agree
+
+
+def long_prompt(engine, n_tokens):
+    words = "кэш токен поток сервер модель cache token stream server model 🙂".split()
+    text = " ".join(words[i % len(words)] for i in range(n_tokens))
+    msgs = [{"role": "user", "content": text}]
+    while engine.count_tokens(msgs) > n_tokens:
+        msgs = [{"role": "user", "content": msgs[0]["content"][:-40]}]
+    return msgs
+
+
+def prompts(model_dir):
+    """[(label, prompt ids, real vocabulary size)]: the teacher-forced comparison's two prompts, one short
+    and one over a 2048-token prefill chunk, encoded by the exllamav2 engine's own template code."""
+    from engines.exllamav2_engine import ExLlamaV2Engine
+    engine = ExLlamaV2Engine(model_dir, "fp16", 4096)
+    engine.load_tokenizer()
+    return [(label, engine.encode(msgs), len(engine.hf_tokenizer))
+            for label, msgs in (("ru+emoji", RU_EMOJI), ("over one prefill chunk", long_prompt(engine, 2600)))]
 
 
 def first_divergence(a, b):

@@ -82,3 +82,17 @@ def test_http_json_schema_and_logprobs_streamed_and_not(q4_server):
     assert "".join(d["delta"].get("content") or "" for d in deltas) == choice["message"]["content"]
     assert [e for d in deltas for e in ((d.get("logprobs") or {}).get("content") or [])] == \
         choice["logprobs"]["content"]
+
+
+def test_logprobs_are_the_same_with_and_without_a_grammar(engine):
+    """0.3.2 sets the head's padding rows to -inf in the kept logits only when no filter masked a copy:
+    the engine normalises over the real vocabulary, so the first token's logprobs do not depend on it."""
+    from engines.constrained import json_grammar
+    firsts = []
+    for grammar in (None, json_grammar(SCHEMA)):
+        ask(engine, [{"role": "user", "content": "count"}], max_tokens=1)  # the same prefix reused by each
+        chunks = ask(engine, ASK, max_tokens=2, logprobs=True, top_logprobs=5, grammar=grammar)
+        firsts.append(next(e for c in chunks for e in (c.logprobs or [])))
+    free, constrained = ([t["logprob"] for t in e["top_logprobs"]] for e in firsts)
+    assert constrained == pytest.approx(free, abs=1e-3)  # the same forward passes: equal but for fp16 noise
+    assert [t["token"] for t in firsts[0]["top_logprobs"]][:1] == [t["token"] for t in firsts[1]["top_logprobs"]][:1]
