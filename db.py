@@ -1,5 +1,6 @@
 """SQLite history (stdlib sqlite3), in the manner of the Flask tutorial's db.py:
 get_db/close_db per request; init_db creates the schema (schema.sql) and migrates it (migrate_<n>.sql)."""
+import contextlib
 import json
 import logging
 import os
@@ -172,6 +173,18 @@ def borrow():
     that gives it back when the stream ends (from whatever thread ends it)."""
     pool = current_app.extensions["db_pool"]
     return pool.get(), pool.put
+
+
+@contextlib.contextmanager
+def briefly():
+    """A pooled connection for a few statements, given back at once (not held to the request's end):
+    the key check every request makes, and what /metrics reads while it counts the connections in use."""
+    pool = current_app.extensions["db_pool"]
+    conn = pool.get()
+    try:
+        yield conn
+    finally:
+        pool.put(conn)
 
 
 def close_db(e=None):

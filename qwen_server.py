@@ -6,20 +6,20 @@
 """
 import argparse
 import logging
-import os
 import sys
 
 from flask import Flask
 
-from common import openapi, request_reader
+from common import openapi
 from common.framing import strict_framing
-from common.api_common import (LOOPBACK_NAMES, Metrics, allowed_host_names, install_common, load_env, setup_logging,
-                               warn_if_exposed)
+from common.api_common import LOOPBACK_NAMES, Metrics, host_names, install_common, load_env, setup_logging, warn_if_exposed
 from common.wsgi_server import StartupError, serve
-from engines import CACHE_MODES, ENGINES, EngineError, create_engine
+from engines.base import EngineError
+from engines.factory import create_engine
 from model_hub import fit
 from model_hub.startup import resolve_or_exit
 from qwen_api import routes, startup
+from qwen_api.settings import QwenSettings
 from qwen_api.service import ModelService
 
 log = logging.getLogger("qwen_server")
@@ -38,80 +38,48 @@ def create_app(engine, max_tokens_default=2048, allowed_hosts=LOOPBACK_NAMES, so
     return app
 
 
-def parse_args(argv=None):
-    load_env()  # .env fills in what flags leave out; flags win
-    env = os.environ.get
+def parse_args(argv=None) -> tuple:
+    """(the settings, the start-up flags) from the .env, the environment and the command line; the flags win.
+    A bad value ends the start in one line naming its variable or flag (exit status 2)."""
+    load_env()  # .env fills in what the environment leaves out
+    settings = QwenSettings.from_env("qwen_server")
     p = argparse.ArgumentParser(description="Local Qwen 2.5 Coder server (OpenAI-compatible, streaming).",
-                                epilog=request_reader.HELP)
-    p.add_argument("-m", "--model", default=env("QWEN_MODEL_PATH"),
-                   help="a .gguf file (or a dir holding one), a Hugging Face-format or EXL2 model dir, a Hugging "
-                        "Face repo id owner/repo[:QUANT] (GGUF quant tag or EXL2 branch; downloaded once into the "
-                        "HF cache, then used offline) or a short name from --list-models (env QWEN_MODEL_PATH)")
+                                epilog=settings.env_only(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    settings.add_flags(p)
     p.add_argument("--list-models", action="store_true",
                    help="print the Qwen 2.5 Coder catalogue (short names, repo:quant, size, memory needed) and exit")
     p.add_argument("--download-only", action="store_true",
                    help="download -m into the cache (if it is a repo id or short name), print its local path, exit")
-    p.add_argument("-cache", "--cache", default=env("QWEN_CACHE", "q4"), choices=CACHE_MODES,
-                   help="KV cache precision (env QWEN_CACHE, default q4: about 1/4 the memory of fp16; llamacpp uses "
-                        "f16/q8_0/q5_1/q4_0, transformers the model's dtype; /status says what is used)")
-    p.add_argument("-l", "--max-seq-len", type=int, default=env("QWEN_MAX_SEQ_LEN") or None,
-                   help="context length in tokens (env QWEN_MAX_SEQ_LEN; default: the model's own, at most 16384; "
-                        "beyond the model's own it runs with a warning: answers degrade past that length)")
-    p.add_argument("--engine", default=env("QWEN_ENGINE", "auto"), choices=ENGINES,
-                   help="auto = llamacpp for a GGUF model; for a model dir exllamav2 when CUDA is present, "
-                        "else transformers (env QWEN_ENGINE)")
-    p.add_argument("-t", "--threads", type=int, default=env("QWEN_THREADS") or None,
-                   help="CPU threads of the llamacpp engine (env QWEN_THREADS; default: the physical cores)")
-    p.add_argument("--threads-batch", type=int, default=env("QWEN_THREADS_BATCH") or None,
-                   help="the llamacpp engine's threads for prompts (env QWEN_THREADS_BATCH; default: -t, else "
-                        "the physical cores)")
-    p.add_argument("--host", default=env("QWEN_HOST", "127.0.0.1"), help="bind address (env QWEN_HOST)")
-    p.add_argument("--port", type=int, default=env("QWEN_PORT", "5001"), help="port (env QWEN_PORT, default 5001)")
-    p.add_argument("--http-threads", type=int, default=env("QWEN_HTTP_THREADS", "16"),
-                   help="requests served or queued at once, streams included; more wait for a thread "
-                        "(env QWEN_HTTP_THREADS, default 16)")
-    p.add_argument("--max-tokens-default", type=int, default=env("QWEN_MAX_TOKENS_DEFAULT", "2048"),
-                   help="max_tokens for a request that sends none, cut to the room left in the context "
-                        "(env QWEN_MAX_TOKENS_DEFAULT, default 2048)")
     args = p.parse_args(argv)
-    if not args.model and not args.list_models:
+    settings = settings.with_flags(args, p)
+    if not settings.model_path and not args.list_models:
         p.error("no model: pass -m PATH (or a repo id or short name: --list-models) or set QWEN_MODEL_PATH in .env")
-    if args.max_seq_len is not None and args.max_seq_len < 16:
-        p.error("-l must be at least 16 tokens")
-    if args.http_threads < 1 or args.max_tokens_default < 1:
-        p.error("--http-threads and --max-tokens-default must be at least 1")
-    if any(t is not None and t < 1 for t in (args.threads, args.threads_batch)):
-        p.error("-t and --threads-batch must be at least 1")
-    try:
-        request_reader.timeout_from_env()
-    except ValueError as e:
-        p.error(str(e))
-    return args
+    return settings, args
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    setup_logging()
+    s, args = parse_args(argv)
+    setup_logging(s.log_level)
     if args.list_models:
         from model_hub.catalogue import table
         print(table())
         return 0
-    source = resolve_or_exit(args.model, args.engine)  # a repo id or short name -> files in the HF cache
-    model_path = source.path if source else args.model
+    source = resolve_or_exit(s.model_path, s.engine)  # a repo id or short name -> files in the HF cache
+    model_path = source.path if source else s.model_path
     if args.download_only:
         print(model_path)
         return 0
-    warn_if_exposed("qwen_server", args.host)  # it has no API key of its own
+    warn_if_exposed("qwen_server", s.host)  # it has no API key of its own
 
     def load_app():  # in the server's worker process: the model loads there, once
-        log.info("loading %s with engine=%s cache=%s", model_path, args.engine, args.cache)
+        log.info("loading %s with engine=%s cache=%s", model_path, s.engine, s.cache)
         try:
-            engine = create_engine(args.engine, model_path, args.cache, args.max_seq_len, args.threads,
-                                   args.threads_batch)
+            engine = create_engine(s.engine, model_path, s.cache, s.max_seq_len, s.threads, s.threads_batch,
+                                   s.llama_amx, jit=(s.exllamav2_jit_std, s.exllamav2_jit_verbose))
             if source:
                 engine.model_name = source.model_name
-            fit.warn_before_load(engine, args.max_seq_len, args.cache)
-            child = startup.start_probe(engine, model_path, args) if engine.probe_in_child else None
+            fit.warn_before_load(engine, s.max_seq_len, s.cache)
+            child = startup.start_probe(engine, model_path, s) if engine.probe_in_child else None
             try:
                 engine.load()
             finally:
@@ -133,12 +101,10 @@ def main(argv=None):
         for note in (st["cache_note"], st["context_note"]):
             if note:
                 log.warning("%s", note)
-        log.info("serving on http://%s:%d (OpenAI base_url http://%s:%d/v1)", args.host, args.port, args.host,
-                 args.port)
-        return create_app(engine, args.max_tokens_default, allowed_host_names("QWEN_ALLOWED_HOSTS", args.host),
-                          source)
+        log.info("serving on http://%s:%d (OpenAI base_url http://%s:%d/v1)", s.host, s.port, s.host, s.port)
+        return create_app(engine, s.max_tokens_default, host_names(s.allowed_hosts, s.host), source)
 
-    return serve(load_app, args.host, args.port, args.http_threads, os.environ.get("LOG_LEVEL", "INFO"))
+    return serve(load_app, s.host, s.port, s.http_threads, s.log_level, timeout_s=s.slow_client_timeout)
 
 
 if __name__ == "__main__":

@@ -147,10 +147,15 @@ def is_ip_literal(name: str) -> bool:
 
 
 def allowed_host_names(env_name: str, bind_host: str = "") -> frozenset:
-    """Host names a request may carry: loopback, the bound name, and the comma-separated env_name list
+    """host_names with the list read from the variable env_name."""
+    return host_names(os.environ.get(env_name, ""), bind_host)
+
+
+def host_names(listed: str, bind_host: str = "") -> frozenset:
+    """Host names a request may carry: loopback, the bound name, and the comma-separated `listed` names
     ('*' there allows any). IP literals are always allowed: DNS rebinding needs a name."""
     names = {*LOOPBACK_NAMES, host_name(bind_host)} if bind_host else set(LOOPBACK_NAMES)
-    names.update(host_name(h) for h in os.environ.get(env_name, "").split(",") if h.strip())
+    names.update(host_name(h) for h in listed.split(",") if h.strip())
     return frozenset(names)
 
 
@@ -276,8 +281,9 @@ def endpoint_list(app):
                   for method in rule.methods - {"HEAD", "OPTIONS"})
 
 
-def setup_logging():
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+def setup_logging(level: str = None):
+    """Log lines at `level` (default: the variable LOG_LEVEL, else INFO) and up."""
+    logging.basicConfig(level=(level or os.environ.get("LOG_LEVEL", "INFO")).upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").addFilter(lambda r: '] "' not in str(r.msg))  # request lines: the query (questions)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per GigaChat call repeating the access log

@@ -259,9 +259,17 @@ def _post_fork(server, worker):
             os._exit(1)
 
 
-def serve(load_app, host, port, threads, log_level="info", graceful_timeout=10, name="qwen_server"):
+def _with_timeout(timeout_s):
+    def post_fork(server, worker):
+        worker.timeout_s = timeout_s
+        _post_fork(server, worker)
+    return post_fork
+
+
+def serve(load_app, host, port, threads, log_level="info", graceful_timeout=10, name="qwen_server", timeout_s=None):
     """Run `load_app()`'s WSGI app on host:port until SIGTERM/SIGINT; returns the exit status (2 when the
-    app could not load). `python qwen_server.py` and `python chat.py` both serve this way."""
+    app could not load). `python qwen_server.py` and `python chat.py` both serve this way. `timeout_s`: the
+    slow-client timeout (default: SLOW_CLIENT_TIMEOUT, read by the worker)."""
     options = {"bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}", "workers": 1,
                "worker_class": "common.wsgi_server.HeadersFirstWorker", "threads": threads,
                "timeout": 60,  # the worker's main loop is idle polling; 60 s silent means it hung
@@ -269,7 +277,8 @@ def serve(load_app, host, port, threads, log_level="info", graceful_timeout=10, 
                "loglevel": log_level.lower(), "proc_name": name,
                "limit_request_line": 8190,  # as gunicorn.conf.py: long GET ?q= questions
                "control_socket_disable": True,
-               "post_fork": _post_fork, "child_exit": worker_deaths.child_exit}
+               "post_fork": _post_fork if timeout_s is None else _with_timeout(timeout_s),
+               "child_exit": worker_deaths.child_exit}
     failure_filter, death_filter = _BootFailureFilter(), worker_deaths.DeathFilter()
     logging.getLogger("gunicorn.error").addFilter(failure_filter)
     logging.getLogger("gunicorn.error").addFilter(death_filter)

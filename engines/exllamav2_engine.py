@@ -7,13 +7,13 @@ takes any object with the generator's methods (enqueue, iterate, cancel, pending
 active_jobs), so the CPU tests drive it with a stand-in that returns 0.3.2's result dicts."""
 import itertools
 import logging
-import os
 import queue
 import threading
 import time
 from types import SimpleNamespace
 
-from engines import Chunk, EngineError, GenParams, cancelled_before_start
+from engines.base import Chunk, EngineError, GenParams
+from engines.decoding import cancelled_before_start
 from engines.constrained import TokenGuide
 from engines.exllamav2_extras import grammar_filter_class, job_extras, logprob_entries
 from engines.hf import HFEngine
@@ -54,12 +54,12 @@ def load_error(e, path, total, cache_mode) -> EngineError:
     return EngineError(f"exllamav2 cannot load {path!r}: {type(e).__name__}: {msg}")
 
 
-def import_exllamav2():
+def import_exllamav2(std=None, verbose=False):
     """The exllamav2 classes the engine uses. Importing builds the CUDA extension (JIT, minutes the
-    first time). EXLLAMAV2_JIT_STD=c++20 adds -std=c++20 to that build: CUDA 13's nvcc fails on torch
-    2.11's ATen headers in C++17. Every process must use the same flags, or torch builds it again.
-    EXLLAMAV2_JIT_VERBOSE=1 prints the compiler's commands and output (tools/gpu_check.py keeps them)."""
-    std, verbose = os.environ.get("EXLLAMAV2_JIT_STD"), bool(os.environ.get("EXLLAMAV2_JIT_VERBOSE"))
+    first time). std="c++20" (EXLLAMAV2_JIT_STD, read by qwen_api/settings.py) adds -std=c++20 to that build:
+    CUDA 13's nvcc fails on torch 2.11's ATen headers in C++17. Every process must use the same flags, or
+    torch builds it again. verbose (EXLLAMAV2_JIT_VERBOSE=1) prints the compiler's commands and output
+    (tools/gpu_check.py keeps them)."""
     from torch.utils import cpp_extension
     if (std or verbose) and not hasattr(cpp_extension.load, "wrapped_for_exllamav2"):
         load = cpp_extension.load
@@ -93,6 +93,7 @@ class ExLlamaV2Engine(HFEngine):
     name = "exllamav2"
     paged = False
     attention = "not loaded"
+    jit = (None, False)  # (std, verbose) of the CUDA extension's build: import_exllamav2's arguments
 
     def load(self):
         t0 = time.perf_counter()
@@ -100,7 +101,7 @@ class ExLlamaV2Engine(HFEngine):
             import torch
             if not torch.cuda.is_available():
                 raise EngineError("the exllamav2 engine needs a CUDA GPU; use --engine transformers on CPU")
-            exl = import_exllamav2()
+            exl = import_exllamav2(*self.jit)
         except ImportError as e:
             raise EngineError(f"exllamav2 is not usable here ({e}): pip install exllamav2, or use "
                               f"--engine transformers") from e

@@ -3,7 +3,7 @@ the HF tokenizer with its chat template, and the stop token ids."""
 import json
 import os
 
-from engines import Engine, EngineError
+from engines.base import Engine, EngineError
 
 
 def read_model_config(path) -> dict:

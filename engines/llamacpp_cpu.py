@@ -89,10 +89,11 @@ class AmxChoice:
                 "extra_buffer_types": self.extra_bufts, "note": self.note()}
 
 
-def amx_choice() -> AmxChoice:
+def amx_choice(opted_in: bool) -> AmxChoice:
+    """opted_in: QWEN_LLAMA_AMX=1 (read by qwen_api/settings.py)."""
     flags = cpu_flags()
     return AmxChoice(cpu={"amx_tile", "amx_int8"} <= flags, build="AMX_INT8 = 1" in build_features(),
-                     opted_in=os.environ.get("QWEN_LLAMA_AMX", "").strip() == "1")
+                     opted_in=opted_in)
 
 
 def crash_advice(amx: AmxChoice) -> str:

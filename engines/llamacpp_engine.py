@@ -11,8 +11,8 @@ import os
 import threading
 import time
 
-from engines import (Engine, EngineError, GenParams, cancelled_before_start, decode_loop, find_gguf,
-                     ms_since)
+from engines.base import Engine, EngineError, GenParams, find_gguf
+from engines.decoding import cancelled_before_start, decode_loop, ms_since
 from engines.constrained import TokenGuide, Vocab
 from engines.llamacpp_cpu import amx_choice, cpu_name, crash_advice, open_llama, plan_threads
 
@@ -51,12 +51,14 @@ class LlamaCppEngine(Engine):
     probe_in_child = True  # llama.cpp's AMX kernels segfault on some Xeons (llamacpp_cpu.py)
 
     def crash_hint(self) -> str:
-        amx = amx_choice()
+        amx = amx_choice(self.llama_amx)
         return (f"llama.cpp on {cpu_name()} (CPU has AMX: {'yes' if amx.cpu else 'no'}; llama.cpp built with AMX: "
                 f"{'yes' if amx.build else 'no'}): {crash_advice(amx)}")
 
-    def __init__(self, model_path, cache_mode="q4", max_seq_len=None, threads=None, threads_batch=None):
+    def __init__(self, model_path, cache_mode="q4", max_seq_len=None, threads=None, threads_batch=None,
+                 llama_amx=False):
         super().__init__(model_path, cache_mode, max_seq_len)
+        self.llama_amx = llama_amx  # QWEN_LLAMA_AMX: the user's llama.cpp has the AMX fix
         self.gguf_path = find_gguf(model_path)
         if not self.gguf_path:
             raise EngineError(f"{model_path!r} is not a .gguf file or a dir holding one: the llamacpp engine "
@@ -81,7 +83,7 @@ class LlamaCppEngine(Engine):
             raise EngineError(f"llama-cpp-python is not installed ({e}): pip install -r requirements.txt") from e
         self.fit_context(gguf_context_length(self.gguf_path))
         cache_type = getattr(llama_cpp, f"GGML_TYPE_{self.cache_mode.upper()}")
-        self.amx = amx_choice()
+        self.amx = amx_choice(self.llama_amx)
         if self.amx.note():
             log.warning("llama.cpp: %s", self.amx.note())
         try:

@@ -7,7 +7,8 @@ import time
 
 import torch
 
-from engines import EngineError, GenParams, cancelled_before_start, decode_loop, ms_since
+from engines.base import EngineError, GenParams
+from engines.decoding import cancelled_before_start, decode_loop, ms_since
 from engines.constrained import TokenGuide
 from engines.hf import HFEngine
 

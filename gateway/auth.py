@@ -32,7 +32,10 @@ def caller() -> users.Caller:
 
 def required() -> bool:
     """Whether requests need a key: CHAT_API_KEY is set, or any user exists."""
-    return bool(current_app.config["API_KEY"]) or users.any_user(db.get_db())
+    if current_app.config["API_KEY"]:
+        return True
+    with db.briefly() as conn:
+        return users.any_user(conn)
 
 
 def authenticate():
@@ -41,7 +44,11 @@ def authenticate():
     if given and admin_key and hmac.compare_digest(given.encode(), admin_key.encode()):
         g.caller = users.ADMIN
     else:
-        g.caller = users.by_key(db.get_db(), given) if given else None
+        if given:
+            with db.briefly() as conn:
+                g.caller = users.by_key(conn, given)
+        else:
+            g.caller = None
         if g.caller is None and not required():  # keyless: any key or none (SDKs insist on sending one)
             g.caller = users.KEYLESS
     if g.caller is None:

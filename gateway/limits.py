@@ -89,12 +89,13 @@ class UsageCollector:
 
     def collect(self):
         day = int(time.time() // DAY * DAY)
-        conn = db.get_db()
+        with db.briefly() as conn:  # given back before the in-use gauge is read
+            rows = conn.execute("SELECT user_id, kind, used FROM user_usage WHERE window_start = ? "
+                                "AND kind IN ('requests_day', 'tokens_day')", (day,)).fetchall()
+            named = users.names(conn)
         counts = {}
-        for user_id, kind, used in conn.execute("SELECT user_id, kind, used FROM user_usage WHERE window_start = ? "
-                                                "AND kind IN ('requests_day', 'tokens_day')", (day,)).fetchall():
+        for user_id, kind, used in rows:
             counts.setdefault(user_id, {"requests_day": 0, "tokens_day": 0})[kind] = used
-        named = users.names(conn)
         ranked = sorted(counts, key=lambda u: (-counts[u]["requests_day"], -counts[u]["tokens_day"]))
         requests = GaugeMetricFamily("chat_user_requests_today", "Questions this UTC day, by user (top N)",
                                      labels=["user"])

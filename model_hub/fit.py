@@ -40,7 +40,7 @@ def gguf_parts(gguf) -> list:
 
 def weights_and_shape(path):
     """(bytes of the weight files, Shape or None) of a .gguf file (all its split parts) or a model dir."""
-    from engines import find_gguf
+    from engines.base import find_gguf
     gguf = None if os.path.isfile(os.path.join(path, "config.json")) else find_gguf(path)
     if gguf:
         return sum(os.path.getsize(f) for f in gguf_parts(gguf)), _gguf_shape(gguf)
@@ -119,11 +119,14 @@ def free_bytes(vram: bool) -> Optional[int]:
 
 
 def warn_before_load(engine, max_seq_len, cache) -> Optional[str]:
-    """warn_if_too_big for an engine about to load: VRAM for exllamav2 and transformers on CUDA, else RAM."""
-    vram = engine.name == "exllamav2"
-    if engine.name == "transformers":
+    """warn_if_too_big for an engine about to load: VRAM for exllamav2 and transformers on CUDA, else RAM.
+    exllamav2 without CUDA is not checked: its load() refuses it in one line that says what to do."""
+    vram = False
+    if engine.name in ("exllamav2", "transformers"):
         import torch
         vram = torch.cuda.is_available()
+        if engine.name == "exllamav2" and not vram:
+            return None
     return warn_if_too_big(engine.model_path, max_seq_len, cache, vram)
 
 

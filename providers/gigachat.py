@@ -18,6 +18,7 @@ from common.api_common import ApiError
 from providers import Provider
 from providers.gigachat_errors import RETRY_AFTER_S, map_error, upstream
 from common.stop_strings import StopCutter
+from common.openai_tools import check_tool_turns
 from providers.gigachat_openai import finish_reason, function_messages, functions_payload, tool_calls
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,10 @@ def normalize_messages(messages):
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "messages must be a non-empty list of {role, content}.", code="invalid_messages")
     system, rest = [], []
-    for i, m in enumerate(function_messages(messages) if any(isinstance(m, dict) and m.get("role") == "tool"
-                                                             for m in messages) else messages):
+    if all(isinstance(m, dict) for m in messages) and any(m.get("role") == "tool" for m in messages):
+        check_tool_turns(messages)  # (the gateway's parse_messages checked them already; direct callers too)
+        messages = function_messages(messages)
+    for i, m in enumerate(messages):
         role, content = (m.get("role"), m.get("content")) if isinstance(m, dict) else (None, None)
         if role not in ROLES:
             raise ApiError(400, f"messages[{i}].role must be system, user or assistant, got {role!r}.",

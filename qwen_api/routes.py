@@ -7,7 +7,7 @@ from common import client_watch
 from common.api_common import ApiError, endpoint_list, json_body, sse, sse_response
 from common.openai_format import chunk, completion, new_id, parse_chat_request, parse_messages
 from common.worker_deaths import WORKER_DEATHS
-from engines import GenParams
+from engines.base import GenParams
 from qwen_api import completions
 from qwen_api.tool_calls import collect, deltas, parse_shaping
 

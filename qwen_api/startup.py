@@ -15,7 +15,8 @@ import sys
 import threading
 import time
 
-from engines import GenParams, create_engine
+from engines.base import GenParams
+from engines.factory import create_engine
 
 log = logging.getLogger("qwen_server")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,11 +40,12 @@ def first_token(engine) -> float:
 
 
 def start_probe(engine, model_path, args) -> subprocess.Popen:
-    """Starts loading the model and generating one token in a child process (the server loads its own copy
+    """`args`: qwen_server's settings (qwen_api/settings.QwenSettings). Starts loading the model and generating one token in a child process (the server loads its own copy
     meanwhile); check_probe() waits for it."""
     argv = [sys.executable, "-m", "qwen_api.startup", "--engine", engine.name, "-m", model_path, "--cache", args.cache]
     for flag, value in (("-l", args.max_seq_len), ("-t", args.threads), ("--threads-batch", args.threads_batch)):
         argv += [flag, str(value)] if value else []
+    argv += ["--llama-amx"] if args.llama_amx else []
     return subprocess.Popen(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
 
@@ -77,10 +79,11 @@ def _child(argv=None):
     p.add_argument("-l", "--max-seq-len", type=int)
     p.add_argument("-t", "--threads", type=int)
     p.add_argument("--threads-batch", type=int)
+    p.add_argument("--llama-amx", action="store_true")
     a = p.parse_args(argv)
     import resource
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash here is expected news, not a core file
-    engine = create_engine(a.engine, a.model, a.cache, a.max_seq_len, a.threads, a.threads_batch)
+    engine = create_engine(a.engine, a.model, a.cache, a.max_seq_len, a.threads, a.threads_batch, a.llama_amx)
     engine.load()
     fault = os.environ.get(FAULT_ENV)
     if fault:

@@ -240,14 +240,45 @@ def test_cli_bad_start_is_one_clear_line_and_exit_2(tmp_path, tiny_qwen_dir):
     assert r.returncode == 2 and "tokenizer" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("-m", tiny_qwen_dir, "-cache", "q3")
     assert r.returncode == 2 and "invalid choice" in r.stderr
-    r = run_cli("-m", tiny_qwen_dir, "--engine", "exllamav2")  # no CUDA here
-    if r.returncode != 2 or "CUDA" not in r.stderr:
-        pytest.skip("a CUDA machine: the exllamav2 start is covered by tests/gpu")
-    assert "Traceback" not in r.stderr
+    import torch
+    if not torch.cuda.is_available():  # on a CUDA machine the exllamav2 start is covered by tests/gpu
+        from helpers import free_port
+        r = run_cli("-m", tiny_qwen_dir, "--engine", "exllamav2", "--port", str(free_port()))
+        errors = [line for line in r.stderr.splitlines() if line.startswith("qwen_server") or "cuda" in line.lower()]
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert errors == ["qwen_server: error: the exllamav2 engine needs a CUDA GPU; use --engine transformers on "
+                          "CPU"], r.stderr
     r = run_cli("--help")
     for flag in ("-m", "-cache", "-l", "--engine", "--threads", "--host", "--port", "QWEN_MODEL_PATH", "QWEN_THREADS",
                  "llamacpp", ".gguf"):
         assert flag in r.stdout
+
+
+def test_bad_setting_is_one_line_naming_its_variable_or_flag(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
+    for var, value, wanted in (("QWEN_PORT", "abc", "valid integer"), ("QWEN_MAX_SEQ_LEN", "8", "16"),
+                               ("QWEN_ENGINE", "vllm", "llamacpp"), ("LOG_LEVEL", "loud", "DEBUG"),
+                               ("SLOW_CLIENT_TIMEOUT", "0", "greater than 0"), ("QWEN_HTTP_THREADS", "0", "1")):
+        r = subprocess.run([PYTHON, os.path.join(REPO_ROOT, "qwen_server.py"), "-m", str(tmp_path)], capture_output=True,
+                           text=True, timeout=60, env={**env, var: value}, cwd="/")
+        assert r.returncode == 2 and r.stdout == "", (var, r.stderr)
+        assert r.stderr.startswith(f"qwen_server: error: {var}={value!r}: ") and wanted in r.stderr, r.stderr
+        assert r.stderr.count("\n") == 1, r.stderr
+    r = run_cli("-m", str(tmp_path), "-l", "8")
+    assert r.returncode == 2 and "argument -l/--max-seq-len: '8'" in r.stderr and "16" in r.stderr, r.stderr
+    r = run_cli("-m", str(tmp_path), "--port", "http")
+    assert r.returncode == 2 and "argument --port: 'http'" in r.stderr, r.stderr
+
+
+def test_every_setting_is_in_help_and_env_example():
+    from qwen_api.settings import QwenSettings
+    names = [QwenSettings.env_name(f) for f in QwenSettings.model_fields]
+    help_text = run_cli("--help").stdout
+    with open(os.path.join(REPO_ROOT, ".env.example"), encoding="utf-8") as f:
+        example = f.read()
+    for name in names:
+        assert name in help_text and f"{name}=" in example, name
+    assert "QWEN_MODEL_PATH" in names and "-m MODEL" in help_text and "--max-tokens-default" in help_text
 
 
 def test_env_file_supplies_defaults_and_flags_win(tmp_path, tiny_qwen_dir):

@@ -34,8 +34,9 @@ OUT = REPO / ".cache" / "gpu-check"
 EXT_DIR = REPO / ".cache" / "torch_extensions"
 BUILD_TIMEOUT_S = int(os.environ.get("GPU_CHECK_BUILD_TIMEOUT", "420"))
 TESTS_TIMEOUT_S = int(os.environ.get("GPU_CHECK_TESTS_TIMEOUT", "300"))
-BUILD = ("from engines.exllamav2_engine import import_exllamav2; "
-         "import_exllamav2(); print('exllamav2 extension loaded')")
+BUILD = ("from engines.exllamav2_engine import import_exllamav2; from qwen_api.settings import QwenSettings; "
+         "s = QwenSettings(); import_exllamav2(s.exllamav2_jit_std, s.exllamav2_jit_verbose); "
+         "print('exllamav2 extension loaded')")
 failures = []
 WHEELS = "`make gpu-wheels` where the registries are reachable brings it in .whl/"
 IMAGE = "the machine's image must have it (a CUDA build)"
@@ -49,6 +50,7 @@ REQUIRES = [
     ("safetensors", None, "the test models' weights", WHEELS),
     ("click", None, "qwen_server's command line", WHEELS),
     ("flask", (3, 1), "qwen_server", WHEELS),
+    ("pydantic_settings", None, "qwen_server's settings (qwen_api/settings.py) and the extension build's flags", WHEELS),
     ("jinja2", None, "the chat template", IMAGE),
     ("requests", None, "tests/gpu's HTTP client", IMAGE),
     ("pytest", None, "tests/gpu", IMAGE),

@@ -40,7 +40,9 @@ def exl_generator(model_dir, cache, max_seq_len):
     from engines.exllamav2_engine import PAGE, ExLlamaV2Engine, import_exllamav2
     engine = ExLlamaV2Engine(model_dir, cache, max_seq_len)
     engine.load_tokenizer()
-    exl = import_exllamav2()
+    from qwen_api.settings import QwenSettings
+    s = QwenSettings()  # EXLLAMAV2_JIT_STD: the extension built before, not a second build
+    exl = import_exllamav2(s.exllamav2_jit_std, s.exllamav2_jit_verbose)
     return engine, exl, engine._build_generator(exl, -(-engine.max_seq_len // PAGE) * PAGE)
 
 
