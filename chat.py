@@ -14,14 +14,14 @@ from flask import Flask
 from prometheus_client import Gauge
 
 import db
-import db_journal
 import providers as provider_registry
 from common import openapi, request_reader, wsgi_server
 from common.framing import strict_framing
 from common.api_common import (Metrics, allowed_host_names, install_access, install_common, load_env, setup_logging,
                                warn_if_exposed)
-from gateway import ask, auth, cross_site, history, openai_api, page, routing, text_completions, users
+from gateway import ask, auth, cross_site, history, openai_api, page, routing, text_completions
 from gateway.openapi_spec import gateway_spec
+from history import journal as history_journal, users
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -30,7 +30,7 @@ def settings_from_env() -> dict:
     env = os.environ.get
     return {
         "DATABASE": env("CHAT_DB", os.path.join(HERE, "chat_history.db")),
-        "JOURNAL_DIR": env("CHAT_JOURNAL_DIR", ""),  # empty: db_journal.default_dir
+        "JOURNAL_DIR": env("CHAT_JOURNAL_DIR", ""),  # empty: history.journal.default_dir
         "DEFAULT_SYSTEM_PROMPT": env("DEFAULT_SYSTEM_PROMPT", ""),
         "QWEN_URL": env("QWEN_URL", "http://127.0.0.1:5001"),
         "QWEN_TIMEOUT": float(env("QWEN_TIMEOUT", "300")),
@@ -83,10 +83,11 @@ def create_app(config=None, providers=None):
 
 
 def start_journal(app, pending_gauge):
-    """The journal of answers the database could not take (db_journal.py); replayed from now on."""
+    """The journal of answers the database could not take (history/journal.py); replayed from now on."""
     target = app.config["DATABASE"]
-    directory = db_journal.directory_for(app.config["JOURNAL_DIR"] or db_journal.default_dir(target), target)
-    journal = app.extensions["history_journal"] = db_journal.Journal(directory, target, pending_gauge.set)
+    base = app.config["JOURNAL_DIR"] or history_journal.default_dir(target)
+    directory = history_journal.directory_for(base, target)
+    journal = app.extensions["history_journal"] = history_journal.Journal(directory, target, pending_gauge.set)
     journal.start()
 
 

@@ -21,7 +21,7 @@ from bench._common import (CACHE_DIR, REPO_ROOT, Servers, fmt, gigachat_env, hea
 # chat.py and the modules it imports, dropped from sys.modules before importing another checkout's
 PROJECT_MODULES = ("chat", "db", "db_maintenance", "exchange", "api_common", "openai_format", "openapi", "client_watch",
                    "gigachat_client", "qwen_client")  # the last four: checkouts before the packages
-PROJECT_PACKAGES = ("common", "gateway", "providers")
+PROJECT_PACKAGES = ("common", "gateway", "providers", "history")
 
 # (component, test on "file:function") in order; the first that matches wins.
 COMPONENTS = [
@@ -41,7 +41,7 @@ COMPONENTS = [
     ("prometheus_client", lambda f, fn: "/prometheus_client/" in f),
     ("json", lambda f, fn: "/json/" in f or "json" in fn),
     ("logging", lambda f, fn: "/logging/" in f),
-    ("project code (chat, db, gateway/, common/, providers/)",
+    ("project code (chat, db, gateway/, common/, providers/, history/)",
      lambda f, fn: os.path.basename(f) in ("chat.py", "db.py") or
      ("site-packages" not in f and any(f"/{pkg}/" in f for pkg in PROJECT_PACKAGES))),
 ]

@@ -12,7 +12,7 @@ drift hits all alike), alongside the same db.py call in-process (SQL only, no JS
 Goal: p95 <= 10 ms. Rows over the goal get their EXPLAIN QUERY PLAN printed (SQLite).
 
 --backend postgres (or both, side by side in one run): a throwaway PostgreSQL (tests/pg_server.py's
-initdb + pg_ctl) gets the same messages through db_move.py's mover (COPY, ids kept), then ANALYZE
+initdb + pg_ctl) gets the same messages through history/move.py's mover (COPY, ids kept), then ANALYZE
 (what autovacuum does on its own after a bulk load), and a second gateway runs with CHAT_DB=its URL.
 """
 import argparse
@@ -27,6 +27,7 @@ from bench.history_data import RARE_COUNT, cached_db
 from bench.history_requests import explain, internals_for, pick, requests_for
 
 GOAL_MS = 10.0
+HISTORY_MODULES = ("db", "history", "db_postgres", "db_maintenance", "db_move", "db_journal")  # (the last four: before history/)
 
 
 def timed_rounds(rounds, arms, conns, clients, reqs, inner):
@@ -60,13 +61,13 @@ def timed_rounds(rounds, arms, conns, clients, reqs, inner):
 
 def load_postgres(path):
     """A throwaway PostgreSQL holding the SQLite file's history: (server, URL, a line on the load)."""
-    import db_move
     import pg_server
+    from history import move
     server = pg_server.PostgresServer()
     try:
         url = server.new_database()
         t0 = time.perf_counter()
-        moved = db_move.migrate_to_postgres(path, url)
+        moved = move.migrate_to_postgres(path, url)
         t_move = time.perf_counter() - t0
         conn = db.open_connection(url)
         t0 = time.perf_counter()
@@ -78,7 +79,7 @@ def load_postgres(path):
     except BaseException:
         server.stop()
         raise
-    note = (f"PostgreSQL {version}: {moved['messages']:,} messages moved by db_move.py in "
+    note = (f"PostgreSQL {version}: {moved['messages']:,} messages moved by history/move.py in "
             f"{t_move:.0f} s (COPY + tsvector + indexes), ANALYZE {t_analyze:.1f} s, {size / 2**20:,.0f} MB.")
     print(note, file=sys.stderr, flush=True)
     return server, url, note
@@ -111,12 +112,19 @@ def parse_args():
 def ab_arm(other):
     """(name, repo, db module, exchange module) of another checkout."""
     other = os.path.abspath(other)
-    db_b = load_module("db_ab", os.path.join(other, "db.py"))
-    saved = sys.modules.get("db")
-    sys.modules["db"] = db_b  # exchange.py of the other checkout imports `db`
-    ex_path = os.path.join(other, "gateway", "exchange.py")  # older checkouts: exchange.py at the top
-    ex_b = load_module("exchange_ab", ex_path if os.path.exists(ex_path) else os.path.join(other, "exchange.py"))
-    sys.modules["db"] = saved
+    # its db.py imports its own history package (older checkouts: its db_*.py), not ours
+    ours = {m: sys.modules.pop(m) for m in list(sys.modules) if m.split(".")[0] in HISTORY_MODULES}
+    sys.path.insert(0, other)
+    try:
+        db_b = load_module("db_ab", os.path.join(other, "db.py"))
+        sys.modules["db"] = db_b  # exchange.py of the other checkout imports `db`
+        ex_path = os.path.join(other, "gateway", "exchange.py")  # older checkouts: exchange.py at the top
+        ex_b = load_module("exchange_ab", ex_path if os.path.exists(ex_path) else os.path.join(other, "exchange.py"))
+    finally:
+        sys.path.remove(other)
+        for m in [m for m in sys.modules if m.split(".")[0] in HISTORY_MODULES]:
+            del sys.modules[m]  # (theirs live on in db_b)
+        sys.modules.update(ours)
     return other, other, db_b, ex_b
 
 

@@ -1,16 +1,16 @@
-"""Who calls the gateway. CHAT_API_KEY is the built-in admin's key; each user has their own (gateway/users.py).
+"""Who calls the gateway. CHAT_API_KEY is the built-in admin's key; each user has their own (history/users.py).
 Once either exists, every path but the public ones needs a key (`Authorization: Bearer KEY` or
 `X-API-Key: KEY`); with neither, the gateway is the keyless single-user tool. A question (the answering
 routes) must not name someone else's conversation (a 404, as for an unknown one), and passes the asking
 user's limits (gateway/limits.py). GET /whoami tells the page who is signed in."""
 import hmac
-import json
 
 from flask import Blueprint, current_app, g, jsonify, request
 
 import db
-from common.api_common import ApiError
-from gateway import limits, users
+from common.api_common import ApiError, json_body
+from gateway import limits
+from history import users
 
 ASKING_PATHS = ("/gigachat", "/qwen", "/ask", "/v1/chat/completions", "/v1/completions")
 ADMIN_PATHS = ("/metrics",)  # names every busy user: for admins (and the scraper holding an admin key)
@@ -65,11 +65,7 @@ def asked_session():
     """The conversation a question continues: X-Session-ID (/v1), or `session` in the query or JSON body."""
     sid = request.headers.get("X-Session-ID") or request.args.get("session")
     if not sid and request.method == "POST" and request.is_json:
-        try:
-            body = json.loads(request.get_data(cache=True) or b"null")
-        except ValueError:
-            return None  # (the route answers the 400)
-        sid = body.get("session") if isinstance(body, dict) else None
+        sid = json_body().get("session")  # (the shared parser: a body it refuses is its 4xx here already)
     return str(sid)[:100] if sid else None
 
 

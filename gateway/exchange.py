@@ -14,7 +14,6 @@ import time
 from flask import current_app
 
 import db
-import db_journal
 from common.api_common import ApiError
 from gateway import auth, limits
 from gateway.cancel import Cancel
@@ -111,7 +110,7 @@ def merge_tool_call_deltas(calls, deltas):
 
 def _save_answer(ctx, text, info, status, error=None):
     """The answer row's id, or None when the database could not take it now: then it is in the journal
-    (db_journal.py), written to the history once the database is back. ApiError 409 when the
+    (history/journal.py), written to the history once the database is back. ApiError 409 when the
     conversation was deleted meanwhile. Its tokens count against the user's day (gateway/limits.py)."""
     content = saved_text(text, info.get("tool_calls"))
     if len(content) > MAX_SAVED_CHARS:
@@ -160,7 +159,7 @@ def _save_failure(ctx, e):
     if isinstance(e, ApiError) and e.status in INVALID_REQUEST and not ctx["cancel"].is_set():
         try:
             db.forget_question(ctx["conn"], ctx["sid"], ctx["question_id"])
-        except db_journal.unavailable_errors() as gone:  # (the question stays, without an answer)
+        except db.UNAVAILABLE as gone:  # (the question stays, without an answer)
             log.warning("could not remove the refused question %s: %s", ctx["question_id"], gone)
         return e
     if ctx["cancel"].is_set():  # the failure is our own abort of the upstream, for a client that left
@@ -198,7 +197,7 @@ def open_stream(ctx):
         raise _save_failure(ctx, e)
     try:
         conn, give_back = db.borrow()
-    except db_journal.unavailable_errors():  # (PostgreSQL gone meanwhile: the answer goes to the journal)
+    except db.UNAVAILABLE:  # (PostgreSQL gone meanwhile: the answer goes to the journal)
         conn, give_back = None, lambda conn: None
     except BaseException:
         upstream.close()

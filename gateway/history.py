@@ -30,7 +30,7 @@ def postgres_unavailable(e):  # (the URL is not repeated: it may carry a passwor
                             type="server_error", code="database_unavailable").body()), 503
 
 
-for _error in db.db_postgres.UNAVAILABLE:  # PostgreSQL down, or no pooled connection free in time
+for _error in db.POSTGRES_UNAVAILABLE:  # PostgreSQL down, or no pooled connection free in time
     bp.app_errorhandler(_error)(postgres_unavailable)
 
 

@@ -11,23 +11,14 @@ import time
 from prometheus_client.core import GaugeMetricFamily
 
 import db
-import db_journal
 from common.api_common import ApiError
-from db_maintenance import write_transaction
-from gateway import users
+from history import usage as counters, users
+from history.transaction import write_transaction
 
 MINUTE, DAY = 60, 86400
 TOP_USERS = 10  # users named in /metrics; the others are summed in one "(other)" series
 OTHER = "(other)"
 log = logging.getLogger(__name__)
-
-
-def _bump(conn, user_id, kind, window_start, n) -> int:
-    """Adds n to a counter; returns its new value (one atomic statement on either backend)."""
-    return conn.execute(
-        "INSERT INTO user_usage (user_id, kind, window_start, used) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (user_id, kind, window_start) DO UPDATE SET used = user_usage.used + excluded.used "
-        "RETURNING used", (user_id, kind, window_start, n)).fetchone()[0]
 
 
 def _refuse(what, limit, retry_after):
@@ -42,20 +33,17 @@ def admit(conn, caller: users.Caller, now=None):
     minute, day = int(now // MINUTE * MINUTE), int(now // DAY * DAY)
     until_tomorrow = max(1, math.ceil(day + DAY - now))
     if caller.tokens_per_day:
-        row = conn.execute("SELECT used FROM user_usage WHERE user_id = ? AND kind = 'tokens_day' AND "
-                           "window_start = ?", (caller.id, day)).fetchone()
-        if row and row[0] >= caller.tokens_per_day:
+        if counters.used(conn, caller.id, "tokens_day", day) >= caller.tokens_per_day:
             _refuse("tokens a day", caller.tokens_per_day, until_tomorrow)
     with write_transaction(conn):
-        used = _bump(conn, caller.id, "requests_minute", minute, 1)
-        if used == 1:  # a new minute: the user's older minutes are of no more use
-            conn.execute("DELETE FROM user_usage WHERE user_id = ? AND kind = 'requests_minute' AND window_start < ?",
-                         (caller.id, minute))
-        if caller.requests_per_minute and used > caller.requests_per_minute:
+        this_minute = counters.bump(conn, caller.id, "requests_minute", minute, 1)
+        if this_minute == 1:  # a new minute: the user's older minutes are of no more use
+            counters.forget_before(conn, caller.id, "requests_minute", minute)
+        if caller.requests_per_minute and this_minute > caller.requests_per_minute:
             refused = True
         else:
             refused = False
-            _bump(conn, caller.id, "requests_day", day, 1)
+            counters.bump(conn, caller.id, "requests_day", day, 1)
     if refused:
         _refuse("requests a minute", caller.requests_per_minute, max(1, math.ceil(minute + MINUTE - now)))
 
@@ -67,7 +55,7 @@ def count_answer(conn, caller: users.Caller, usage, saved=True):
         return
     try:
         add_tokens(conn, caller.id, usage)
-    except db_journal.unavailable_errors() as e:
+    except db.UNAVAILABLE as e:
         log.warning("tokens of user %s not counted: %s", caller.name, e)
 
 
@@ -77,7 +65,7 @@ def add_tokens(conn, user_id, usage, now=None):
     if n:
         now = time.time() if now is None else now
         with write_transaction(conn):
-            _bump(conn, user_id, "tokens_day", int(now // DAY * DAY), n)
+            counters.bump(conn, user_id, "tokens_day", int(now // DAY * DAY), n)
 
 
 class UsageCollector:
@@ -90,12 +78,8 @@ class UsageCollector:
     def collect(self):
         day = int(time.time() // DAY * DAY)
         with db.briefly() as conn:  # given back before the in-use gauge is read
-            rows = conn.execute("SELECT user_id, kind, used FROM user_usage WHERE window_start = ? "
-                                "AND kind IN ('requests_day', 'tokens_day')", (day,)).fetchall()
+            counts = counters.day_counts(conn, day)
             named = users.names(conn)
-        counts = {}
-        for user_id, kind, used in rows:
-            counts.setdefault(user_id, {"requests_day": 0, "tokens_day": 0})[kind] = used
         ranked = sorted(counts, key=lambda u: (-counts[u]["requests_day"], -counts[u]["tokens_day"]))
         requests = GaugeMetricFamily("chat_user_requests_today", "Questions this UTC day, by user (top N)",
                                      labels=["user"])

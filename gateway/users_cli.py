@@ -7,8 +7,8 @@ import datetime
 import sys
 
 import db
-import db_postgres
-from gateway import users
+from history import users
+from history.connections import backend
 
 
 def parser():
@@ -64,10 +64,7 @@ def run(args, conn):
 
 def main(argv, target) -> int:
     args = parser().parse_args(argv)
-    if db_postgres.is_url(target):
-        db_postgres.init_db(target)
-    else:
-        db.init_db(target)  # (creates or migrates the file, as the gateway does at start)
+    backend(target).init_db(target)  # (creates or migrates the history, as the gateway does at start)
     conn = db.open_connection(target)
     try:
         run(args, conn)

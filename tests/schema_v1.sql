@@ -1,5 +1,5 @@
 -- The history schema as version 1 wrote it (PRAGMA user_version = 1), kept for the migration tests:
--- db.init_db must bring such a file up to the current version (migrate_<n>.sql in turn).
+-- history.sqlite.init_db must bring such a file up to the current version (the migrations in turn).
 CREATE TABLE IF NOT EXISTS conversations (
     id            TEXT PRIMARY KEY,
     provider      TEXT NOT NULL CHECK (provider IN ('gigachat', 'qwen')),

@@ -106,6 +106,7 @@ def test_qwen_conversation_continues(gw):
 
 
 def test_history_paging_filters_search_export_delete(gw):
+    get(gw, "/qwen", q="другой разговор", max_tokens=4)  # two pages of 3 need 6 messages, also when run alone
     sid = get(gw, "/gigachat", q="уникальноеслово один").json()["session"]
     get(gw, "/gigachat", q="ещё вопрос", session=sid)
     page1 = get(gw, "/history", limit=3).json()

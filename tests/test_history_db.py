@@ -14,6 +14,7 @@ import requests
 import db
 from conftest import start_gateway
 from helpers import TESTS_DIR, errors_running_at_once, stop_process
+from history import postgres as history_pg, sqlite as history_sqlite
 
 V1_SCHEMA = os.path.join(TESTS_DIR, "schema_v1.sql")
 
@@ -41,7 +42,7 @@ def conn(tmp_path):
 def any_conn(request, tmp_path):
     """A connection to a new history on either backend (PostgreSQL: a new database on the test server)."""
     target = str(tmp_path / "h.db") if request.param == "sqlite" else request.getfixturevalue("postgres").new_database()
-    (db.init_db if request.param == "sqlite" else db.db_postgres.init_db)(target)
+    db.init_db(target) if request.param == "sqlite" else history_pg.init_db(target)
     c = db.open_connection(target)
     yield c
     c.close()
@@ -169,9 +170,10 @@ def test_a_new_file_and_a_migrated_one_have_the_same_schema(tmp_path):
 
 def test_version_2_answers_are_paired_with_the_question_just_before_them(tmp_path):
     path = str(tmp_path / "v2.db")
-    c = make_v1(path)
-    with open(os.path.join(db.HERE, "migrate_2.sql"), encoding="utf-8") as f:
-        c.executescript("BEGIN;" + f.read() + "PRAGMA user_version = 2; COMMIT;")
+    make_v1(path).close()
+    history_sqlite.init_db(path, upto=2)  # a file as version 2 left it
+    c = sqlite3.connect(path, isolation_level=None)
+    assert c.execute("PRAGMA user_version").fetchone()[0] == 2
     c.execute("INSERT INTO conversations VALUES ('s', 'qwen', NULL, NULL, 't', 0, 0)")
     rows = [("user", "q1"), ("assistant", "a1"), ("user", "q2"), ("user", "q3"), ("assistant", "a3"),
             ("assistant", "stray")]
@@ -267,7 +269,7 @@ def bulk_history(conn, n):
     convs = [("cq", "qwen", 0.0, 0.0), ("cg", "gigachat", 0.0, 0.0)]
     sql_c = "INSERT INTO conversations (id, provider, created_at, updated_at) VALUES (?, ?, ?, ?)"
     sql_m = "INSERT INTO messages (conversation_id, role, content, provider, created_at) VALUES (?, ?, ?, ?, ?)"
-    if isinstance(conn, db.db_postgres.PgConn):
+    if conn.backend == "postgres":
         with conn.raw.transaction(), conn.raw.cursor() as cur:
             cur.executemany(sql_c.replace("?", "%s"), convs)
             cur.executemany(sql_m.replace("?", "%s"), rows)
@@ -281,7 +283,7 @@ def bulk_history(conn, n):
 
 def test_search_pages_are_the_newest_matches_however_rare_or_old(any_conn):
     """PostgreSQL tests the newest rows first, then walks on or asks the GIN index for older ones
-    (db_postgres.search): every kind of word and filter gives exactly the newest matches, in order, on
+    (history/pg_search.py): every kind of word and filter gives exactly the newest matches, in order, on
     both backends. 60,000 rows: enough for each of the three ways ('common', 'sparse', 'редкое')."""
     conn = any_conn
     n = 60_000

@@ -1,4 +1,4 @@
-"""No answer lost when the history database is briefly unavailable (db_journal.py): answers that end
+"""No answer lost when the history database is briefly unavailable (history/journal.py): answers that end
 while another process holds SQLite's write lock for 12 s, or while PostgreSQL is stopped for 30 s,
 streamed and not, reach the history once it is back, each exactly once, in the order they ended; a
 journal left by a killed gateway is replayed at the next start, lines already written included."""
@@ -15,6 +15,7 @@ import requests
 import db
 from conftest import start_gateway
 from helpers import live_processes, stop_process
+from history.journal import REJECTED, Journal
 
 SLOW = 3  # seconds the fake GigaChat waits before answering: the questions are saved, the answers not yet
 
@@ -194,14 +195,13 @@ def test_answers_that_end_while_postgres_is_down_for_30_s_reach_it_once_it_is_ba
 
 
 def test_replay_skips_what_is_written_or_gone_and_sets_aside_what_the_history_refuses(tmp_path):
-    import db_journal
     path = str(tmp_path / "h.db")
     db.init_db(path)
     conn = db.connect(path)
     q1 = db.add_message(conn, "s1", "user", "один", "gigachat", title="один")
     q2 = db.add_message(conn, "s2", "user", "два", "gigachat", title="два")
     q3 = db.add_message(conn, "s3", "user", "три", "gigachat", title="три")
-    journal = db_journal.Journal(str(tmp_path / "j"), path)
+    journal = Journal(str(tmp_path / "j"), path)
 
     def answer(sid, qid, text, **extra):
         return dict({"conv_id": sid, "role": "assistant", "content": text, "provider": "gigachat",
@@ -217,7 +217,7 @@ def test_replay_skips_what_is_written_or_gone_and_sets_aside_what_the_history_re
     rows = conn.execute("SELECT question_id, content, created_at FROM messages WHERE role = 'assistant' "
                         "ORDER BY id").fetchall()
     assert [tuple(r) for r in rows] == [(q1, "ответ 1", 1000.0 + q1), (q3, "ответ 3", 1000.0 + q3)]
-    with open(os.path.join(journal.dir, db_journal.REJECTED), encoding="utf-8") as f:
+    with open(os.path.join(journal.dir, REJECTED), encoding="utf-8") as f:
         assert [json.loads(line)["question_id"] for line in f] == [q2]
     assert journal.replay() == 0  # nothing twice
     conn.close()

@@ -13,7 +13,9 @@ import requests
 
 import db
 from conftest import start_gateway
-from helpers import errors_running_at_once, stop_process
+from helpers import REPO_ROOT, errors_running_at_once, stop_process
+from history import postgres as history_pg, users
+from users_helpers import add_user
 
 
 def test_two_hosts_with_two_workers_each_save_every_exchange_exactly_once(postgres, fake_gigachat, tmp_path):
@@ -68,14 +70,14 @@ def test_two_hosts_with_two_workers_each_save_every_exchange_exactly_once(postgr
 
 def test_processes_starting_together_apply_the_schema_once(postgres):
     url = postgres.new_database()
-    errors = errors_running_at_once(lambda: db.db_postgres.init_db(url))
+    errors = errors_running_at_once(lambda: history_pg.init_db(url))
     conn = db.open_connection(url)
     assert not errors, errors
-    assert [tuple(r) for r in conn.execute("SELECT version FROM schema_version")] == [(db.db_postgres.SCHEMA_VERSION,)]
+    assert [tuple(r) for r in conn.execute("SELECT version FROM schema_version")] == [(history_pg.SCHEMA_VERSION,)]
     conn.execute("UPDATE schema_version SET version = version + 1")
     conn.close()
     with pytest.raises(RuntimeError, match="newer version"):
-        db.db_postgres.init_db(url)
+        history_pg.init_db(url)
 
 
 def test_an_sqlite_history_moves_to_postgres_with_one_command(postgres, tmp_path):
@@ -88,17 +90,29 @@ def test_an_sqlite_history_moves_to_postgres_with_one_command(postgres, tmp_path
     db.add_message(src, "s0", "user", "без ответа", "qwen")
     db.delete_conversation(src, "s1")  # ids with a gap
     src.close()
-    out = subprocess.run([sys.executable, os.path.join(db.HERE, "db.py"), "migrate-to-postgres", path, url],
+    key = add_user(path, "анна")  # a user, their conversation and their limits' counters go along
+    src = db.connect(path)
+    anna = src.execute("SELECT id FROM users").fetchone()[0]
+    db.add_message(src, "s9", "user", "Анна спрашивает", "qwen", title="t9", user_id=anna)
+    src.execute("INSERT INTO user_usage VALUES (?, 'tokens_day', 0, 7)", (anna,))
+    src.close()
+    out = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "db.py"), "migrate-to-postgres", path, url],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "2 conversations, 5 messages, 2 pairs" in out.stdout
+    assert "3 conversations, 6 messages, 2 pairs, 1 users" in out.stdout
     conn, src = db.open_connection(url), db.connect(path)
+    for table in ("users", "user_usage", "conversations"):
+        assert [tuple(r) for r in conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2")] == \
+            [tuple(r) for r in src.execute(f"SELECT * FROM {table} ORDER BY 1, 2")]
+    assert [r["id"] for r in db.list_messages(conn, user=anna)] == [r["id"] for r in db.list_messages(src, user=anna)]
+    assert users.by_key(conn, key).id == anna
     assert [dict(r) for r in db.iter_messages(conn)] == [dict(r) for r in db.iter_messages(src)]
     assert [dict(r) for r in db.list_conversations(conn)] == [dict(r) for r in db.list_conversations(src)]
     assert [r["content"] for r in db.list_messages(conn, q="вопрос")] == ["вопрос номер 2", "вопрос номер 0"]
     new = db.add_message(conn, "s0", "user", "после переезда", "qwen")  # ids go on after the moved ones
     assert new > max(r["id"] for r in db.iter_messages(src))
-    again = subprocess.run([sys.executable, os.path.join(db.HERE, "db.py"), "migrate-to-postgres", path, url],
+    add_user(url, "борис")  # and so do users' ids
+    again = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "db.py"), "migrate-to-postgres", path, url],
                            capture_output=True, text=True, timeout=60)
     assert again.returncode != 0 and "not empty" in again.stderr  # never twice into one database
     conn.close()

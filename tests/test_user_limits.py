@@ -105,7 +105,7 @@ def test_sqlite_limit_under_four_workers(fake_gigachat, tmp_path):
 
 
 def test_a_users_answer_kept_in_the_journal_reaches_their_conversation(fake_gigachat, tmp_path):
-    """An answer that ends while SQLite is locked goes to the journal (db_journal.py) and is replayed later:
+    """An answer that ends while SQLite is locked goes to the journal (history/journal.py) and is replayed later:
     into its user's conversation (the journal line carries the owner, which add_message checks)."""
     import sqlite3
     from test_history_journal import journal_lines, wait_for

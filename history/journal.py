@@ -15,44 +15,33 @@ import json
 import logging
 import os
 import socket
-import sqlite3
 import threading
 import time
 import uuid
 
-import psycopg
-
-import db
-import db_postgres
+from history import postgres
+from history.connections import open_connection
+from history.errors import UNAVAILABLE, ConversationGone, is_duplicate_answer
+from history.store import add_message
 
 RETRY_S = 1.0
 REJECTED = "rejected.log"  # lines the history refused for another reason than being unavailable (JSON lines)
 log = logging.getLogger(__name__)
 
 
-def unavailable_errors():
-    """The errors that mean "the database can't be written now", on either backend."""
-    return (sqlite3.OperationalError, psycopg.InterfaceError) + db_postgres.UNAVAILABLE
-
-
 def default_dir(target) -> str:
     """CHAT_JOURNAL_DIR when not set: beside the SQLite file, or beside the app for PostgreSQL."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    return os.path.join(here if db_postgres.is_url(target) else os.path.dirname(os.path.abspath(target)),
+    app = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.join(app if postgres.is_url(target) else os.path.dirname(os.path.abspath(target)),
                         "history-journal")
 
 
 def directory_for(base, target) -> str:
     """The journal directory of one database: its own, so that a file is never replayed into another."""
-    name = str(target) if db_postgres.is_url(target) else os.path.abspath(target)
-    if db_postgres.is_url(target):  # without the password: a key, not a secret
+    name = str(target) if postgres.is_url(target) else os.path.abspath(target)
+    if postgres.is_url(target):  # without the password: a key, not a secret
         name = name.split("@", 1)[-1]
     return os.path.join(base, hashlib.sha256(name.encode()).hexdigest()[:16])
-
-
-def _is_duplicate(e) -> bool:
-    text = str(e).lower()
-    return "question_id" in text or "messages_by_question" in text
 
 
 class Journal:
@@ -65,14 +54,14 @@ class Journal:
     # -- writing ---------------------------------------------------------------------------------
 
     def save(self, conn, record: dict):
-        """db.add_message(conn, **record); the journal instead when the database can't be written now
+        """add_message(conn, **record); the journal instead when the database can't be written now
         (or this process has answers waiting in the journal: they go first). Returns the message id,
         or None for an answer kept in the journal."""
         reason = "earlier answers wait in the journal" if self.pending else "no connection to it"
         if not self.pending and conn is not None:
             try:
-                return db.add_message(conn, **record)
-            except unavailable_errors() as e:
+                return add_message(conn, **record)
+            except UNAVAILABLE as e:
                 reason = str(e)
         log.warning("history unavailable (%s): the answer to question %s is kept in the journal %s and written "
                     "to the history once the database is back", reason, record["question_id"], self.dir)
@@ -182,11 +171,11 @@ class Journal:
                 if not line.endswith(b"\n"):
                     break  # a line being written (or cut by a crash: dropped when the file is)
                 if conn is None:
-                    conn = db.open_connection(self.target)
+                    conn = open_connection(self.target)
                 rows += self._write_one(conn, line)
                 used, lines = used + len(line), lines + 1
             complete = True
-        except unavailable_errors() as e:
+        except UNAVAILABLE as e:
             log.warning("history still unavailable (%s): %d answer(s) wait in the journal %s", e,
                         self.pending, self.dir)
         finally:
@@ -197,14 +186,14 @@ class Journal:
     def _write_one(self, conn, line) -> int:
         """1 when the line's answer was written now, 0 when it needs no writing (or never can)."""
         try:
-            db.add_message(conn, **json.loads(line))
+            add_message(conn, **json.loads(line))
             return 1
-        except db.ConversationGone:  # deleted meanwhile: its answer has nowhere to go
+        except ConversationGone:  # deleted meanwhile: its answer has nowhere to go
             return 0
-        except unavailable_errors():
+        except UNAVAILABLE:
             raise
         except Exception as e:  # noqa: BLE001 - anything else: set aside, below
-            if isinstance(e, db.INTEGRITY_ERRORS) and _is_duplicate(e):  # written before (a replay cut
+            if is_duplicate_answer(e):  # written before (a replay cut
                 return 0  # short, or a save that did commit before its connection broke)
             self._reject(line, e)  # (retrying it forever would hold every later answer back)
             return 0

@@ -1,7 +1,7 @@
 -- Version 3: an answer names the question it answers (messages.question_id), so that two exchanges
 -- in flight on one session (a double-clicked Send, two tabs, an agent's parallel calls) keep their
 -- pairs however their rows interleave; conversation context is built from these pairs, in the order
--- of the questions' ids. db.init_db runs this in one transaction and sets user_version.
+-- of the questions' ids. history.sqlite.init_db runs this in one transaction and sets user_version.
 ALTER TABLE messages ADD COLUMN question_id INTEGER REFERENCES messages (id) ON DELETE CASCADE;
 -- Backfill: an older answer is paired with the row just before it in its conversation when that row
 -- is a question (the pairing the context used before version 3); an answer with no question right

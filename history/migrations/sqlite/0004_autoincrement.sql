@@ -2,7 +2,7 @@
 -- conversation's last ids to the next messages, and an answer still in flight for a deleted question
 -- could name a newer question of a session recreated under the same id. SQLite cannot add AUTOINCREMENT
 -- to a table, so the table is rebuilt with the same ids (the full-text index, keyed by id, stays valid).
--- db.init_db runs this in one transaction with foreign keys off, then checks them (PRAGMA foreign_key_check).
+-- history.sqlite.init_db runs this in one transaction with foreign keys off, then checks them (PRAGMA foreign_key_check).
 DROP TRIGGER IF EXISTS messages_ai;
 DROP TRIGGER IF EXISTS messages_ad;
 DROP TRIGGER IF EXISTS messages_au;

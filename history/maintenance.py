@@ -1,11 +1,12 @@
 """History upkeep off the request path, one thread per server process and database: moving queued
 messages into the full-text index, and WAL checkpoints (requests only append rows)."""
-import contextlib
 import logging
 import os
 import sqlite3
 import threading
 import time
+
+from history.transaction import write_transaction
 
 INDEX_BATCH = 200  # messages indexed per transaction: ~3 ms of write lock for 200 messages of 120 words
 MAINTENANCE_INTERVAL_S = 1.0
@@ -20,18 +21,6 @@ RESTART_BUSY_MS = 2000
 RESTART_BACKOFF_S = 0.5
 
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def write_transaction(conn):
-    """BEGIN IMMEDIATE (the write lock now) ... COMMIT; ROLLBACK and re-raise on any exception."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def index_pending(db, batch=INDEX_BATCH) -> int:

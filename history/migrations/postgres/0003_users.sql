@@ -1,4 +1,4 @@
--- Version 3 (SQLite's migrate_6.sql): users with their own keys (stored only as SHA-256) and limits;
+-- Version 3 (SQLite's 0006_users.sql): users with their own keys (stored only as SHA-256) and limits;
 -- conversations and messages belong to a user (0: the built-in admin, CHAT_API_KEY; every conversation
 -- that exists already is its); user_usage: the limits' shared counters.
 CREATE TABLE users (

@@ -1,8 +1,8 @@
 -- Version 2: the full-text index is filled off the request path. Saving a message only queues its
--- id in fts_pending; db.index_pending() moves queued messages into messages_fts in batches, from a
+-- id in fts_pending; history.maintenance.index_pending() moves queued messages into messages_fts in batches, from a
 -- background thread and before every search. (In version 1 a trigger indexed each message inside
 -- the request's own transaction: +0.06 ms a message at the median, and every few dozen commits
--- an FTS segment merge of several ms.) db.init_db runs it in one transaction and sets user_version.
+-- an FTS segment merge of several ms.) history.sqlite.init_db runs it in one transaction and sets user_version.
 CREATE TABLE IF NOT EXISTS fts_pending (id INTEGER PRIMARY KEY);
 DROP TRIGGER IF EXISTS messages_ai;
 DROP TRIGGER IF EXISTS messages_ad;

@@ -1,6 +1,6 @@
--- Dual AI Chat API history on PostgreSQL, version 1 (db_postgres.init_db applies pg/<n>_*.sql in
+-- Dual AI Chat API history on PostgreSQL, version 1 (history.postgres.init_db applies 000N_*.sql in
 -- turn, each in one transaction under an advisory lock, and records n in schema_version). The same
--- tables as schema.sql; full-text search is a generated tsvector column with a GIN index, kept up to
+-- tables as the SQLite migrations make; full-text search is a generated tsvector column with a GIN index, kept up to
 -- date inside the insert itself (no queue as on SQLite). The 'simple' configuration: no stemming, no
 -- stop words, so Cyrillic and every other script are matched word for word.
 CREATE TABLE conversations (

@@ -2,7 +2,7 @@
 -- limits; a conversation and its messages belong to the user whose key created them (user_id). 0 is the
 -- built-in admin (CHAT_API_KEY, or the keyless single user): the conversations that exist already are its.
 -- user_usage holds the shared counters the limits read (every worker and host on one database sees
--- them): requests this minute, requests and tokens this UTC day. db.init_db runs this in one transaction.
+-- them): requests this minute, requests and tokens this UTC day. history.sqlite.init_db runs this in one transaction.
 CREATE TABLE users (
     id                  INTEGER PRIMARY KEY AUTOINCREMENT,
     name                TEXT NOT NULL UNIQUE,

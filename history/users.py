@@ -6,14 +6,14 @@ import logging
 import os
 import re
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Optional
 
-import db
-import db_postgres
-from db_maintenance import write_transaction
+from history import postgres
+from history.connections import open_connection
+from history.errors import UNAVAILABLE
+from history.transaction import write_transaction
 
 KEY_PREFIX = "dac_"
 KEY_BYTES = 32  # random bytes a key carries: a fast hash of it cannot be searched backwards
@@ -111,10 +111,10 @@ def any_user(conn) -> bool:
 
 def exist_in(target) -> bool:
     """Whether the history at `target` has users (False when it cannot be read yet: no file, an older schema)."""
-    if not db_postgres.is_url(target) and not os.path.exists(target):
+    if not postgres.is_url(target) and not os.path.exists(target):
         return False
     try:
-        conn = db.open_connection(target)
+        conn = open_connection(target)
     except Exception:  # noqa: BLE001 - only a start-up warning depends on it
         return False
     try:
@@ -134,7 +134,7 @@ def by_key(conn, key: str) -> Optional[Caller]:
     if row["last_used_at"] is None or row["last_used_at"] < now - LAST_USE_STEP_S:
         try:  # (best effort: a busy database does not refuse the request for this)
             conn.execute("UPDATE users SET last_used_at = ? WHERE id = ?", (now, row["id"]))
-        except (sqlite3.OperationalError, *db_postgres.UNAVAILABLE) as e:
+        except UNAVAILABLE as e:
             logging.getLogger(__name__).warning("last use of user %s not noted: %s", row["name"], e)
     return _caller(row)
 
