@@ -58,7 +58,7 @@ def close_db(e=None):
 def init_app(app):
     """The history at app.config["DATABASE"] (an SQLite file or a postgresql:// URL), created or brought
     to the current schema, and its pool (app.extensions["db_pool"], which counts what it hands out)."""
-    app.extensions["db_pool"] = open_pool(app.config["DATABASE"])
+    app.extensions["db_pool"] = open_pool(app.config["DATABASE"], app.config.get("DB_POOL_MAX"))
     app.teardown_appcontext(close_db)
 
 

@@ -8,22 +8,18 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # common.wsgi_server, whichever way gunicorn is started
-from common import request_reader  # the standard library only
 from common.env import load_env  # noqa: E402 - light: prometheus_client must not be imported yet
+from gateway.settings import GatewaySettings  # noqa: E402 - pydantic only
 
 load_env()  # .env first: CHAT_HOST, CHAT_PORT and GUNICORN_* set there apply here, as they do to chat.py
-_env = os.environ.get
+settings = GatewaySettings.from_env("gunicorn.conf.py")  # a bad value: one line naming it, exit status 2
 
-bind = f"{_env('CHAT_HOST') or '127.0.0.1'}:{_env('CHAT_PORT') or '5000'}"
+bind = f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"
 # gthread whose threads never wait on a slow client's headers or body: they are read in the worker's poller,
 # SLOW_CLIENT_TIMEOUT seconds at most each (then a 408): clients sending a byte at a time leave /health answering.
 worker_class = "common.wsgi_server.HeadersFirstWorker"
-try:
-    request_reader.timeout_from_env()
-except ValueError as _e:
-    sys.exit(f"gunicorn.conf.py: error: {_e}")
-workers = int(_env("GUNICORN_WORKERS") or min(4, multiprocessing.cpu_count() * 2))
-threads = int(_env("GUNICORN_THREADS") or 16)
+workers = settings.gunicorn_workers or min(4, multiprocessing.cpu_count() * 2)
+threads = settings.gunicorn_threads
 timeout = 120           # a worker is restarted only if its main loop hangs, not for long streams
 graceful_timeout = 30   # let streams finish on reload/stop
 keepalive = 5

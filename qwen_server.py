@@ -19,6 +19,7 @@ from engines.factory import create_engine
 from model_hub import fit
 from model_hub.startup import resolve_or_exit
 from qwen_api import routes, startup
+from qwen_api.openapi_spec import qwen_server_spec
 from qwen_api.settings import QwenSettings
 from qwen_api.service import ModelService
 
@@ -32,7 +33,7 @@ def create_app(engine, max_tokens_default=2048, allowed_hosts=LOOPBACK_NAMES, so
     metrics = Metrics("qwen")
     install_common(app, metrics, "qwen_server", allowed_hosts, "QWEN_ALLOWED_HOSTS")
     app.wsgi_app = strict_framing(app.wsgi_app)  # a 400 for broken HTTP framing, before anything else
-    openapi.register(app, openapi.qwen_server_spec)  # GET /openapi.json
+    openapi.register(app, qwen_server_spec)  # GET /openapi.json (qwen_api/openapi_spec.py)
     app.extensions["qwen"] = ModelService(engine, metrics, max_tokens_default, source)
     app.register_blueprint(routes.bp)
     return app

@@ -1,14 +1,13 @@
 """OpenAPI 3.0 descriptions of both HTTP APIs, served at GET /openapi.json.
 
     openapi.register(app, gateway_spec)       # in chat.py's create_app (gateway/openapi_spec.py)
-    openapi.register(app, qwen_server_spec)   # in qwen_server.py's create_app
+    openapi.register(app, qwen_server_spec)   # in qwen_server.py's create_app (qwen_api/openapi_spec.py)
 
 Built from small helpers so that each endpoint reads as one short entry; kept in step with
 the gateway's blueprints, qwen_server.py, api_common.py and openai_format.py (tests/test_schemathesis.py fuzzes
 both servers from these documents and fails on any answer they do not describe)."""
 from flask import jsonify
 
-from common.api_common import MAX_BODY_BYTES
 from common.openai_format import MAX_STOP, PARAM_RANGES
 
 VERSION = "1.0.0"
@@ -107,14 +106,15 @@ def ok(description, schema=None, media="application/json", stream=False, headers
 
 ERRORS = {
     400: "Invalid request: the message says what to fix (`param` names the field).",
-    401: "Missing or wrong API key (only when the gateway runs with CHAT_API_KEY).",
+    401: "Missing or wrong API key (when the gateway runs with CHAT_API_KEY or has users).",
+    403: "Refused: an admin-only path for a user's key, or a cross-site request that would spend or write.",
     402: "GigaChat: the token package is used up.",
     404: "Unknown endpoint, session or model.",
     405: "Method not allowed on this path.",
     409: "The conversation was deleted while its answer was being written (the answer was not saved).",
     413: "Request body over 1 MiB, or a question over 100,000 characters.",
     415: "The body is not sent as `Content-Type: application/json` (refused so that web pages cannot post).",
-    429: "GigaChat's rate limit for the key was hit (see Retry-After).",
+    429: "A rate limit was hit: GigaChat's for the key, or the user's own (see Retry-After).",
     500: "A bug: the message names the request id to look up in the server log.",
     502: "The upstream model server failed or answered something unusable.",
     503: "An upstream or the history database is unavailable (Retry-After when known).",
@@ -274,48 +274,6 @@ def common_paths(service, errors=(), metrics_errors=None):
         "/openapi.json": {"get": op("This document.", {"200": ok("OpenAPI 3.0 document.", OPENAPI_DOC)},
                                     tag="service", errors=errors)},
     }
-
-
-# -- qwen_server.py ----------------------------------------------------------------------------
-
-def qwen_server_spec():
-    token_body = {"anyOf": [obj(["messages"], messages=CHAT_REQUEST_PROPS["messages"]),
-                            obj(["text"], text=string(description="Raw text, without the chat template "
-                                                                  "(used when `messages` is absent)."))]}
-    paths = {
-        "/v1/chat/completions": {"post": op(
-            "OpenAI-compatible chat completion, streamed token by token with stream=true.",
-            {"200": ok("chat.completion, or chat.completion.chunk events ending with [DONE].", COMPLETION,
-                       stream=True)},
-            body=obj(["messages"], model=string(description="Ignored: this server runs one model."),
-                     **QWEN_CHAT_PROPS),
-            errors=(400, 413), tag="openai",
-            description="max_tokens defaults to what fits the context; a prompt plus max_tokens over the "
-                        "context is a 400 context_length_exceeded. Fields that would change the answer and "
-                        "are not supported (n > 1, logit_bias, ...) are a 400 unsupported_parameter.")},
-        "/v1/completions": {"post": op(
-            "OpenAI text completion: a prompt continued, or fill-in-the-middle with `suffix`.",
-            {"200": ok("text_completion, or text_completion events ending with [DONE].", TEXT_COMPLETION,
-                       stream=True)},
-            body=COMPLETIONS_REQUEST, errors=(400, 413), tag="openai",
-            description="max_tokens defaults to 16, as OpenAI's.")},
-        "/v1/token/count": {"post": op("Tokens of messages (chat template applied) or of raw text.", {
-            "200": ok("The count.", obj(["count", "max_seq_len"], count=INT, max_seq_len=INT))},
-            body=token_body, errors=(400, 413), tag="tokens")},
-        "/v1/token/encode": {"post": op("Token ids of messages (chat template applied) or of raw text.", {
-            "200": ok("TabbyAPI's shape.", obj(["tokens", "length"], tokens=array(INT), length=INT))},
-            body=token_body, errors=(400, 413), tag="tokens")},
-        "/v1/models": {"get": op("The loaded model.", {"200": ok("OpenAI model list.", MODEL_LIST)}, tag="openai")},
-        "/status": {"get": op("Engine, model, memory and traffic.", {
-            "200": ok("Status.", obj(["online", "model", "max_seq_len"], **QWEN_STATUS_PROPS))}, tag="service")},
-        "/": {"get": op("The endpoint list.", {"200": ok("Endpoints.", obj(
-            ["service", "model", "endpoints"], service=STR, model=STR, endpoints=array(STR)))}, tag="service")},
-        **common_paths("qwen"),  # no API key on this server: no 401
-    }
-    paths["/qwen/status"] = {"get": dict(paths["/status"]["get"], summary="Same as /status.")}
-    return document("Qwen server", f"Local Qwen 2.5 Coder behind an OpenAI-compatible API. Bodies over "
-                                   f"{MAX_BODY_BYTES // 1024} KiB are a 413. Errors are always "
-                                   f"`{{\"error\": {{\"message\", \"type\", \"code\"}}}}`.", paths, {})
 
 
 def register(app, build):

@@ -10,8 +10,21 @@ import sys
 import textwrap
 import typing
 
-from pydantic import ValidationError
+from pydantic import AfterValidator, BeforeValidator, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(v: str) -> str:
+    if v.upper() not in LOG_LEVELS:
+        raise ValueError(f"use one of {', '.join(LOG_LEVELS)}")
+    return v.upper()
+
+
+# LOG_LEVEL's type in both settings objects: one of LOG_LEVELS, any case, spaces around ignored.
+LogLevel = typing.Annotated[str, BeforeValidator(lambda v: v.strip() if isinstance(v, str) else v),
+                            AfterValidator(_log_level)]
 
 
 class EnvSettings(BaseSettings):

@@ -25,7 +25,7 @@ from functools import partial
 
 from gunicorn import util
 from gunicorn.app.base import BaseApplication
-from gunicorn.errors import AppImportError
+from gunicorn.arbiter import Arbiter
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from common import request_reader, worker_deaths
@@ -240,8 +240,10 @@ class EmbeddedServer(BaseApplication):
         threading.Thread(target=heartbeat, daemon=True).start()
         try:
             return self.load_app()
-        except StartupError as e:  # printed by gunicorn on its own line; the master exits with APP_LOAD_ERROR
-            raise AppImportError(str(e)) from None
+        except StartupError as e:  # one line, as gunicorn prints an AppImportError; the master exits with
+            print(e, file=sys.stderr, flush=True)  # APP_LOAD_ERROR. os._exit: no interpreter teardown, in which
+            logging.shutdown()                     # a loaded native engine (llama.cpp) can itself crash
+            os._exit(Arbiter.APP_LOAD_ERROR)
         finally:
             beat.set()
 

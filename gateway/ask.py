@@ -8,6 +8,7 @@ from common.api_common import ApiError, json_body, sse
 from common.openai_format import parse_params
 from gateway import exchange, routing
 from gateway.delivery import begin, deliver, providers
+from providers import UpstreamRequest
 
 MAX_QUESTION_CHARS = 100_000
 
@@ -58,8 +59,8 @@ def ask(name):
     provider = routing.auto(conn, sid, q, head + turns + tail) if name == routing.AUTO \
         else routing.explicit(name, providers(), head + turns + tail, conn, sid)
     messages = exchange.fit_context(provider, head, turns, tail, params.get("max_tokens"))
-    ctx = exchange.start(conn, provider, sid, q, messages, system, params, title=title)
-    r = begin(ctx, stream)  # (from here on, provider.name is the model that answers)
+    ex = exchange.start(conn, provider, sid, q, UpstreamRequest(messages, params), system, title=title)
+    r = begin(ex, stream)  # (from here on, provider.name is the model that answers)
     return routing.mark(deliver(provider.name, r, stream, lambda events: page_events(events, provider, sid),
                                 lambda r: {"answer": r["answer"], "model": r.get("model"), "provider": provider.name,
                                            "route": provider.route, "session": sid, "message_id": r["message_id"],

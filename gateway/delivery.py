@@ -25,15 +25,15 @@ def record_usage(metrics, name, usage):
         metrics.tok_per_s.labels(name).set(tps)
 
 
-def begin(ctx, stream):
+def begin(ex: exchange.Exchange, stream):
     """The answer's event stream, or the whole answer. The session exists from here on, so an
     upstream failure tells the client its id. Until then nothing is written to the client, so a
     watcher notices one that hangs up, and the upstream call is aborted (its answer: cancelled)."""
     try:
-        with client_watch.watching(request.environ, on_leave=ctx["cancel"].set):
-            return exchange.open_stream(ctx) if stream else exchange.answer(ctx)
+        with client_watch.watching(request.environ, on_leave=ex.cancel.set):
+            return exchange.open_stream(ex) if stream else exchange.answer(ex)
     except ApiError as e:
-        e.headers["X-Session-ID"] = ctx["sid"]
+        e.headers["X-Session-ID"] = ex.sid
         raise
 
 

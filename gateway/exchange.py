@@ -6,10 +6,12 @@ client (`cancelled`): before the first token, mid-stream, while waiting in a que
 streamed response was ever read. Only a conversation deleted meanwhile gets no answer row, and a
 request the upstream refuses as invalid leaves nothing (its question is removed)."""
 import contextlib
+import dataclasses
 import itertools
-import json
 import logging
 import time
+from dataclasses import dataclass, field
+from typing import Callable
 
 from flask import current_app
 
@@ -17,7 +19,8 @@ import db
 from common.api_common import ApiError
 from gateway import auth, limits
 from gateway.cancel import Cancel
-from providers.openai_reply import MAX_TOOL_CALLS
+from gateway.saved_answer import merge_tool_call_deltas, saved_text
+from providers import Provider, UpstreamRequest
 
 ANSWER_RESERVE = 1024  # tokens kept free for the answer when max_tokens is not given
 MAX_SAVED_CHARS = 1 << 20  # of one answer (its tool calls included) in history; the rest is cut, and the row says so
@@ -72,43 +75,28 @@ def fit_context(provider, head, turns, tail, max_tokens):
     return head + tail  # the upstream says so if even the question alone is too long
 
 
-def _elapsed_ms(ctx):
-    return round((time.perf_counter() - ctx["t0"]) * 1000, 2)
+@dataclass
+class Exchange:
+    """One question being answered: what the answer functions (answer, open_stream, AnswerStream) share."""
+    conn: object  # the history connection; a stream's is borrowed from the pool and given back when settled
+    provider: Provider  # who answers (a Routed one may switch to the other model before the first word)
+    sid: str  # the conversation
+    request: UpstreamRequest  # what the upstream is asked
+    system: str | None  # the system prompt, as history keeps it
+    model: str | None  # the model the client named, kept on both rows (None: the one the upstream says)
+    question_id: int
+    asked: tuple  # (provider, route) the question row was saved with
+    journal: object  # db_journal.Journal: answers the database can't take now wait there
+    caller: object  # gateway.auth's caller: whose conversation it is, whose limits it counts against
+    cancel: Cancel = field(default_factory=Cancel)  # set when the client leaves
+    t0: float = field(default_factory=time.perf_counter)
+    give_back: Callable = lambda conn: None  # returns a borrowed conn to the pool
+
+    def elapsed_ms(self):
+        return round((time.perf_counter() - self.t0) * 1000, 2)
 
 
-def saved_text(text, tool_calls):
-    """An answer as history keeps it: its text, then each tool call it made as Qwen writes them,
-    <tool_call>{"id", "name", "arguments"}</tool_call> on a line of its own (readable, and lossless JSON)."""
-    lines = [text] if text else []
-    for c in tool_calls or ():
-        f = c.get("function") or {}
-        args = f.get("arguments")
-        try:
-            args = json.loads(args) if isinstance(args, str) else args
-        except ValueError:
-            pass  # (kept as the string it was)
-        lines.append("<tool_call>" + json.dumps({"id": c.get("id"), "name": f.get("name"), "arguments": args},
-                                                ensure_ascii=False) + "</tool_call>")
-    return "\n".join(lines)
-
-
-def merge_tool_call_deltas(calls, deltas):
-    """OpenAI's streamed tool_calls pieces (by index: id and name once, arguments in pieces) into calls."""
-    for d in deltas:
-        i = d.get("index", len(calls))
-        if not isinstance(i, int) or not 0 <= i < MAX_TOOL_CALLS:  # (a list a million entries long, otherwise)
-            raise ApiError(502, f"The upstream sent a tool call numbered {str(i)[:20]}: at most {MAX_TOOL_CALLS} "
-                                f"calls an answer.", type="upstream_error", code="upstream_bad_answer")
-        while len(calls) <= i:
-            calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
-        c, f = calls[i], d.get("function") or {}
-        c["id"] = d.get("id") or c["id"]
-        c["function"]["name"] += f.get("name") or ""
-        c["function"]["arguments"] += f.get("arguments") or ""
-    return calls
-
-
-def _save_answer(ctx, text, info, status, error=None):
+def _save_answer(ex, text, info, status, error=None):
     """The answer row's id, or None when the database could not take it now: then it is in the journal
     (history/journal.py), written to the history once the database is back. ApiError 409 when the
     conversation was deleted meanwhile. Its tokens count against the user's day (gateway/limits.py)."""
@@ -117,22 +105,24 @@ def _save_answer(ctx, text, info, status, error=None):
         error = (f"{error}; " if error else "") + (f"the answer was cut to its first {MAX_SAVED_CHARS} characters "
                                                    f"of {len(content)} for history")
         content = content[:MAX_SAVED_CHARS]
-    record = {"conv_id": ctx["sid"], "role": "assistant", "content": content,
-              "provider": ctx["provider"].name, "model": ctx["model"] or info.get("model"),
-              "system_prompt": ctx["system"], "params": ctx["params"], "usage": info.get("usage"),
-              "latency_ms": _elapsed_ms(ctx), "finish_reason": info.get("finish_reason"), "status": status,
-              "error": error, "question_id": ctx["question_id"], "route": ctx["provider"].route,
-              "user_id": ctx["caller"].id}
+    answered = (ex.provider.name, ex.provider.route)
+    record = {"conv_id": ex.sid, "role": "assistant", "content": content,
+              "provider": answered[0], "model": ex.model or info.get("model"),
+              "system_prompt": ex.system, "params": ex.request.saved_params(), "usage": info.get("usage"),
+              "latency_ms": ex.elapsed_ms(), "finish_reason": info.get("finish_reason"), "status": status,
+              "error": error, "question_id": ex.question_id, "route": answered[1], "user_id": ex.caller.id}
+    if answered != ex.asked:  # model auto fell back after the question was saved: it says who answered too
+        record["reroute_question"] = True
     try:
-        mid = ctx["journal"].save(ctx["conn"], record)
+        mid = ex.journal.save(ex.conn, record)
     except db.ConversationGone:
         raise session_deleted() from None
-    limits.count_answer(ctx["conn"], ctx["caller"], info.get("usage"), saved=mid is not None)
+    limits.count_answer(ex.conn, ex.caller, info.get("usage"), saved=mid is not None)
     return mid
 
 
-def start(conn, provider, sid, question, messages, system, params, model=None, title=None):
-    """Saves the question (creating the conversation when a title is given); returns the context
+def start(conn, provider, sid, question, request, system, model=None, title=None) -> Exchange:
+    """Saves the question (creating the conversation when a title is given); returns the Exchange
     for the answer functions. A provider that can't be asked at all is refused first: nothing is saved.
     The conversation is the caller's (someone else's is a 404, as if it did not exist)."""
     provider.check_ready()
@@ -141,60 +131,58 @@ def start(conn, provider, sid, question, messages, system, params, model=None, t
     if journal.pending:  # answers that ended while the database was away go in before this question
         journal.replay(wait=False)
     try:
-        saved = {k: v for k, v in params.items() if k != "completion"}  # (its prompt is the question)
-        qid = db.add_message(conn, sid, "user", question, provider.name, model, system, saved, title=title,
-                             route=provider.route, user_id=caller.id)
+        qid = db.add_message(conn, sid, "user", question, provider.name, model, system, request.saved_params(),
+                             title=title, route=provider.route, user_id=caller.id)
     except db.ConversationGone:
         raise ApiError(404, f"Unknown session {sid!r} (deleted just now?): omit 'session' to start a new "
                             f"conversation.",
                        code="unknown_session", param="session") from None
-    return {"conn": conn, "provider": provider, "sid": sid, "messages": messages, "system": system,
-            "params": params, "model": model, "t0": time.perf_counter(), "question_id": qid, "cancel": Cancel(),
-            "journal": journal, "caller": caller}
+    return Exchange(conn, provider, sid, request, system, model, qid, (provider.name, provider.route), journal,
+                    caller)
 
 
-def _save_failure(ctx, e):
+def _save_failure(ex, e):
     """The answer row for an upstream call that raised; returns the exception to raise. An upstream
     that found the request itself invalid (before any answer) leaves nothing saved: the question goes."""
-    if isinstance(e, ApiError) and e.status in INVALID_REQUEST and not ctx["cancel"].is_set():
+    if isinstance(e, ApiError) and e.status in INVALID_REQUEST and not ex.cancel.is_set():
         try:
-            db.forget_question(ctx["conn"], ctx["sid"], ctx["question_id"])
+            db.forget_question(ex.conn, ex.sid, ex.question_id)
         except db.UNAVAILABLE as gone:  # (the question stays, without an answer)
-            log.warning("could not remove the refused question %s: %s", ctx["question_id"], gone)
+            log.warning("could not remove the refused question %s: %s", ex.question_id, gone)
         return e
-    if ctx["cancel"].is_set():  # the failure is our own abort of the upstream, for a client that left
-        _save_answer(ctx, "", {}, "cancelled", CANCELLED)
+    if ex.cancel.is_set():  # the failure is our own abort of the upstream, for a client that left
+        _save_answer(ex, "", {}, "cancelled", CANCELLED)
         return ClientGone()
     if not isinstance(e, ApiError):
-        _save_answer(ctx, "", {}, "error", f"internal error: {type(e).__name__}")
+        _save_answer(ex, "", {}, "error", f"internal error: {type(e).__name__}")
         return e
-    _save_answer(ctx, "", {}, "error", e.message)
+    _save_answer(ex, "", {}, "error", e.message)
     return e
 
 
-def answer(ctx) -> dict:
+def answer(ex: Exchange) -> dict:
     try:
-        result = ctx["provider"].complete(ctx["messages"], ctx["params"], ctx["sid"], cancel=ctx["cancel"])
+        result = ex.provider.complete(ex.request, ex.sid, cancel=ex.cancel)
     except Exception as e:
-        raise _save_failure(ctx, e)
+        raise _save_failure(ex, e)
     status = "blocked" if result.get("blocked") else "ok"
-    mid = _save_answer(ctx, result["answer"], result, status)
-    return dict(result, message_id=mid, status=status, elapsed_ms=_elapsed_ms(ctx))
+    mid = _save_answer(ex, result["answer"], result, status)
+    return dict(result, message_id=mid, status=status, elapsed_ms=ex.elapsed_ms())
 
 
-def open_stream(ctx):
+def open_stream(ex: Exchange):
     """Starts the upstream stream and waits for its first event, so that a failure before any
     text (bad key, server down) gets a real HTTP status instead of an error inside a 200 stream.
     Returns an AnswerStream, which saves through a connection borrowed from the pool (the stream
     outlives the request and its connection)."""
-    upstream = ctx["provider"].stream(ctx["messages"], ctx["params"], ctx["sid"], cancel=ctx["cancel"])
+    upstream = ex.provider.stream(ex.request, ex.sid, cancel=ex.cancel)
     try:
         first = next(upstream)
     except StopIteration:
         first = None
     except Exception as e:
         upstream.close()
-        raise _save_failure(ctx, e)
+        raise _save_failure(ex, e)
     try:
         conn, give_back = db.borrow()
     except db.UNAVAILABLE:  # (PostgreSQL gone meanwhile: the answer goes to the journal)
@@ -202,7 +190,7 @@ def open_stream(ctx):
     except BaseException:
         upstream.close()
         raise
-    return AnswerStream(dict(ctx, conn=conn, give_back=give_back), upstream, first)
+    return AnswerStream(dataclasses.replace(ex, conn=conn, give_back=give_back), upstream, first)
 
 
 class AnswerStream:
@@ -215,8 +203,8 @@ class AnswerStream:
     before the first event was ever pulled (a client gone before the first write; a generator's own
     try/finally never runs if it is closed before it starts). Iterate and close from one thread."""
 
-    def __init__(self, ctx, upstream, first):
-        self.ctx, self.upstream, self.first = ctx, upstream, first
+    def __init__(self, ex: Exchange, upstream, first):
+        self.ex, self.upstream, self.first = ex, upstream, first
         self.parts, self.info, self.settled, self.calls = [], {}, False, []
         self._events = self._run()
 
@@ -236,12 +224,12 @@ class AnswerStream:
                 else:
                     self.info.update(ev)
         except Exception as e:  # noqa: BLE001 - the headers are gone: the error goes in-band
-            if self.ctx["cancel"].is_set():  # our own abort, for a client that left just as the text began
+            if self.ex.cancel.is_set():  # our own abort, for a client that left just as the text began
                 with contextlib.suppress(ApiError):  # (deleted meanwhile: nothing to keep)
                     self._settle("cancelled", CANCELLED)
                 return
             if not isinstance(e, ApiError):
-                log.exception("stream of session %s failed", self.ctx["sid"])
+                log.exception("stream of session %s failed", self.ex.sid)
                 e = ApiError(500, f"Internal error while streaming ({type(e).__name__}); the partial answer "
                                   f"was saved.", type="server_error", code="internal_error")
             yield self._ending("error", e)
@@ -260,7 +248,7 @@ class AnswerStream:
             e.message_id = None
             return "error", e
         text = "".join(self.parts)
-        return "done", dict(self.info, message_id=mid, status=value, answer=text, elapsed_ms=_elapsed_ms(self.ctx))
+        return "done", dict(self.info, message_id=mid, status=value, answer=text, elapsed_ms=self.ex.elapsed_ms())
 
     def _settle(self, status, error=None):
         if self.settled:
@@ -268,9 +256,9 @@ class AnswerStream:
         self.settled = True
         try:
             self.upstream.close()  # stops the generation if it is still running
-            return _save_answer(self.ctx, "".join(self.parts), self.info, status, error)
+            return _save_answer(self.ex, "".join(self.parts), self.info, status, error)
         finally:
-            self.ctx["give_back"](self.ctx["conn"])
+            self.ex.give_back(self.ex.conn)
 
     def close(self):
         self._events.close()

@@ -12,6 +12,7 @@ from common.api_common import ApiError, json_body, sse
 from common.openai_format import chunk, completion, new_id, parse_chat_request
 from gateway import exchange, routing
 from gateway.delivery import begin, deliver, providers
+from providers import UpstreamRequest
 
 # What the page can open (#c/<id>, GET /history/<id>): not "." or ".." (dot segments a URL drops).
 SESSION_ID = re.compile(r"(?!\.+$)[A-Za-z0-9._-]{1,100}")
@@ -72,19 +73,13 @@ def v1_chat():
     body = json_body()
     name, gc_model = route_model(body.get("model"))
     req = parse_chat_request(body, current_app.config["QWEN_DEFAULTS"] if name == "qwen" else {}, tools_ok=True)
-    params = req["params"]
-    if gc_model:
-        params["model"] = gc_model
-    elif name == "qwen" and body["model"].lower() != "qwen":  # a named model: the upstreams that serve it
-        params["model"] = body["model"]
+    named = gc_model or (body["model"] if name == "qwen" and body["model"].lower() != "qwen" else None)
     if name == "gigachat":
         for field, neutral in NOT_ON_GIGACHAT.items():
             if body.get(field) not in neutral:
                 raise ApiError(400, f"GigaChat has no '{field}': leave it out, or ask model 'qwen'.",
                                code="unsupported_parameter", param=field)
     shaping = {k: body[k] for k in SHAPING if body.get(k) is not None}
-    if shaping:
-        params["openai"] = shaping
     messages = with_default_system(req["messages"])
     system = next((m["content"] for m in messages if m["role"] == "system"), None)
     question = question_text(messages)
@@ -93,11 +88,12 @@ def v1_chat():
     qwen_only = any(body.get(field) not in neutral for field, neutral in NOT_ON_GIGACHAT.items())
     provider = routing.auto(conn, sid, question, messages, qwen_only) if name == routing.AUTO \
         else routing.explicit(name, providers(), messages, conn, sid)
-    ctx = exchange.start(conn, provider, sid, question, messages, system, params, gc_model,
-                         title=question.strip() or "(no question)")
+    upstream_request = UpstreamRequest(messages, req["params"], named, shaping)
+    ex = exchange.start(conn, provider, sid, question, upstream_request, system, gc_model,
+                        title=question.strip() or "(no question)")
     model_out, cid = body.get("model"), new_id()
     try:
-        r = begin(ctx, req["stream"])
+        r = begin(ex, req["stream"])
     except ApiError as e:
         if gc_model and e.code == "gigachat_model_not_found":  # the client's choice, not the config's
             raise ApiError(404, f"GigaChat has no model {gc_model!r}: GET /v1/models lists the models.",

@@ -20,7 +20,9 @@ ROUTE_NOTE = ("How model auto chose the provider: code, general, private (a secr
 MESSAGE = obj(["id", "session", "role", "content", "provider", "status", "created_at"],
               id=INT, session=STR, role=string(enum=["system", "user", "assistant"]), content=STR,
               provider=STR, model=nullable(STR), system_prompt=nullable(STR),
-              params=nullable(obj(description="The sampling parameters sent upstream.")),
+              params=nullable(obj(description="The request's parameters as the OpenAI body names them: the sampling, "
+                                            "the model it named, and tools, tool_choice, response_format, "
+                                            "logprobs... as sent (never the messages or the prompt).")),
               prompt_tokens=nullable(INT), completion_tokens=nullable(INT),
               precached_prompt_tokens=nullable(INT), latency_ms=nullable(NUM), finish_reason=nullable(STR),
               status=string(enum=["ok", "error", "cancelled", "blocked"]), error=nullable(STR), created_at=NUM,

@@ -21,7 +21,6 @@ from gateway import route_rules, secret_scan
 from providers import Provider
 
 AUTO, PRIVATE = "auto", "private"
-POLICIES = ("refuse", "redact", "allow")
 _OTHER = {"qwen": "gigachat", "gigachat": "qwen"}
 
 
@@ -113,11 +112,14 @@ class Routed(Provider):
                             code="private_needs_local_model", headers={"Retry-After": "5"})
         return e
 
-    def _args(self, messages, params):
+    def _request(self, request):
+        """The request as the current model gets it: secrets masked (redact), Qwen's defaults filled in."""
         if self.redact:
-            messages = [dict(m, content=secret_scan.redact(m["content"])) if isinstance(m.get("content"), str)
-                        else m for m in messages]
-        return messages, ({**self.qwen_defaults, **params} if self.name == "qwen" else params)
+            request = request.replace(messages=[dict(m, content=secret_scan.redact(m["content"]))
+                                                if isinstance(m.get("content"), str) else m
+                                                for m in request.messages])
+        return request.replace(sampling={**self.qwen_defaults, **request.sampling}) if self.name == "qwen" \
+            else request
 
     def check_ready(self):
         try:
@@ -128,17 +130,17 @@ class Routed(Provider):
                 raise err
             self.current.check_ready()
 
-    def complete(self, messages, params, session_id=None, cancel=None):
+    def complete(self, request, session_id=None, cancel=None):
         try:
-            return self.current.complete(*self._args(messages, params), session_id, cancel=cancel)
+            return self.current.complete(self._request(request), session_id, cancel=cancel)
         except ApiError as e:
             err = e if cancel is not None and cancel.is_set() else self._switch(e)
             if err is not None:
                 raise err from None
-        return self.current.complete(*self._args(messages, params), session_id, cancel=cancel)
+        return self.current.complete(self._request(request), session_id, cancel=cancel)
 
-    def stream(self, messages, params, session_id=None, cancel=None):
-        upstream = self.current.stream(*self._args(messages, params), session_id, cancel=cancel)
+    def stream(self, request, session_id=None, cancel=None):
+        upstream = self.current.stream(self._request(request), session_id, cancel=cancel)
         try:
             first = next(upstream, None)
         except ApiError as e:
@@ -146,7 +148,7 @@ class Routed(Provider):
             err = e if cancel is not None and cancel.is_set() else self._switch(e)
             if err is not None:
                 raise err from None
-            upstream = self.current.stream(*self._args(messages, params), session_id, cancel=cancel)
+            upstream = self.current.stream(self._request(request), session_id, cancel=cancel)
             first = next(upstream, None)
         try:
             if first is not None:
@@ -177,8 +179,8 @@ class Routed(Provider):
 
 
 def policy() -> str:
-    value = current_app.config.get("SECRETS_TO_GIGACHAT", "refuse")
-    return value if value in POLICIES else "refuse"
+    """CHAT_SECRETS_TO_GIGACHAT: refuse, redact or allow (gateway/settings.py refuses any other at start)."""
+    return current_app.config["SECRETS_TO_GIGACHAT"]
 
 
 def explicit(name, providers, messages, conn=None, sid=None):

@@ -7,10 +7,11 @@ from flask import Blueprint, current_app
 
 import db
 from common.api_common import ApiError, json_body, sse
-from qwen_api.completions import new_completion_id, parse_completion_request, text_completion
+from common.openai_completions import new_completion_id, parse_completion_request, text_completion
 from gateway import exchange, routing
 from gateway.delivery import begin, deliver, providers
 from gateway.openai_api import route_model, session_id
+from providers import UpstreamRequest
 
 bp = Blueprint("text_completions", __name__)
 FORWARDED = ("prompt", "suffix", "logprobs")  # as sent; the sampling fields go as parsed
@@ -28,16 +29,17 @@ def v1_completions():
         raise ApiError(400, "GigaChat has no text completions API: use /v1/chat/completions for GigaChat, or "
                             "model 'qwen' here.", code="model_not_supported", param="model")
     req = parse_completion_request(body, current_app.config["QWEN_DEFAULTS"])
-    params = {k: v for k, v in req["params"].items() if k not in ("logprobs", "top_logprobs")}
-    params["completion"] = {k: body[k] for k in FORWARDED if body.get(k) is not None}
+    sampling = {k: v for k, v in req["params"].items() if k not in ("logprobs", "top_logprobs")}
+    upstream_request = UpstreamRequest(sampling=sampling,
+                                       completion={k: body[k] for k in FORWARDED if body.get(k) is not None})
     question = question_text(req["prompt"], req["suffix"])
     conn, sid = db.get_db(), session_id()
     provider = providers()[name] if name == "qwen" else \
         routing.auto(conn, sid, question, [{"role": "user", "content": question}], qwen_only=True)
-    ctx = exchange.start(conn, provider, sid, question, [], None, params,
-                         title=question.strip()[:200] or "(empty prompt)")
+    ex = exchange.start(conn, provider, sid, question, upstream_request, None,
+                        title=question.strip()[:200] or "(empty prompt)")
     model_out, cid = body.get("model"), new_completion_id()
-    resp = deliver(provider.name, begin(ctx, req["stream"]), req["stream"],
+    resp = deliver(provider.name, begin(ex, req["stream"]), req["stream"],
                    lambda events: completion_frames(events, cid, model_out, req["include_usage"]),
                    lambda r: dict(text_completion(cid, model_out, r["answer"], r.get("finish_reason"),
                                                   r.get("logprobs"), r.get("usage")), **routing.fields(provider)))

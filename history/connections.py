@@ -16,11 +16,12 @@ def open_connection(target):
     return backend(target).connect(target)
 
 
-def open_pool(target):
-    """The history at `target` brought to the current schema, and a counted pool of connections to it."""
+def open_pool(target, max_size=None):
+    """The history at `target` brought to the current schema, and a counted pool of connections to it
+    (PostgreSQL's: at most max_size connections, CHAT_DB_POOL_MAX)."""
     kind = backend(target)
     kind.init_db(target)
-    return Counted(kind.Pool(target))
+    return Counted(kind.Pool(target, max_size) if max_size and kind.__name__.endswith("postgres") else kind.Pool(target))
 
 
 class Counted:

@@ -16,7 +16,7 @@ MIGRATIONS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__fil
                                            "[0-9][0-9][0-9][0-9]_*.sql")))
 SCHEMA_VERSION = len(MIGRATIONS)
 MIGRATION_LOCK = 0x4441_4943  # pg_advisory_xact_lock key: one process migrates at a time
-POOL_MAX = int(os.environ.get("CHAT_DB_POOL_MAX", "32"))  # connections per process (a stream holds one)
+POOL_MAX = 32  # connections per process (a stream holds one); CHAT_DB_POOL_MAX, read in gateway/settings.py
 POOL_TIMEOUT_S = 10.0  # a request waits this long for a free connection, then gets a 503
 
 
@@ -114,14 +114,15 @@ class Pool:
     """The pool interface of sqlite.Pool (get/put) (get/put) over psycopg_pool, opened lazily in the
     process that serves (a gunicorn worker, not a master that forks)."""
 
-    def __init__(self, url):
+    def __init__(self, url, max_size=POOL_MAX):
+        self.max_size = max_size
         self.url, self.lock, self.pool, self.pid = url, threading.Lock(), None, None
 
     def _pool(self):
         with self.lock:
             if self.pid != os.getpid():
                 self.pool = psycopg_pool.ConnectionPool(
-                    self.url, min_size=1, max_size=POOL_MAX, timeout=POOL_TIMEOUT_S, open=True,
+                    self.url, min_size=1, max_size=self.max_size, timeout=POOL_TIMEOUT_S, open=True,
                     check=psycopg_pool.ConnectionPool.check_connection,  # (after a restart: none broken handed out)
                     kwargs={"autocommit": True}, configure=lambda c: setattr(c, "row_factory", _rows))
                 self.pid = os.getpid()

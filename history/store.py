@@ -18,13 +18,15 @@ def get_conversation(db, conv_id):
 
 def add_message(db, conv_id, role, content, provider, model=None, system_prompt=None, params=None,
                 usage=None, latency_ms=None, finish_reason=None, status="ok", error=None, title=None,
-                question_id=None, route=None, created_at=None, user_id=0) -> int:
+                question_id=None, route=None, created_at=None, user_id=0, reroute_question=False) -> int:
     """Inserts one message and bumps its conversation; returns the message id. With a title, the
     conversation is created first if it does not exist yet, in the same transaction (one commit).
     An answer names its question (question_id); `route` is how model "auto" chose the provider (None when
     the client chose it). The conversation belongs to `user_id` (0: the built-in admin): one of someone else's is
     never written to. Raises ConversationGone when either was deleted, or is someone else's.
-    created_at: when it was said, if earlier than now (an answer replayed from the journal)."""
+    created_at: when it was said, if earlier than now (an answer replayed from the journal).
+    reroute_question: the answer came from another provider than its question was saved with (model auto's
+    fallback): the question row is given the answer's provider and route, in the same transaction."""
     usage = usage or {}
     now = time.time()
     try:
@@ -50,6 +52,8 @@ def add_message(db, conv_id, role, content, provider, model=None, system_prompt=
                  usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("precached_prompt_tokens"),
                  latency_ms, finish_reason, status, error, created_at or now, question_id, route,
                  user_id)).fetchone()[0]
+            if reroute_question and question_id is not None:
+                db.execute("UPDATE messages SET provider = ?, route = ? WHERE id = ?", (provider, route, question_id))
     except INTEGRITY_ERRORS as e:
         if "foreign key" in str(e).lower():
             raise ConversationGone(conv_id) from e

@@ -1,74 +1,8 @@
 """Upstream chat providers the gateway talks to, behind one small interface (Provider), built from the
 gateway's config by REGISTRY. Another provider (or a second upstream of one kind) is a module with a
 Provider subclass and one more line in REGISTRY."""
+from providers.base import Provider
+from providers.registry import REGISTRY, build
+from providers.upstream_request import UpstreamRequest
 
-
-class Provider:
-    """What the gateway asks of an upstream. `cancel` is a gateway.exchange.Cancel: a provider aborts
-    (or leaves its queue) when it is set. Errors are common.api_common.ApiError with the status to answer."""
-
-    name = ""
-    route = None  # how model "auto" chose this provider (gateway/routing.py); None when the client named it
-    on_queue_change = staticmethod(lambda n: None)  # told how many wait for the upstream (a metrics gauge)
-
-    def complete(self, messages, params, session_id=None, cancel=None) -> dict:
-        """The whole answer: {"answer", "finish_reason", "usage", "model", "blocked"}."""
-        raise NotImplementedError
-
-    def stream(self, messages, params, session_id=None, cancel=None):
-        """Lazily yields {"delta": text}..., then one {"finish_reason", "usage", "model", "blocked"};
-        errors come from next(), so the first item can be pulled before any response header is sent."""
-        raise NotImplementedError
-
-    def check_ready(self):
-        """Raises the ApiError to answer when the provider can't be asked at all (not configured), so the
-        gateway refuses before saving anything. Cheap: no network."""
-
-    def configured(self) -> bool:
-        """Whether check_ready() passes (GET /config tells the page which tab works)."""
-        from common.api_common import ApiError
-        try:
-            self.check_ready()
-            return True
-        except ApiError:
-            return False
-
-    def status(self) -> dict:
-        """What the upstream says about itself, for a status page; never raises."""
-        raise NotImplementedError
-
-    def models(self) -> list:
-        """Model names the upstream offers (for /v1/models)."""
-        return []
-
-    def max_seq_len(self):
-        """The context size in tokens, to trim long conversations; None when unknown (nothing is trimmed)."""
-        return None
-
-    def count_tokens(self, messages):
-        """Exact prompt tokens for messages, or None when only the cheap upper bound is known."""
-        return None
-
-
-def _gigachat(config):
-    from providers.gigachat import GigaChatProvider  # imported when used: the SDK is heavy
-    return GigaChatProvider()
-
-
-def _qwen(config):
-    """One URL: a plain client, as it always was; a comma-separated list: a pool over them."""
-    urls = [u.strip() for u in config["QWEN_URL"].split(",") if u.strip()]
-    if len(urls) > 1:
-        from providers.qwen_pool import QwenPoolProvider
-        return QwenPoolProvider(urls, config["QWEN_TIMEOUT"], config.get("QWEN_BREAKER_COOLDOWN", 5.0),
-                                config.get("QWEN_STATUS_POLL", 1.0), config.get("QWEN_AFFINITY_SLACK", 0))
-    from providers.qwen import QwenProvider
-    return QwenProvider(urls[0] if urls else config["QWEN_URL"], config["QWEN_TIMEOUT"])
-
-
-REGISTRY = {"gigachat": _gigachat, "qwen": _qwen}  # name -> factory(config) -> Provider
-
-
-def build(config) -> dict:
-    """{name: Provider} for every registered provider, from the gateway's config."""
-    return {name: make(config) for name, make in REGISTRY.items()}
+__all__ = ["Provider", "UpstreamRequest", "REGISTRY", "build"]

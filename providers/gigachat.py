@@ -15,7 +15,7 @@ from gigachat.models import Chat
 from gigachat.context import session_id_cvar
 
 from common.api_common import ApiError
-from providers import Provider
+from providers.base import Provider
 from providers.gigachat_errors import RETRY_AFTER_S, map_error, upstream
 from common.stop_strings import StopCutter
 from common.openai_tools import check_tool_turns
@@ -36,15 +36,6 @@ def _interrupted(err, chars):
     return upstream(err.status, f"GigaChat stream broke after {chars} characters ({err.message.rstrip('.')}); the "
                                 "partial answer was kept, ask again to get the rest.", "gigachat_stream_interrupted",
                     err.headers)
-
-
-def _env_number(name, default, cast):
-    raw = os.environ.get(name, "").strip()
-    try:
-        return cast(raw) if raw else default
-    except ValueError:
-        log.warning("%s=%r is not a number; using %s", name, raw, default)
-        return default
 
 
 @contextlib.contextmanager
@@ -96,11 +87,10 @@ class GigaChatProvider(Provider):
 
     name = "gigachat"
 
-    def __init__(self):
-        self.model = os.environ.get("GIGACHAT_MODEL", "").strip() or DEFAULT_MODEL
-        self.context_tokens = _env_number("GIGACHAT_CONTEXT_TOKENS", 32768, int)
-        self.max_concurrency = max(1, _env_number("GIGACHAT_MAX_CONCURRENCY", 1, int))
-        self.queue_timeout = max(0.0, _env_number("GIGACHAT_QUEUE_TIMEOUT", 60.0, float))
+    def __init__(self, model=DEFAULT_MODEL, context_tokens=32768, max_concurrency=1, queue_timeout=60.0):
+        """The GIGACHAT_* settings the SDK does not read itself (gateway/settings.py reads and checks them)."""
+        self.model, self.context_tokens = model, context_tokens
+        self.max_concurrency, self.queue_timeout = max(1, max_concurrency), max(0.0, queue_timeout)
         self._slots = threading.BoundedSemaphore(self.max_concurrency)
         self._lock = threading.Lock()
         self._waiting = 0
@@ -121,9 +111,9 @@ class GigaChatProvider(Provider):
                 "max_concurrency": self.max_concurrency, "waiting": self._waiting}
 
     # ---- public API -------------------------------------------------------------------------
-    def complete(self, messages, params=None, session_id=None, cancel=None):
+    def complete(self, request, session_id=None, cancel=None):
         client = self._sdk()
-        payload = self._payload(messages, params)
+        payload = self._payload(request)
         with self._slot(cancel), _session(session_id):
             try:
                 resp = client.chat(payload)  # v1: POST {base_url}/chat/completions
@@ -131,14 +121,14 @@ class GigaChatProvider(Provider):
                 raise self._mapped(e) from e
         choice = resp.choices[0] if resp.choices else None
         finish = choice.finish_reason if choice else None
-        cutter = StopCutter((params or {}).get("stop"))
+        cutter = StopCutter(request.sampling.get("stop"))
         text = cutter.feed((choice.message.content or "") if choice else "")
         text += "" if cutter.hit else cutter.flush()
         return {"answer": text, "finish_reason": "stop" if cutter.hit else finish_reason(finish),
                 "usage": _usage(resp.usage), "model": resp.model, "blocked": finish == "blacklist",
                 "tool_calls": tool_calls(choice.message.function_call) if choice else None}
 
-    def stream(self, messages, params=None, session_id=None, cancel=None):
+    def stream(self, request, session_id=None, cancel=None):
         """Yield {"delta": text}..., then {"finish_reason", "usage", "model", "blocked"}.
 
         Lazy: nothing is sent before the first next(), and errors (ApiError) come from next();
@@ -148,9 +138,9 @@ class GigaChatProvider(Provider):
         stream ends or the generator is closed. A request whose client leaves (`cancel`, an
         exchange.Cancel) leaves the queue; one already sent runs to its end (GIGACHAT_TIMEOUT)."""
         client = self._sdk()
-        payload = self._payload(messages, params)
+        payload = self._payload(request)
         chars, finish, usage, model = 0, None, None, None
-        cutter = StopCutter((params or {}).get("stop"))
+        cutter = StopCutter(request.sampling.get("stop"))
         with self._slot(cancel):
             chunks = client.stream(payload)  # v1 SSE; SDK retries are off (see _sdk), so no replay
             try:
@@ -224,13 +214,13 @@ class GigaChatProvider(Provider):
                 self._client = client
             return self._client
 
-    def _payload(self, messages, params):
-        payload = {"model": (params or {}).get("model") or self.model, "messages": normalize_messages(messages),
-                   **functions_payload((params or {}).get("openai") or {})}
+    def _payload(self, request):
+        payload = {"model": request.model or self.model, "messages": normalize_messages(request.messages),
+                   **functions_payload(request.shaping)}
         # top_k is ignored on purpose: GigaChat has no top_k parameter.
         for key, cast in (("temperature", float), ("top_p", float), ("max_tokens", int),
                           ("repetition_penalty", float)):
-            value = (params or {}).get(key)
+            value = request.sampling.get(key)
             if value is None:
                 continue
             try:

@@ -1,9 +1,6 @@
 """The gateway's client for the local Qwen server (or any OpenAI-compatible server:
 vLLM, TabbyAPI...). Same shape as gigachat_client: complete() and stream()."""
-import contextlib
-import contextvars
 import json
-import socket
 import time
 
 import urllib3
@@ -11,56 +8,14 @@ from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError
 from urllib3.exceptions import TimeoutError as UpstreamTimeout  # not the builtin of that name
 
 from common.api_common import ApiError
-from providers import Provider, openai_reply, usage_count
+import providers.openai_reply as openai_reply  # (the modules, not the package face: no arrow back up)
+import providers.usage_count as usage_count
+from providers.base import Provider
+from providers.upstream_abort import abortable, aborting, request_sent
 
 STATUS_TTL = 30  # seconds to trust a cached /status (the context size rarely changes)
 STATUS_TIMEOUT = urllib3.Timeout(connect=2.0, read=5.0)
 POOL_SIZE = 32  # idle keep-alive connections kept: the gateway's threads per process
-_request_sent = contextvars.ContextVar("qwen_request_sent", default=None)  # set around one urlopen() only
-
-
-def _abortable(base):
-    """A connection class that hands its socket to the current call's abort once the request is
-    sent: shutting it from another thread ends the wait for the answer, and the Qwen server sees
-    the connection close and cancels the generation (a client that left, exchange.Cancel)."""
-    class AbortableConnection(base):
-        def request(self, *args, **kwargs):
-            super().request(*args, **kwargs)
-            sent = _request_sent.get()
-            if sent is not None:
-                sent(self.sock)
-    return AbortableConnection
-
-
-class _Abort:
-    """Shuts the socket of one upstream call when its client leaves (before or after it is sent)."""
-
-    def __init__(self, cancel):
-        self.cancel, self.sock = cancel, None
-
-    def sent(self, sock):
-        self.sock = sock
-        if self.cancel.is_set():
-            self()
-
-    def __call__(self):
-        if self.sock is not None:
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RDWR)
-
-
-@contextlib.contextmanager
-def _aborting(cancel):
-    """The _Abort for a call, registered with the request's exchange.Cancel while the call runs."""
-    if cancel is None:
-        yield None
-        return
-    abort = _Abort(cancel)
-    off = cancel.on_cancel(abort)
-    try:
-        yield abort
-    finally:
-        off()
 
 
 class QwenProvider(Provider):
@@ -72,14 +27,14 @@ class QwenProvider(Provider):
         # urllib3's pool directly, not requests: a third of a millisecond less a call on this path.
         # Thread-safe; never reads proxy settings from the environment (a local server); no retries.
         self.pool = urllib3.connection_from_url(self.base_url, maxsize=POOL_SIZE, block=False, retries=False)
-        self.pool.ConnectionCls = _abortable(self.pool.ConnectionCls)
+        self.pool.ConnectionCls = abortable(self.pool.ConnectionCls)
         self.prefix = urllib3.util.parse_url(self.base_url).path or ""
         self._status, self._status_at = None, 0.0
         self._no_counter = set()  # token-count endpoints this upstream does not have (404)
 
     def _request(self, method, path, body=None, stream=False, timeout=None, abort=None):
         data = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
-        token = _request_sent.set(abort.sent if abort else None)
+        token = request_sent.set(abort.sent if abort else None)
         try:
             r = self.pool.urlopen(method, self.prefix + path, body=data, preload_content=not stream,
                                   headers={"Content-Type": "application/json"} if data else None,
@@ -96,7 +51,7 @@ class QwenProvider(Provider):
             raise ApiError(502, f"The Qwen server at {self.base_url} failed: {e}", type="upstream_error",
                            code="qwen_error")
         finally:
-            _request_sent.reset(token)
+            request_sent.reset(token)
         if r.status >= 400:
             try:
                 text = r.data.decode("utf-8", "replace")  # (a streamed error body is read here too)
@@ -127,37 +82,36 @@ class QwenProvider(Provider):
                         type="upstream_error", code="qwen_bad_answer")
 
     @staticmethod
-    def _body(messages, params, stream):
-        """(path, body): a chat, or with params["completion"] (prompt, suffix...) a text completion."""
-        text = params.get("completion")
-        body = dict(text) if text else {"messages": [_wire(m) for m in messages]}
-        body.update(model="qwen", stream=stream)
-        body.update({k: v for k, v in params.items()
-                     if v is not None and v != [] and k not in ("openai", "completion")})
-        body.update(params.get("openai") or {})  # tools, response_format, logprobs...: passed on as sent
+    def _body(request, stream):
+        """(path, body): a chat, or with request.completion (prompt, suffix...) a text completion."""
+        text = request.completion
+        body = dict(text) if text else {"messages": [_wire(m) for m in request.messages]}
+        body.update(model=request.model or "qwen", stream=stream)
+        body.update({k: v for k, v in request.sampling.items() if v is not None and v != []})
+        body.update(request.shaping)  # tools, response_format, logprobs...: passed on as sent
         if stream:
             body["stream_options"] = {"include_usage": True}
         return ("/v1/completions" if text else "/v1/chat/completions"), body
 
-    def complete(self, messages, params, session_id=None, cancel=None):
-        with _aborting(cancel) as abort:
-            data = self._json("POST", *self._body(messages, params, False), abort=abort)
+    def complete(self, request, session_id=None, cancel=None):
+        with aborting(cancel) as abort:
+            data = self._json("POST", *self._body(request, False), abort=abort)
         try:
             checked = openai_reply.completion(data)
         except openai_reply.OddReply as e:
             raise self._odd(str(e)) from None
         choice, message, logprobs = checked["choice"], checked["message"], checked["choice"].get("logprobs")
         answer = choice["text"] if "text" in choice else message.get("content") or ""
-        usage = usage_count.filled(self, data.get("usage"), messages, params,
+        usage = usage_count.filled(self, data.get("usage"), request,
                                    [{"delta": answer, "tool_calls": message.get("tool_calls")}])
         return {"answer": answer, "finish_reason": choice.get("finish_reason"), "usage": usage,
                 "model": data.get("model"), "blocked": False, "tool_calls": message.get("tool_calls"),
                 "logprobs": logprobs.get("content") if logprobs and "message" in choice else logprobs}
 
-    def stream(self, messages, params, session_id=None, cancel=None):
+    def stream(self, request, session_id=None, cancel=None):
         """Yields {"delta": text}..., then {"finish_reason", "usage", "model", "blocked"}."""
-        with _aborting(cancel) as abort:
-            r = self._request("POST", *self._body(messages, params, True), stream=True, abort=abort)
+        with aborting(cancel) as abort:
+            r = self._request("POST", *self._body(request, True), stream=True, abort=abort)
             kind = r.headers.get("Content-Type", "")
             if not kind.startswith("text/event-stream"):
                 r.close()
@@ -166,7 +120,7 @@ class QwenProvider(Provider):
             pieces = []
             for ev in self._events(r):
                 if "usage" in ev:  # the last one
-                    ev["usage"] = usage_count.filled(self, ev["usage"], messages, params, pieces)
+                    ev["usage"] = usage_count.filled(self, ev["usage"], request, pieces)
                 else:
                     pieces.append(ev)
                 yield ev
@@ -271,12 +225,12 @@ class QwenProvider(Provider):
                 self._no_counter.add(path)
         return None
 
-    def count_prompt(self, messages, params):
+    def count_prompt(self, request):
         """The chat prompt's tokens, template included, where the upstream counts them (qwen_server)."""
-        if params.get("completion") or "/v1/token/count" in self._no_counter:
+        if request.completion or "/v1/token/count" in self._no_counter:
             return None
         try:
-            return int(self.count_tokens(messages))
+            return int(self.count_tokens(request.messages))
         except ApiError as e:
             if e.status in (404, 405):
                 self._no_counter.add("/v1/token/count")

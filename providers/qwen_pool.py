@@ -4,7 +4,7 @@ another upstream, never after (the client would get the same text twice)."""
 import time
 
 from common.api_common import ApiError
-from providers import Provider
+from providers.base import Provider
 from providers.upstreams import Upstreams
 
 
@@ -20,9 +20,9 @@ class QwenPoolProvider(Provider):
     def __init__(self, urls, timeout=300.0, cooldown=5.0, poll=1.0, affinity_slack=0):
         self.pool = Upstreams(urls, timeout, cooldown, poll, affinity_slack)
 
-    def _choose(self, params, session_id, tried):
-        """(upstream, params to send it) for the next try; ApiError when none is left."""
-        model = params.get("model")
+    def _choose(self, request, session_id, tried):
+        """(upstream, request to send it) for the next try; ApiError when none is left."""
+        model = request.model
         model = None if not model or model.lower() == "qwen" else model
         u = self.pool.pick(model, session_id, tried)  # a model no upstream lists: any of them
         if u is None:
@@ -37,13 +37,13 @@ class QwenPoolProvider(Provider):
                                 f"seconds. Why: {why}", type="upstream_unavailable", code="qwen_unreachable")
         # Servers that check the name (vLLM) get one they serve; qwen_server takes any.
         name = model if model and u.models and model in u.models else (u.models or ["qwen"])[0]
-        return u, dict(params, model=name)
+        return u, request.replace(model=name)
 
-    def _attempts(self, params, session_id):
-        """(upstream, params) for each try, each upstream at most once; ends when none is left."""
+    def _attempts(self, request, session_id):
+        """(upstream, request) for each try, each upstream at most once; ends when none is left."""
         tried = []
         while True:
-            u, p = self._choose(params, session_id, tried)
+            u, p = self._choose(request, session_id, tried)
             if u is None:
                 return
             tried.append(u)
@@ -55,12 +55,12 @@ class QwenPoolProvider(Provider):
         self.pool.done(u, failed=None if gone else _fault(e))
         return not gone and _fault(e) is not None
 
-    def complete(self, messages, params, session_id=None, cancel=None):
+    def complete(self, request, session_id=None, cancel=None):
         last = None
-        for u, p in self._attempts(params, session_id):
+        for u, p in self._attempts(request, session_id):
             t0 = time.perf_counter()
             try:
-                result = u.client.complete(messages, p, session_id, cancel)
+                result = u.client.complete(p, session_id, cancel)
             except Exception as e:
                 if not self._retry(u, e, cancel):
                     raise
@@ -70,11 +70,11 @@ class QwenPoolProvider(Provider):
             return result
         raise last
 
-    def stream(self, messages, params, session_id=None, cancel=None):
+    def stream(self, request, session_id=None, cancel=None):
         last = None
-        for u, p in self._attempts(params, session_id):
+        for u, p in self._attempts(request, session_id):
             t0 = time.perf_counter()
-            upstream = u.client.stream(messages, p, session_id, cancel)
+            upstream = u.client.stream(p, session_id, cancel)
             try:
                 first = next(upstream, None)
             except Exception as e:  # nothing reached the client yet: another upstream may answer

@@ -13,14 +13,14 @@ def has_counts(usage) -> bool:
                                            for k in ("prompt_tokens", "completion_tokens"))
 
 
-def prompt_texts(messages, params) -> list:
+def prompt_texts(request) -> list:
     """What the prompt holds as text: a text completion's prompt and suffix, or the messages' contents
     and tool calls."""
-    done = params.get("completion")
+    done = request.completion
     if done:
         return [done.get("prompt") or "", done.get("suffix") or ""]
     out = []
-    for m in messages:
+    for m in request.messages:
         content = m.get("content")
         out.append(content if isinstance(content, str) else "")
         out += [c["function"]["name"] + str(c["function"]["arguments"]) for c in m.get("tool_calls") or ()]
@@ -38,9 +38,9 @@ def answer_text(pieces) -> str:
     return "".join(out)
 
 
-def filled(upstream, usage, messages, params, pieces) -> dict:
+def filled(upstream, usage, request, pieces) -> dict:
     """`usage` as the upstream sent it if it has the counts, else with prompt_tokens, completion_tokens
-    and total_tokens counted here. `upstream`: count_text(text) and count_prompt(messages, params), each
+    and total_tokens counted here. `upstream`: count_text(text) and count_prompt(request) (an UpstreamRequest), each
     the upstream's count or None when it cannot say."""
     if has_counts(usage):
         return usage
@@ -49,9 +49,9 @@ def filled(upstream, usage, messages, params, pieces) -> dict:
     completion = upstream.count_text(text) if text else 0
     if completion is None:
         completion = sum(1 for ev in pieces if ev.get("delta") or ev.get("tool_calls"))
-    prompt = upstream.count_prompt(messages, params)
+    prompt = upstream.count_prompt(request)
     if prompt is None:
-        texts = prompt_texts(messages, params)
+        texts = prompt_texts(request)
         counts = [upstream.count_text(t) if t else 0 for t in texts]
         prompt = sum(counts) if None not in counts else sum(len(t.encode("utf-8")) for t in texts) // 4
     usage.update(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)

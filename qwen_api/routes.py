@@ -5,6 +5,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from common import client_watch
 from common.api_common import ApiError, endpoint_list, json_body, sse, sse_response
+from common.openai_completions import new_completion_id, parse_completion_request, text_completion
 from common.openai_format import chunk, completion, new_id, parse_chat_request, parse_messages
 from common.worker_deaths import WORKER_DEATHS
 from engines.base import GenParams
@@ -45,11 +46,11 @@ def chat_completions():
 def text_completions():  # a prompt continued, or fill-in-the-middle with `suffix` (editor plugins)
     svc = service()
     engine = svc.engine
-    req = completions.parse_completion_request(json_body(), SEED_DEFAULTS)
+    req = parse_completion_request(json_body(), SEED_DEFAULTS)
     params = req["params"]
     ids = completions.prompt_ids(engine, req["prompt"], req["suffix"])
     params["max_tokens"] = svc.budget(None, params["max_tokens"], prompt=len(ids))
-    model, cid, cancel = engine.model_name, completions.new_completion_id(), threading.Event()
+    model, cid, cancel = engine.model_name, new_completion_id(), threading.Event()
     chunks = engine.generate_ids(ids, GenParams(**params), cancel)
     if req["stream"]:
         frames = completion_frames(svc, chunks, cid, model, params["logprobs"], req["include_usage"])
@@ -57,7 +58,7 @@ def text_completions():  # a prompt continued, or fill-in-the-middle with `suffi
     text, entries, finish, usage = svc.collect(chunks, request.environ, cancel, completions.collect)
     usage = svc.finished(model, usage)
     lp = completions.legacy_logprobs(entries) if params["logprobs"] else None
-    return jsonify(completions.text_completion(cid, model, text, finish, lp, usage))
+    return jsonify(text_completion(cid, model, text, finish, lp, usage))
 
 
 def completion_frames(svc, chunks, cid, model, want_logprobs, include_usage):
@@ -66,7 +67,7 @@ def completion_frames(svc, chunks, cid, model, want_logprobs, include_usage):
         if usage is not None:
             usage = svc.finished(model, usage)
             if include_usage:
-                yield sse(completions.text_completion(cid, model, None, None, usage=usage))
+                yield sse(text_completion(cid, model, None, None, usage=usage))
 
 
 def messages_from_body():

@@ -3,15 +3,14 @@
 (common/settings_base.py). huggingface_hub reads its own HF_* variables (model_hub/settings.py)."""
 from typing import Literal, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from common import request_reader
-from common.settings_base import EnvSettings
+from common.settings_base import LOG_LEVELS, EnvSettings, LogLevel
 from engines.base import CACHE_MODES, MAX_DEFAULT_SEQ_LEN
 from engines.factory import ENGINES
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def flags(*names):
@@ -50,7 +49,7 @@ class QwenSettings(EnvSettings):
     llama_amx: bool = Field(False, description=(
         "1: let llama.cpp use its AMX kernels (only a llama.cpp built with them, make install LLAMA_AMX=1, whose "
         "AMX bug llama.cpp#20824 is fixed); unset: never on a CPU with AMX"))
-    log_level: str = Field("INFO", validation_alias="LOG_LEVEL", description=f"log level: {', '.join(LOG_LEVELS)}")
+    log_level: LogLevel = Field("INFO", validation_alias="LOG_LEVEL", description=f"log level: {', '.join(LOG_LEVELS)}")
     slow_client_timeout: float = Field(
         request_reader.DEFAULT_TIMEOUT_S, gt=0, le=3600, validation_alias=request_reader.TIMEOUT_ENV, description=(
             "seconds a request's head, and then its body, may take to arrive; a slower connection gets a 408 and "
@@ -59,10 +58,3 @@ class QwenSettings(EnvSettings):
         "a C++ standard for the build of exllamav2's CUDA extension (c++20 for CUDA 13)"))
     exllamav2_jit_verbose: bool = Field(False, validation_alias="EXLLAMAV2_JIT_VERBOSE", description=(
         "1: print the compiler's commands and output of that build"))
-
-    @field_validator("log_level")
-    @classmethod
-    def _known_level(cls, v: str) -> str:
-        if v.upper() not in LOG_LEVELS:
-            raise ValueError(f"use one of {', '.join(LOG_LEVELS)}")
-        return v.upper()

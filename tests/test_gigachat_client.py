@@ -12,6 +12,8 @@ from helpers import free_port, http, start_fake_gigachat, stop_process
 from common.api_common import ApiError
 from gigachat.context import session_id_cvar
 from providers.gigachat import GigaChatProvider
+from providers import UpstreamRequest
+from gateway.settings import GatewaySettings
 
 USER = [{"role": "user", "content": "Привет, мир! Как дела?"}]
 
@@ -61,7 +63,7 @@ def provider(fake, monkeypatch):
                 monkeypatch.delenv(k, raising=False)
             else:
                 monkeypatch.setenv(k, str(v))
-        return GigaChatProvider()
+        return GigaChatProvider(**GatewaySettings().gigachat_options())  # (GIGACHAT_MODEL... as the gateway reads them)
     return make
 
 
@@ -98,7 +100,7 @@ def drain(gen):
 
 # ---- happy paths -------------------------------------------------------------------------------
 def test_complete_echoes_through_sdk(provider, fake):
-    out = provider().complete(USER, {"temperature": 0.7, "top_p": 0.9})
+    out = provider().complete(UpstreamRequest(USER, {"temperature": 0.7, "top_p": 0.9}))
     assert out["answer"] == "Эхо: Привет, мир! Как дела?"
     assert out["finish_reason"] == "stop" and out["blocked"] is False
     assert out["model"].startswith("GigaChat:")  # the versioned name GigaChat reports
@@ -113,10 +115,10 @@ def test_complete_echoes_through_sdk(provider, fake):
 def test_stream_deltas_join_to_the_answer(provider, fake):
     p = provider()
     deltas, final_items = [], []
-    for item in p.stream(USER, {}):
+    for item in p.stream(UpstreamRequest(USER, {})):
         (deltas if "delta" in item else final_items).append(item)
     assert len(deltas) >= 4  # word by word, not one blob
-    assert "".join(d["delta"] for d in deltas) == p.complete(USER, {})["answer"] == "Эхо: Привет, мир! Как дела?"
+    assert "".join(d["delta"] for d in deltas) == p.complete(UpstreamRequest(USER, {}))["answer"] == "Эхо: Привет, мир! Как дела?"
     [final] = final_items
     assert final["finish_reason"] == "stop" and final["blocked"] is False and final["model"].startswith("GigaChat")
     assert final["usage"]["completion_tokens"] == len(deltas)
@@ -124,26 +126,26 @@ def test_stream_deltas_join_to_the_answer(provider, fake):
 
 
 def test_stream_without_usage_reports_what_is_known(provider):
-    text, final, err = drain(provider().stream(say("раз два [[fault:nousage]]"), {}))
+    text, final, err = drain(provider().stream(UpstreamRequest(say("раз два [[fault:nousage]]"), {})))
     assert err is None and text == "Эхо: раз два" and final["finish_reason"] == "stop"
     assert final["usage"] == dict.fromkeys(final["usage"], None)
 
 
 def test_session_id_header_and_precached_tokens(provider, fake):
     p = provider()
-    first = p.complete(USER, {}, session_id="conv-42")
+    first = p.complete(UpstreamRequest(USER, {}), session_id="conv-42")
     assert fake.last_request()["headers"]["X-Session-ID"] == "conv-42"
-    second = p.complete(say("ещё", [*USER, {"role": "assistant", "content": first["answer"]}]), {}, "conv-42")
+    second = p.complete(UpstreamRequest(say("ещё", [*USER, {"role": "assistant", "content": first["answer"]}])), "conv-42")
     assert first["usage"]["precached_prompt_tokens"] == 0
     assert second["usage"]["precached_prompt_tokens"] > 0
     assert session_id_cvar.get() is None  # reset after the call
-    p.complete(USER, {})
+    p.complete(UpstreamRequest(USER, {}))
     assert "X-Session-ID" not in fake.last_request()["headers"]
 
 
 def test_stream_session_is_set_only_during_sdk_calls(provider, fake):
     seen = []
-    for _ in provider().stream(USER, {}, session_id="conv-7"):
+    for _ in provider().stream(UpstreamRequest(USER, {}), session_id="conv-7"):
         seen.append(session_id_cvar.get())  # the consumer must never see our value
     assert seen and set(seen) == {None}
     assert fake.last_request()["headers"]["X-Session-ID"] == "conv-7"
@@ -153,7 +155,7 @@ def test_system_messages_merged_into_one_first(provider, fake):
     messages = [{"role": "user", "content": "первый"}, {"role": "system", "content": "Ты бот."},
                 {"role": "assistant", "content": "ответ"}, {"role": "system", "content": "Отвечай кратко."},
                 {"role": "user", "content": "второй [[fault:meta]]"}]
-    out = provider().complete(messages, {})
+    out = provider().complete(UpstreamRequest(messages, {}))
     assert out["answer"] == "Эхо: второй [messages=4 system_first=yes session=-]"
     sent = fake.last_request()["body"]["messages"]
     assert sent[0] == {"role": "system", "content": "Ты бот.\n\nОтвечай кратко."}
@@ -174,11 +176,11 @@ def test_fake_enforces_gigachat_message_rules(provider, fake):
 
 def test_params_mapping(provider, fake):
     p = provider()
-    p.complete(USER, {"temperature": 0, "top_k": 40, "repetition_penalty": 1.1})
+    p.complete(UpstreamRequest(USER, {"temperature": 0, "top_k": 40, "repetition_penalty": 1.1}))
     body = fake.last_request()["body"]
     assert 0 < body["temperature"] < 0.01  # 0 would be a 422
     assert "top_k" not in body and body["repetition_penalty"] == 1.1
-    out = p.complete(say("раз два три четыре пять"), {"max_tokens": 2})
+    out = p.complete(UpstreamRequest(say("раз два три четыре пять"), {"max_tokens": 2}))
     assert out["finish_reason"] == "length" and out["answer"] == "Эхо: раз"
 
 
@@ -186,7 +188,7 @@ def test_params_mapping(provider, fake):
                                              ([{"role": "user", "content": 5}], {}), (USER, {"temperature": "hot"})])
 def test_invalid_input_is_400_and_not_sent(provider, fake, messages, params):
     p = provider()
-    assert raises(p.complete, messages, params).status == 400
+    assert raises(p.complete, UpstreamRequest(messages, params)).status == 400
     assert fake.stats()["chat_calls"] == 0
 
 
@@ -199,34 +201,34 @@ def test_models(provider, fake):
 # ---- auth ----------------------------------------------------------------------------------------
 def test_missing_credentials_fails_at_request_time(provider, fake):
     p = provider(GIGACHAT_CREDENTIALS=None)  # constructing must not fail
-    for call in (lambda: p.complete(USER, {}), lambda: list(p.stream(USER, {})), p.models):
+    for call in (lambda: p.complete(UpstreamRequest(USER, {})), lambda: list(p.stream(UpstreamRequest(USER, {}))), p.models):
         err = raises(call)
         assert err.status == 503 and "set GIGACHAT_CREDENTIALS in .env" in err.message
     assert fake.stats()["auth_calls"] == 0
 
 
 def test_bad_credentials_and_scope(provider, fake):
-    err = raises(provider(GIGACHAT_CREDENTIALS="wrong-key").complete, USER, {})
+    err = raises(provider(GIGACHAT_CREDENTIALS="wrong-key").complete, UpstreamRequest(USER))
     assert err.status == 502 and err.code == "gigachat_auth_failed" and "GIGACHAT_CREDENTIALS" in err.message
-    err = raises(provider(GIGACHAT_SCOPE="GIGACHAT_API_CORP").complete, USER, {})
+    err = raises(provider(GIGACHAT_SCOPE="GIGACHAT_API_CORP").complete, UpstreamRequest(USER))
     assert err.status == 502 and "GIGACHAT_SCOPE" in err.message
     assert fake.stats()["auth_failures"] == 2
 
 
 def test_invalid_setting_is_named(provider, tmp_path):
-    err = raises(provider(GIGACHAT_TIMEOUT="soon").complete, USER, {})
+    err = raises(provider(GIGACHAT_TIMEOUT="soon").complete, UpstreamRequest(USER))
     assert err.status == 503 and "GIGACHAT_TIMEOUT" in err.message
-    err = raises(provider(GIGACHAT_CA_BUNDLE_FILE=str(tmp_path / "missing.crt")).complete, USER, {})
+    err = raises(provider(GIGACHAT_CA_BUNDLE_FILE=str(tmp_path / "missing.crt")).complete, UpstreamRequest(USER))
     assert err.status == 503 and "GIGACHAT_CA_BUNDLE_FILE" in err.message
 
 
 def test_expired_token_is_refreshed_transparently(provider, fake):
     p = provider()
-    p.complete(USER, {})
+    p.complete(UpstreamRequest(USER, {}))
     fake.control(expire_tokens=True)
-    assert p.complete(USER, {})["answer"].startswith("Эхо:")
+    assert p.complete(UpstreamRequest(USER, {}))["answer"].startswith("Эхо:")
     fake.control(expire_tokens=True)
-    assert drain(p.stream(USER, {}))[2] is None
+    assert drain(p.stream(UpstreamRequest(USER, {})))[2] is None
     stats = fake.stats()
     assert stats["auth_calls"] == 3 and stats["expired_rejections"] == 2
 
@@ -234,22 +236,22 @@ def test_expired_token_is_refreshed_transparently(provider, fake):
 def test_token_ttl_expiry_refresh(provider):
     for short in _fake("--token-ttl", "0.5"):
         p = provider(url=short.url)
-        p.complete(USER, {})
+        p.complete(UpstreamRequest(USER, {}))
         time.sleep(0.6)
-        assert p.complete(USER, {})["finish_reason"] == "stop"
+        assert p.complete(UpstreamRequest(USER, {}))["finish_reason"] == "stop"
         assert short.stats()["auth_calls"] == 2 and short.stats()["expired_rejections"] == 1
 
 
 def test_one_401_is_retried_with_new_token(provider, fake):
     p = provider()
-    p.complete(USER, {})
+    p.complete(UpstreamRequest(USER, {}))
     fake.control(next=["401"])
-    assert p.complete(USER, {})["finish_reason"] == "stop"
+    assert p.complete(UpstreamRequest(USER, {}))["finish_reason"] == "stop"
     assert fake.stats()["auth_calls"] == 2
 
 
 def test_persistent_401_means_bad_key(provider):
-    err = raises(provider().complete, say("x [[fault:401]]"), {})
+    err = raises(provider().complete, UpstreamRequest(say("x [[fault:401]]")))
     assert err.status == 502 and "GIGACHAT_CREDENTIALS" in err.message
 
 
@@ -267,7 +269,7 @@ def test_persistent_401_means_bad_key(provider):
 def test_http_errors_mapped(provider, fault, status, needle, retry_after):
     p = provider()
     messages = say(f"x [[fault:{fault}]]")
-    for call in (lambda: p.complete(messages, {}), lambda: list(p.stream(messages, {}))):
+    for call in (lambda: p.complete(UpstreamRequest(messages, {})), lambda: list(p.stream(UpstreamRequest(messages, {})))):
         err = raises(call)
         assert err.status == status and needle in err.message
         assert err.code != "gigachat_stream_interrupted"
@@ -275,36 +277,36 @@ def test_http_errors_mapped(provider, fault, status, needle, retry_after):
 
 
 def test_unknown_model_lists_models(provider):
-    err = raises(provider(GIGACHAT_MODEL="GigaChat-Ultra").complete, USER, {})
+    err = raises(provider(GIGACHAT_MODEL="GigaChat-Ultra").complete, UpstreamRequest(USER))
     assert err.status == 502 and "Unknown model 'GigaChat-Ultra'" in err.message
     assert "GIGACHAT_MODEL" in err.message and "GigaChat-2-Max" in err.message
 
 
 def test_blacklist_is_flagged(provider):
     p = provider()
-    out = p.complete(say("[[fault:blacklist]] запретная тема"), {})
+    out = p.complete(UpstreamRequest(say("[[fault:blacklist]] запретная тема"), {}))
     assert out["blocked"] is True and out["finish_reason"] == "blacklist" and out["answer"]
-    text, final, err = drain(p.stream(say("[[fault:blacklist]] запретная тема"), {}))
+    text, final, err = drain(p.stream(UpstreamRequest(say("[[fault:blacklist]] запретная тема"), {})))
     assert err is None and final["blocked"] is True and text == out["answer"]
 
 
 def test_drop_mid_stream_raises_after_partial_text_without_replay(provider, fake):
     p = provider(GIGACHAT_MAX_RETRIES="3")  # SDK retries must stay off for streams anyway
-    text, final, err = drain(p.stream(say("один два три четыре пять [[fault:drop=3]]"), {}))
+    text, final, err = drain(p.stream(UpstreamRequest(say("один два три четыре пять [[fault:drop=3]]"), {})))
     assert text == "Эхо: один два" and final is None
     assert err.code == "gigachat_stream_interrupted" and err.status == 502 and "partial answer" in err.message
     assert fake.stats()["chat_calls"] == 1  # not restarted
-    text, _, err = drain(p.stream(say("один [[fault:drop=0]]"), {}))  # before any text: a plain error
+    text, _, err = drain(p.stream(UpstreamRequest(say("один [[fault:drop=0]]"), {})))  # before any text: a plain error
     assert text == "" and err.status == 502 and err.code == "gigachat_connection_lost"
-    assert raises(p.complete, say("x [[fault:drop]]"), {}).status == 502
+    assert raises(p.complete, UpstreamRequest(say("x [[fault:drop]]"))).status == 502
     assert fake.stats()["chat_calls"] == 3
 
 
 def test_unreachable_is_503(provider, fake):
     dead = f"http://127.0.0.1:{free_port()}"
-    err = raises(provider(url=dead).complete, USER, {})
+    err = raises(provider(url=dead).complete, UpstreamRequest(USER))
     assert err.status == 503 and "Cannot reach GigaChat" in err.message and "GIGACHAT_AUTH_URL" in err.message
-    err = raises(provider(GIGACHAT_BASE_URL=dead + "/api/v1").complete, USER, {})  # auth works, API does not
+    err = raises(provider(GIGACHAT_BASE_URL=dead + "/api/v1").complete, UpstreamRequest(USER))  # auth works, API does not
     assert err.status == 503 and dead in err.message and "GIGACHAT_BASE_URL" in err.message
 
 
@@ -312,9 +314,9 @@ def test_timeout_is_504(provider):
     p = provider(GIGACHAT_TIMEOUT="0.5")
     p.models()  # token first, so the timeout hits the chat call
     t0 = time.monotonic()
-    err = raises(p.complete, say("x [[fault:slow=1.5]]"), {})
+    err = raises(p.complete, UpstreamRequest(say("x [[fault:slow=1.5]]")))
     assert err.status == 504 and "GIGACHAT_TIMEOUT" in err.message and time.monotonic() - t0 < 1.4
-    text, _, err = drain(p.stream(say("раз два три [[fault:sleepstream=1]]"), {}))
+    text, _, err = drain(p.stream(UpstreamRequest(say("раз два три [[fault:sleepstream=1]]"), {})))
     assert text == "Эхо:" and err.status == 504 and err.code == "gigachat_stream_interrupted"
 
 
@@ -325,11 +327,11 @@ def test_tls_failure_explains_russian_ca(provider, tmp_path):
                     "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
     for tls in _fake("--tls-cert", str(cert), "--tls-key", str(key)):
-        err = raises(provider(url=tls.url, GIGACHAT_VERIFY_SSL_CERTS="true").complete, USER, {})
+        err = raises(provider(url=tls.url, GIGACHAT_VERIFY_SSL_CERTS="true").complete, UpstreamRequest(USER))
         assert err.status == 503 and "Russian Trusted Root CA" in err.message
         assert "GIGACHAT_CA_BUNDLE_FILE" in err.message and "GIGACHAT_VERIFY_SSL_CERTS=false" in err.message
         p = provider(url=tls.url, GIGACHAT_VERIFY_SSL_CERTS="true", GIGACHAT_CA_BUNDLE_FILE=str(cert))
-        assert p.complete(USER, {})["finish_reason"] == "stop"
+        assert p.complete(UpstreamRequest(USER, {}))["finish_reason"] == "stop"
 
 
 # ---- concurrency -------------------------------------------------------------------------------
@@ -338,7 +340,7 @@ def _parallel(p, n, text):
     for i in range(n):
         def run(i=i):
             try:
-                results[i] = p.complete(say(text), {})
+                results[i] = p.complete(UpstreamRequest(say(text)))
             except ApiError as e:
                 results[i] = e
         threads.append(threading.Thread(target=run))
@@ -377,7 +379,7 @@ def test_queue_timeout_is_503_busy(provider, fake):
     p = provider(GIGACHAT_MAX_CONCURRENCY="1", GIGACHAT_QUEUE_TIMEOUT="0.2")
     results, threads = _parallel(p, 1, "x [[fault:slow=0.8]]")
     wait_until(lambda: fake.stats()["active"] == 1)  # the slow one holds the slot
-    err = raises(p.complete, USER, {})
+    err = raises(p.complete, UpstreamRequest(USER))
     assert err.status == 503 and err.code == "gigachat_busy" and err.headers["Retry-After"]
     assert "GIGACHAT_QUEUE_TIMEOUT" in err.message
     threads[0].join()
@@ -386,11 +388,11 @@ def test_queue_timeout_is_503_busy(provider, fake):
 
 def test_stream_holds_slot_until_closed(provider):
     p = provider(GIGACHAT_MAX_CONCURRENCY="1", GIGACHAT_QUEUE_TIMEOUT="0.1")
-    gen = p.stream(say("раз два три"), {})
+    gen = p.stream(UpstreamRequest(say("раз два три"), {}))
     assert "delta" in next(gen)
-    assert raises(p.complete, USER, {}).code == "gigachat_busy"
+    assert raises(p.complete, UpstreamRequest(USER)).code == "gigachat_busy"
     gen.close()
-    assert p.complete(USER, {})["finish_reason"] == "stop"
-    gen = p.stream(say("раз"), {})
+    assert p.complete(UpstreamRequest(USER, {}))["finish_reason"] == "stop"
+    gen = p.stream(UpstreamRequest(say("раз"), {}))
     items = [next(gen) for _ in range(3)]  # two deltas, then the final dict: the slot is free already
-    assert "finish_reason" in items[-1] and p.complete(USER, {})["finish_reason"] == "stop"
+    assert "finish_reason" in items[-1] and p.complete(UpstreamRequest(USER, {}))["finish_reason"] == "stop"
