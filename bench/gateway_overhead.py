@@ -36,7 +36,7 @@ from bench._common import (CACHE_DIR, Client, Servers, cpu_seconds, fmt, header,
 from tools.make_models import ensure_tiny_qwen
 
 # Slower fakes for the throughput runs: 16 ms answers make the fake alone serve ~480 req/s to 8
-# clients, the upstream of the LiteLLM figure quoted in the README; 50 ms is closer to a real LLM API.
+# clients, the upstream of the LiteLLM figure quoted in docs/performance.md; 50 ms is closer to a real LLM API.
 SLOW_S = (0.016, 0.05)
 
 

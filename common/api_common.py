@@ -185,7 +185,7 @@ def warn_if_exposed(service: str, bind_host: str, api_key_env: str = None):
     guard = f"set {api_key_env} or " if api_key_env else ""
     logging.getLogger(service).warning(
         "!!! %s listens on %s with NO API KEY: anyone who can reach this address can use it. %sbind to "
-        "127.0.0.1 behind a reverse proxy that authenticates (README: Deployment).", service, bind_host, guard)
+        "127.0.0.1 behind a reverse proxy that authenticates (docs/operations.md: Security).", service, bind_host, guard)
 
 
 def install_common(app, metrics: Metrics, service: str, allowed_hosts=frozenset(LOOPBACK_NAMES),

@@ -107,7 +107,7 @@ class ExLlamaV2Engine(HFEngine):
                               f"--engine transformers") from e
         except (RuntimeError, OSError) as e:  # the JIT build of its extension failed
             raise EngineError(f"exllamav2's CUDA extension did not build ({str(e).splitlines()[0]}); see the "
-                              f"README's GPU section (EXLLAMAV2_JIT_STD=c++20 for CUDA 13)") from e
+                              f"GPU section of docs/qwen_server.md (EXLLAMAV2_JIT_STD=c++20 for CUDA 13)") from e
         self.load_tokenizer()  # the chat template lives in the HF tokenizer config
         self.device = "cuda"
         total = -(-self.max_seq_len // PAGE) * PAGE

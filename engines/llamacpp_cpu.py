@@ -147,7 +147,7 @@ WAIT_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 # libgomp's threads spin this many rounds at the barrier after each op, then sleep (its default: 300000; PASSIVE
 # is 0, ACTIVE forever). A short spin catches the partner thread that is a few microseconds late (most ops on an
 # idle machine) and gives the core back soon when the partner is not running (a busy machine): measured with
-# bench/llamacpp_knobs.py, README "Performance".
+# bench/llamacpp_knobs.py, docs/performance.md.
 SPIN_ROUNDS = 10000
 SPIN_WHY = (f"a short spin ({SPIN_ROUNDS} rounds, then sleep) at each op's barrier: fast on a free machine, and no "
             f"core held for long while the partner thread waits for one on a busy machine")
