@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+import fake_qwen
 import helpers
 import webpage
 from helpers import clean_env, start_fake_gigachat, stop_process
@@ -107,6 +108,14 @@ def gateway(qwen_smol, fake_gigachat, tmp_path_factory):
     proc = start_gateway(qwen_smol.base_url, fake_gigachat, tmp_path_factory.mktemp("gw"))
     yield proc
     stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    """A fake Qwen upstream (tests/fake_qwen.py: it can fail or answer oddly on demand), one per module."""
+    server = fake_qwen.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

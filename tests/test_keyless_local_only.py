@@ -7,19 +7,11 @@ With a key, /config needs it like every endpoint but /health and the page shell.
 import pytest
 import requests
 
-import fake_qwen
 from conftest import start_gateway
 from helpers import stop_process
 
 ALLOWED_ORIGIN = "http://app.example"
 IMG = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"}
-
-
-@pytest.fixture(scope="module")
-def qwen():
-    server = fake_qwen.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import time
 import pytest
 import requests
 
-import fake_qwen
 from conftest import CLEAN_ENV, start_gateway
 from helpers import PYTHON, REPO_ROOT, free_port, http, sse_events, stop_process
 
@@ -19,13 +18,6 @@ AWS_KEY = "AKIAZ3MQ7T5XJ2K8LP4Q"
 PASSWORD = "Marina1987!"
 SECRET_Q = f"Мой пароль от госуслуг {PASSWORD} — надёжный ли он?"
 DEAD = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-
-
-@pytest.fixture(scope="module")
-def qwen():
-    server = fake_qwen.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
