@@ -89,6 +89,8 @@ class Web:
         """axe-core's WCAG 2 A/AA rules on the page as it is; returns the serious and critical violations."""
         self.page.add_script_tag(path=AXE)
         result = self.page.evaluate("""async () => {
+            // colours mid-transition (a theme switch fades) are neither theme's: judge the settled page
+            await Promise.all(document.getAnimations().map(a => a.finished.catch(() => null)));
             const r = await axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a',
                                                                                'wcag21aa', 'best-practice']}});
             return r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,
