@@ -217,3 +217,9 @@ def errors_running_at_once(fn, n=4) -> list:
     for t in threads:
         t.join()
     return errors
+
+
+def openai_client(proc, timeout=120):
+    """The openai SDK pointed at a server the tests started (no retries: a failure shows at once)."""
+    from openai import OpenAI
+    return OpenAI(base_url=proc.base_url + "/v1", api_key="unused", max_retries=0, timeout=timeout)

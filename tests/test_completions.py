@@ -5,9 +5,9 @@ FIM tokens)."""
 import time
 
 import pytest
-from openai import BadRequestError, OpenAI
+from openai import BadRequestError
 
-from helpers import http
+from helpers import openai_client, http
 
 
 @pytest.fixture(scope="module", params=["qwen_smol", "qwen_llama", "qwen_tiny"])
@@ -15,8 +15,7 @@ def server(request):
     return request.getfixturevalue(request.param)
 
 
-def client(proc):
-    return OpenAI(base_url=proc.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+client = openai_client  # (tests/helpers.py)
 
 
 def complete(proc, **kw):

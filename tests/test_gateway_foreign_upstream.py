@@ -3,9 +3,8 @@
 counts the tokens itself (providers/usage_count.py) so that `stream_options.include_usage` ends with
 integers, as OpenAI's schema requires, never `"usage": {}`."""
 import pytest
-from openai import OpenAI
 
-from helpers import PYTHON, free_port, http, start_process, stop_process
+from helpers import openai_client, PYTHON, free_port, http, start_process, stop_process
 from conftest import start_gateway
 
 
@@ -26,8 +25,7 @@ def gateway(llama_cpp_server, fake_gigachat, tmp_path_factory):
     stop_process(proc)
 
 
-def client(proc):
-    return OpenAI(base_url=proc.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+client = openai_client  # (tests/helpers.py)
 
 
 def integer_usage(usage, max_completion):

@@ -6,10 +6,10 @@ import json
 
 import jsonschema
 import pytest
-from openai import BadRequestError, OpenAI
+from openai import BadRequestError
 
 from conftest import start_gateway, start_qwen
-from helpers import http, stop_process
+from helpers import openai_client, http, stop_process
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
@@ -36,8 +36,7 @@ def gw(tiny, fake_gigachat, tmp_path_factory):
     stop_process(proc)
 
 
-def client(proc):
-    return OpenAI(base_url=proc.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+client = openai_client  # (tests/helpers.py)
 
 
 def history(gw, sid):
