@@ -51,6 +51,9 @@ def on_exit(server):
 
 def when_ready(server):
     from common.api_common import warn_if_exposed
+    from history import users
+    if users.exist_in(settings.database):  # (users, like CHAT_API_KEY, need keys: as chat.py says it)
+        return
     for address in server.cfg.address:
         if isinstance(address, tuple):  # (host, port); a unix socket is local
             warn_if_exposed("chat", address[0], "CHAT_API_KEY")

@@ -248,6 +248,20 @@ def test_gateway_warns_when_exposed_without_a_key(qwen_tiny, fake_gigachat, tmp_
             assert wait_for(lambda: "NO API KEY" in open(proc.log_path, encoding="utf-8").read(), 5), f.read()
     finally:
         stop_process(proc)
+    # once users exist every request needs a key (theirs): no warning, as `python chat.py` says it too
+    added = subprocess.run([PYTHON, os.path.join(REPO_ROOT, "chat.py"), "users", "add", "anna"],
+                           env={k: v for k, v in env.items() if v is not None},
+                           capture_output=True, text=True, timeout=60)
+    assert added.returncode == 0, added.stderr
+    proc = start_process([PYTHON, "-m", "gunicorn", "-c", os.path.join(REPO_ROOT, "gunicorn.conf.py"), "--workers",
+                          "1", "chat:app"], env=env, port=port, ready_path="/health", timeout=60)
+    try:
+        assert requests.post(proc.base_url + "/v1/chat/completions", json={}, timeout=10).status_code == 401
+        time.sleep(0.5)  # (when_ready has run before /health answers; the log is flushed per line)
+        with open(proc.log_path, encoding="utf-8") as f:
+            assert "NO API KEY" not in f.read()
+    finally:
+        stop_process(proc)
 
 
 @pytest.mark.parametrize("use_epoll", [True, False], ids=["epoll", "polling"])
