@@ -1,6 +1,7 @@
 """The browser side of the web page tests: Debian's Chromium driven by Playwright, one context per test
 that fails the test on any script error on the page, and axe-core (tests/vendor/axe.min.js)."""
 import os
+import tempfile
 
 import pytest
 
@@ -10,7 +11,10 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 ARTIFACTS = os.path.join(REPO_ROOT, "test-artifacts")
-SCREENSHOTS = os.path.join(REPO_ROOT, "docs", "screenshots")  # shown in the README
+# The README's screenshots are taken by the page tests: into docs/screenshots with UPDATE_SCREENSHOTS=1, else
+# into a scratch folder (a plain test run leaves the work tree as it was).
+SCREENSHOTS = (os.path.join(REPO_ROOT, "docs", "screenshots") if os.environ.get("UPDATE_SCREENSHOTS") == "1"
+               else os.path.join(tempfile.gettempdir(), "dual-ai-chat-screenshots"))
 AXE = os.path.join(REPO_ROOT, "tests", "vendor", "axe.min.js")  # axe-core, for the accessibility tests only
 XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2">'
 LAST_ASSISTANT = "() => [...document.querySelectorAll('.msg-assistant')].pop()"
