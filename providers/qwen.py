@@ -4,12 +4,9 @@ import json
 import time
 
 import urllib3
-from urllib3.exceptions import (
-    HTTPError,
-    NewConnectionError,
-    ProtocolError,
-    TimeoutError as UpstreamTimeout,  # not the builtin of that name
-)
+
+# UpstreamTimeout: urllib3's TimeoutError, not the builtin of that name
+from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError, TimeoutError as UpstreamTimeout
 
 import providers.openai_reply as openai_reply  # (the modules, not the package face: no arrow back up)
 import providers.usage_count as usage_count
