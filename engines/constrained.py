@@ -53,7 +53,9 @@ class Vocab:
     def start(self):
         with self._lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="llguidance-vocab", daemon=True)
+                # Not a daemon: a process that exits meanwhile waits for it (seconds at most), where a daemon
+                # thread inside llguidance segfaulted in the interpreter's teardown as it took the GIL back.
+                self._thread = threading.Thread(target=self._run, name="llguidance-vocab", daemon=False)
                 self._thread.start()
 
     def _run(self):

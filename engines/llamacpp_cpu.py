@@ -184,9 +184,22 @@ class ThreadPlan:
                 "wait": self.wait(), "wait_why": self.wait_why}
 
 
+# Below this size a model's ops are too small to share between threads: the barrier after each op costs more
+# than the second thread saves. Measured with bench/llamacpp_knobs.py on 2 free cores (docs/performance.md):
+# SmolLM2-135M Q4_1 (94 MiB) decodes 2.3x faster on 1 thread than on 2; a 0.5B-shaped Q4_0 (195 MiB) 1.1x
+# slower, a 1.5B-shaped one (707 MiB) 1.6x slower. Prompts (large batched ops) still use every core.
+ONE_THREAD_BELOW_BYTES = 128 << 20
+
+
 def plan_threads(model_bytes, threads=None, threads_batch=None) -> ThreadPlan:
-    """Decode and prompt threads: QWEN_THREADS / -t and QWEN_THREADS_BATCH / --threads-batch win."""
-    cores = physical_cores()
-    why = "set by QWEN_THREADS / -t" if threads else \
-        f"the {cores} physical cores, for a {model_bytes / 2**20:.0f} MiB model"
-    return ThreadPlan(threads or cores, threads_batch or threads or cores, why)
+    """Decode and prompt threads: QWEN_THREADS / -t and QWEN_THREADS_BATCH / --threads-batch win; else one
+    decode thread for a small model (ONE_THREAD_BELOW_BYTES) and the physical cores for a larger one, and
+    the physical cores for prompts."""
+    cores, mib = physical_cores(), f"{model_bytes / 2**20:.0f} MiB"
+    if threads:
+        decode, why = threads, "set by QWEN_THREADS / -t"
+    elif model_bytes < ONE_THREAD_BELOW_BYTES and cores > 1:
+        decode, why = 1, f"a {mib} model's ops are too small to share; prompts: the {cores} physical cores"
+    else:
+        decode, why = cores, f"the {cores} physical cores, for a {mib} model"
+    return ThreadPlan(decode, threads_batch or threads or cores, why)

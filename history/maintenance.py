@@ -9,12 +9,17 @@ import time
 from history.transaction import write_transaction
 
 INDEX_BATCH = 200  # messages indexed per transaction: ~3 ms of write lock for 200 messages of 120 words
+# ... and at most this much text: FTS5 writes a transaction's new index segment (and the merges it sets off)
+# into the WAL at commit, up to ~8x the text for words it has not seen (2-8 MB for 100 messages of 30 KB),
+# and the WAL cannot be emptied in the middle of a transaction.
+INDEX_BATCH_BYTES = 256 << 10
 MAINTENANCE_INTERVAL_S = 1.0
 IDLE_CHECKPOINT_BUSY_MS = 100  # an idle-time checkpoint gives way at once to a writer that turns up
 # Under sustained writes readers always hold some snapshot, so a PASSIVE checkpoint never lets the WAL
-# start over and it grows (91 MB after 30 s at 6 writers). A second thread looks at its size every
-# WAL_CHECK_S (indexing may hold the first for seconds) and past WAL_RESTART_BYTES waits (up to
-# RESTART_BUSY_MS, new writers waiting behind it) for the readers of old snapshots to finish, and empties it.
+# start over and it grows (91 MB after 30 s at 6 writers). So every WAL_CHECK_S, and after each index batch,
+# a WAL past WAL_RESTART_BYTES is emptied: the checkpoint waits (up to RESTART_BUSY_MS, new writers waiting
+# behind it) for the readers of old snapshots to finish. Indexing waits for it: it is what writes the most
+# (when it did not, a 0.7 s wait for the lock let 60 index batches grow the WAL to 40 MB).
 WAL_RESTART_BYTES = 4 << 20
 WAL_CHECK_S = 0.1
 RESTART_BUSY_MS = 2000
@@ -23,55 +28,76 @@ RESTART_BACKOFF_S = 0.5
 log = logging.getLogger(__name__)
 
 
-def index_pending(db, batch=INDEX_BATCH) -> int:
-    """Moves queued messages (fts_pending) into the full-text index, one short transaction per batch;
-    returns how many."""
+def index_pending(db, batch=INDEX_BATCH, max_bytes=INDEX_BATCH_BYTES, between=None) -> int:
+    """Moves queued messages (fts_pending) into the full-text index, one short transaction per batch of at
+    most `batch` messages and `max_bytes` of text (at least one message); returns how many. `between()`
+    runs after each batch; indexing stops there when it returns False (the maintenance thread bounds the WAL)."""
     done = 0
     while True:
         with write_transaction(db):
+            last = _batch_end(db, batch, max_bytes)
+            if last is None:
+                return done
             db.execute("INSERT INTO messages_fts (rowid, content) SELECT m.id, m.content FROM messages m "
-                       "JOIN (SELECT id FROM fts_pending ORDER BY id LIMIT ?) p ON m.id = p.id", (batch,))
-            n = db.execute("DELETE FROM fts_pending WHERE id IN (SELECT id FROM fts_pending ORDER BY id LIMIT ?)",
-                           (batch,)).rowcount
-        done += n
-        if n < batch:
+                       "JOIN fts_pending p ON m.id = p.id WHERE p.id <= ?", (last,))
+            done += db.execute("DELETE FROM fts_pending WHERE id <= ?", (last,)).rowcount
+        if between is not None and not between():
             return done
+
+
+def _batch_end(db, batch, max_bytes):
+    """The last queued id of the next batch (see index_pending), or None when nothing is queued."""
+    total, last = 0, None
+    for pid, size in db.execute("SELECT p.id, coalesce(length(CAST(m.content AS BLOB)), 0) FROM fts_pending p "
+                                "LEFT JOIN messages m ON m.id = p.id ORDER BY p.id LIMIT ?", (batch,)):
+        if last is not None and total + size > max_bytes:
+            break
+        total, last = total + size, pid
+    return last
 
 
 _maintainers, _maintainers_lock = {}, threading.Lock()
 
 
 def _maintain(path, connect):
-    """Full-text indexing and WAL checkpoints for one database, every MAINTENANCE_INTERVAL_S, so that
-    requests only append rows (a checkpoint copies pages into the database file and fsyncs it)."""
-    conn = connect(path)
-    seen, emptied = None, False
+    """Full-text indexing and WAL checkpoints for one database, so that requests only append rows (a
+    checkpoint copies pages into the database file and fsyncs it): the WAL's size every WAL_CHECK_S, the
+    rest every MAINTENANCE_INTERVAL_S. One thread does both, so that indexing waits for the checkpoint."""
+    conn, state = connect(path), _RoundState()
+    next_round = time.monotonic() + MAINTENANCE_INTERVAL_S
     while True:
-        time.sleep(MAINTENANCE_INTERVAL_S)
+        time.sleep(WAL_CHECK_S)
         try:
-            if conn.execute("SELECT 1 FROM fts_pending LIMIT 1").fetchone():
-                index_pending(conn)
-            version = conn.execute("PRAGMA data_version").fetchone()[0]  # changes when others commit
-            if version != seen:
-                seen, emptied = version, False
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            elif not emptied:  # no one wrote for a whole round: empty the WAL file
-                emptied = _truncate_wal(conn, IDLE_CHECKPOINT_BUSY_MS)
+            if not _bound_wal(conn, path):
+                time.sleep(RESTART_BACKOFF_S)  # a reader holds an old snapshot: writers are not held up again at once
+            if time.monotonic() >= next_round:
+                next_round = time.monotonic() + MAINTENANCE_INTERVAL_S
+                _round(conn, path, state)
         except sqlite3.Error as e:  # busy or a full disk: the next round tries again
             log.warning("history maintenance of %s: %s", path, e)
 
 
-def _bound_wal(path, connect):
-    """Empties the WAL whenever it is over WAL_RESTART_BYTES (see there)."""
-    conn, pause = connect(path), WAL_CHECK_S
-    while True:
-        time.sleep(pause)
-        pause = WAL_CHECK_S
-        try:
-            if _wal_size(path) > WAL_RESTART_BYTES and not _truncate_wal(conn, RESTART_BUSY_MS):
-                pause = RESTART_BACKOFF_S  # a reader holds an old snapshot for long: writers are not held up again at once
-        except sqlite3.Error as e:
-            log.warning("WAL checkpoint of %s: %s", path, e)
+class _RoundState:
+    seen = None  # PRAGMA data_version at the last round (it changes when other connections commit)
+    emptied = False  # the WAL was emptied since
+
+
+def _round(conn, path, state):
+    """Indexes what is queued (the WAL bounded between batches: one batch a round while it cannot be), then
+    checkpoints: PASSIVE after writes, and once no one wrote for a whole round, a TRUNCATE that empties the WAL file."""
+    if conn.execute("SELECT 1 FROM fts_pending LIMIT 1").fetchone():
+        index_pending(conn, between=lambda: _bound_wal(conn, path))
+    version = conn.execute("PRAGMA data_version").fetchone()[0]
+    if version != state.seen:
+        state.seen, state.emptied = version, False
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    elif not state.emptied:
+        state.emptied = _truncate_wal(conn, IDLE_CHECKPOINT_BUSY_MS)
+
+
+def _bound_wal(conn, path) -> bool:
+    """Empties the WAL if it is over WAL_RESTART_BYTES (see there); False when that did not get through."""
+    return _wal_size(path) <= WAL_RESTART_BYTES or _truncate_wal(conn, RESTART_BUSY_MS)
 
 
 def _wal_size(path) -> int:
@@ -94,14 +120,12 @@ def _truncate_wal(conn, wait_ms) -> bool:
 
 
 def start_maintenance(path, connect):
-    """The maintenance threads of one process and database (started in the process that serves: a
+    """The maintenance thread of one process and database (started in the process that serves: a
     gunicorn worker, not a master that forks)."""
     key = (os.getpid(), path)
     if key not in _maintainers:
         with _maintainers_lock:
             if key not in _maintainers:
-                _maintainers[key] = [threading.Thread(target=target, args=(path, connect), daemon=True, name=name)
-                                     for target, name in ((_maintain, "history-maintenance"),
-                                                          (_bound_wal, "history-wal-bound"))]
-                for thread in _maintainers[key]:
-                    thread.start()
+                _maintainers[key] = threading.Thread(target=_maintain, args=(path, connect), daemon=True,
+                                                     name="history-maintenance")
+                _maintainers[key].start()

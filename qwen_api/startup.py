@@ -92,5 +92,22 @@ def _child(argv=None):
     return 0
 
 
+def _run_child():
+    """_child(), then out through os._exit: no interpreter teardown, during which a thread still inside
+    native code (llguidance reading the vocabulary in the background) segfaulted as it took the GIL back,
+    which read as a crash of the engine (1 start in 2 of a 0.5B GGUF on a busy 2-core machine)."""
+    try:
+        code = _child()
+    except SystemExit as e:  # argparse
+        code = e.code if isinstance(e.code, int) else 2
+    except BaseException:  # noqa: BLE001 - shown, then a plain exit status (not a signal)
+        import traceback
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(_child())
+    _run_child()

@@ -88,6 +88,21 @@ def test_indexing_goes_in_batches_and_resumes(conn):
     assert fts_ids(conn, "common") == ids and fts_ok(conn)
 
 
+def test_an_index_batch_holds_at_most_its_bytes_and_stops_when_asked(conn):
+    """A transaction's index pages all go to the WAL at commit: a batch is bounded by text as well as count,
+    and the maintenance thread stops indexing when it cannot empty the WAL between batches."""
+    ids = [save(conn, "s", f"big{i} " + "x" * 100_000, title="t") for i in range(6)]  # ~100 KB each
+    calls = []
+
+    def between():
+        calls.append(conn.execute("SELECT count(*) FROM fts_pending").fetchone()[0])
+        return len(calls) < 2
+    assert db.index_pending(conn, max_bytes=250_000, between=between) == 4  # 2 + 2, then told to stop
+    assert calls == [4, 2]
+    assert db.index_pending(conn, max_bytes=1) == 2  # one message a batch when one is over the bound
+    assert fts_ids(conn, "big5") == [ids[5]] and fts_ok(conn)
+
+
 def make_v1(path):
     c = sqlite3.connect(path, isolation_level=None)
     c.execute("PRAGMA journal_mode = WAL")

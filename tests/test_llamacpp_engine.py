@@ -161,13 +161,18 @@ def test_context_beyond_the_model_runs_with_a_warning(smollm2_gguf, tiny_qwen_di
 
 
 def test_threads_and_wait_policy_are_chosen_said_and_overridable(qwen_llama, smollm2_gguf):
-    """By default a short spin (GOMP_SPINCOUNT) and the physical cores, said in /status with why; QWEN_THREADS,
-    QWEN_THREADS_BATCH and OMP_WAIT_POLICY win; an empty OMP_WAIT_POLICY (as .env.example has it) is unset."""
-    from engines.llamacpp_cpu import SPIN_ROUNDS, physical_cores
+    """By default a short spin (GOMP_SPINCOUNT), prompts on the physical cores and, for a model as small as
+    SmolLM2-135M, one decode thread, said in /status with why; QWEN_THREADS, QWEN_THREADS_BATCH and
+    OMP_WAIT_POLICY win; an empty OMP_WAIT_POLICY (as .env.example has it) is unset."""
+    from engines.llamacpp_cpu import ONE_THREAD_BELOW_BYTES, SPIN_ROUNDS, physical_cores, plan_threads
+    cores = physical_cores()
     plan = requests.get(qwen_llama.base_url + "/status", timeout=10).json()["cpu_plan"]
-    assert plan["decode_threads"] == plan["prompt_threads"] == physical_cores()
+    assert (plan["decode_threads"], plan["prompt_threads"]) == (1, cores), plan
     assert plan["wait"] == f"GOMP_SPINCOUNT={SPIN_ROUNDS}" and "short spin" in plan["wait_why"], plan
-    assert "physical cores" in plan["threads_why"]
+    assert ("too small to share" if cores > 1 else "physical cores") in plan["threads_why"], plan
+    big = plan_threads(ONE_THREAD_BELOW_BYTES + 1)  # a 0.5B model and up: every core for decoding too
+    assert (big.decode, big.batch) == (cores, cores) and "physical cores" in big.threads_why
+    assert (plan_threads(1 << 20, threads=3).decode, plan_threads(1 << 20, threads=3).batch) == (3, 3)
     for env, wait in (({"QWEN_THREADS": "1", "QWEN_THREADS_BATCH": "2", "OMP_WAIT_POLICY": "PASSIVE"},
                        "OMP_WAIT_POLICY=PASSIVE"), ({"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": None},
                                                     f"GOMP_SPINCOUNT={SPIN_ROUNDS}")):
