@@ -15,8 +15,16 @@ from prometheus_client import Gauge
 import db
 import providers as provider_registry
 from common import openapi, wsgi_server
+from common.api_common import (
+    Metrics,
+    host_names,
+    install_access,
+    install_common,
+    load_env,
+    setup_logging,
+    warn_if_exposed,
+)
 from common.framing import strict_framing
-from common.api_common import Metrics, host_names, install_access, install_common, load_env, setup_logging, warn_if_exposed
 from gateway import ask, auth, cross_site, history, openai_api, page, routing, text_completions
 from gateway.openapi_spec import gateway_spec
 from gateway.settings import GatewaySettings

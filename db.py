@@ -12,8 +12,17 @@ from history.errors import INTEGRITY_ERRORS, POSTGRES_UNAVAILABLE, UNAVAILABLE, 
 from history.listing import iter_messages, list_conversations, list_messages
 from history.maintenance import MAINTENANCE_INTERVAL_S, index_pending
 from history.sqlite import SCHEMA_VERSION, WAL_SIZE_LIMIT, connect, init_db
-from history.store import (add_message, answered_pairs, conversation_messages, delete_conversation, forget_question,
-                           get_conversation, has_route, message_dict, new_session_id)
+from history.store import (
+    add_message,
+    answered_pairs,
+    conversation_messages,
+    delete_conversation,
+    forget_question,
+    get_conversation,
+    has_route,
+    message_dict,
+    new_session_id,
+)
 from history.transaction import write_transaction
 
 __all__ = ["INTEGRITY_ERRORS", "MAINTENANCE_INTERVAL_S", "POSTGRES_UNAVAILABLE", "SCHEMA_VERSION", "UNAVAILABLE",

@@ -11,8 +11,16 @@ import sys
 from flask import Flask
 
 from common import openapi
+from common.api_common import (
+    LOOPBACK_NAMES,
+    Metrics,
+    host_names,
+    install_common,
+    load_env,
+    setup_logging,
+    warn_if_exposed,
+)
 from common.framing import strict_framing
-from common.api_common import LOOPBACK_NAMES, Metrics, host_names, install_common, load_env, setup_logging, warn_if_exposed
 from common.wsgi_server import StartupError, serve
 from engines.base import EngineError
 from engines.factory import create_engine
@@ -20,8 +28,8 @@ from model_hub import fit
 from model_hub.startup import resolve_or_exit
 from qwen_api import routes, startup
 from qwen_api.openapi_spec import qwen_server_spec
-from qwen_api.settings import QwenSettings
 from qwen_api.service import ModelService
+from qwen_api.settings import QwenSettings
 
 log = logging.getLogger("qwen_server")
 

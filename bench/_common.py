@@ -1,5 +1,5 @@
-"""Shared plumbing for the bench/ scripts: machine description, a clean environment for the
-servers we start, percentiles, Markdown tables, a keep-alive HTTP client and wrk.
+"""Shared plumbing for the bench/ scripts: machine description, percentiles, Markdown tables, a
+keep-alive HTTP client and wrk. Their servers start and stop as the tests' do, with tests/helpers.py.
 
 The scripts only ever talk to 127.0.0.1 servers they start themselves."""
 import datetime
@@ -15,13 +15,9 @@ import tempfile
 import time
 from urllib.parse import urlsplit
 
-# The servers start exactly as in the tests (tests/ is on the path: bench/__init__.py); re-exported for the benches.
-from helpers import (PYTHON, clean_env, free_port, gigachat_env, http, start_fake_gigachat, start_gateway,  # noqa: F401
-                     start_process, start_qwen, stop_process)
+from helpers import REPO_ROOT, clean_env, live_processes, start_fake_gigachat, stop_process
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(BENCH_DIR)
-TESTS_DIR = os.path.join(REPO_ROOT, "tests")
 CACHE_DIR = os.path.join(REPO_ROOT, ".cache", "bench")  # .cache/ is git-ignored
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models are local; never try a hub
@@ -62,8 +58,7 @@ class Servers:
 
 
 def tmpdir(prefix):
-    d = tempfile.mkdtemp(prefix=prefix)
-    return d
+    return tempfile.mkdtemp(prefix=prefix)
 
 
 def rmtree(d):
@@ -275,22 +270,12 @@ def start_fake():
     return start_fake_gigachat(env=clean_env())
 
 
-def _children_map():
-    kids = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat", "rb") as f:
-                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            kids.setdefault(ppid, []).append(int(d))
-    return kids
-
-
 def process_tree(pid):
     """pid and all its descendants (e.g. gunicorn and its workers)."""
-    kids, todo = _children_map(), [pid]
+    kids = {}
+    for child, ppid, _ in live_processes():
+        kids.setdefault(ppid, []).append(child)
+    todo = [pid]
     while todo:
         p = todo.pop()
         yield p

@@ -11,7 +11,6 @@ import os
 import threading
 
 from bench._common import fmt, header, md_table, median
-
 from engines import GenParams, create_engine
 from engines.constrained import json_grammar
 from tools.make_models import ensure_smollm2, ensure_smollm2_gguf

@@ -31,8 +31,22 @@ import time
 import urllib.parse
 import uuid
 
-from bench._common import (CACHE_DIR, Client, Servers, cpu_seconds, fmt, header, http, load, load_tool,
-                           md_table, median, pct, rmtree, start_fake, start_gateway, start_qwen)
+from bench._common import (
+    CACHE_DIR,
+    Client,
+    Servers,
+    cpu_seconds,
+    fmt,
+    header,
+    load,
+    load_tool,
+    md_table,
+    median,
+    pct,
+    rmtree,
+    start_fake,
+)
+from helpers import QUIET_ENV, http, start_gateway, start_qwen
 from tools.make_models import ensure_tiny_qwen
 
 # Slower fakes for the throughput runs: 16 ms answers make the fake alone serve ~480 req/s to 8
@@ -219,7 +233,7 @@ def main():
             fake = S.add(start_fake())
             # One OpenMP thread: the tiny model gains nothing from two, and idle-spinning OpenMP
             # threads would steal CPU from the gateway on a 2-core machine.
-            qwen = S.add(start_qwen(tiny, "-l", "512", env={"OMP_NUM_THREADS": "1", "LOG_LEVEL": "WARNING"}))
+            qwen = S.add(start_qwen(tiny, "-l", "512", env=QUIET_ENV))
             targets = targets_for(fake, qwen, start_gateways(S, a, qwen, fake, dbdir), oauth_token(fake))
             lat_rows = latency_rows(targets, a)
             tp_rows = [] if a.latency_only else throughput_rows(targets, a)

@@ -15,8 +15,8 @@ import pstats
 import sys
 import time
 
-from bench._common import (CACHE_DIR, REPO_ROOT, Servers, fmt, gigachat_env, header, md_table, median,
-                           rmtree, start_fake, start_qwen)
+from bench._common import CACHE_DIR, Servers, fmt, header, md_table, median, rmtree, start_fake
+from helpers import QUIET_ENV, REPO_ROOT, gigachat_env, start_qwen
 
 # chat.py and the modules it imports, dropped from sys.modules before importing another checkout's
 PROJECT_MODULES = ("chat", "db", "db_maintenance", "exchange", "api_common", "openai_format", "openapi", "client_watch",
@@ -78,7 +78,7 @@ def main():
     try:
         with Servers() as S:
             fake = S.add(start_fake())
-            qwen = S.add(start_qwen(tiny, "-l", "512", env={"OMP_NUM_THREADS": "1", "LOG_LEVEL": "WARNING"}))
+            qwen = S.add(start_qwen(tiny, "-l", "512", env=QUIET_ENV))
             for k in list(os.environ):
                 if k.startswith(("GIGACHAT_", "QWEN_", "CHAT_", "DEFAULT_SYSTEM")):
                     del os.environ[k]

@@ -145,8 +145,9 @@ def http_vs_bare(engine, kind, model_dir, mode, a):
     cache, loaded beside it) streaming over HTTP; fresh prompts, strictly alternate runs, medians and ratio."""
     import threading
 
-    from bench._common import Client, start_qwen, stop_process
+    from bench._common import Client
     from engines import GenParams
+    from helpers import start_qwen, stop_process
     greedy = dict(GREEDY, max_tokens=a.tokens)
     tok = engine.hf_tokenizer
 

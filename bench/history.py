@@ -22,9 +22,10 @@ import sys
 import time
 
 import db
-from bench._common import Client, Servers, fmt, header, md_table, pct, start_fake, start_gateway
+from bench._common import Client, Servers, fmt, header, md_table, pct, start_fake
 from bench.history_data import RARE_COUNT, cached_db
 from bench.history_requests import explain, internals_for, pick, requests_for
+from helpers import start_gateway
 
 GOAL_MS = 10.0
 HISTORY_MODULES = ("db", "history", "db_postgres", "db_maintenance", "db_move", "db_journal")  # (the last four: before history/)

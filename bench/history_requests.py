@@ -4,6 +4,7 @@ import urllib.parse
 
 from bench.history_data import RARE_EN, RARE_RU
 
+
 def pick(conn):
     """Ids and sessions the requests use: a mid-history id, a typical and the largest session."""
     max_id = conn.execute("SELECT max(id) FROM messages").fetchone()[0]

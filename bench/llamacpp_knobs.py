@@ -13,15 +13,13 @@ libgomp's default is 300000), decode threads (-t) and prompt threads (--threads-
 """
 import argparse
 import os
-import subprocess
 import sys
 
-from bench._common import PYTHON, Client, clean_env, fmt, header, md_table, median
-from bench.llamacpp_server import FILLER, GGML_TYPE, STORY, Arm
+from bench._common import fmt, header, md_table, median
+from bench.llamacpp_server import FILLER, GGML_TYPE, STORY, Arm, busy_core
 from engines.llamacpp_cpu import physical_cores
+from helpers import PYTHON, clean_env
 from tools.make_models import ensure_smollm2_gguf
-
-BURN = "import time\nwhile True: pass"  # one core, busy
 
 
 def configs(gguf, cores):
@@ -55,7 +53,7 @@ def measure(arm, env, run):
     """(decode tok/s, TTFT of a ~220-token question) of a fresh server."""
     arm.start(env)
     try:
-        client = Client(f"http://127.0.0.1:{arm.port}", timeout=300)
+        client = arm.client()
         arm.stream(client, [{"role": "user", "content": f"warm {run}"}], 8)
         tps = arm.stream(client, [{"role": "user", "content": f"({run}) {STORY}"}], 128)[1]
         long_q = f"Visitor {run} asks: " + FILLER * 7 + "What does the museum record?"
@@ -73,27 +71,21 @@ def main():
     ap.add_argument("--only", help="comma-separated labels (default: all)")
     args = ap.parse_args()
     gguf, cores = args.gguf or str(ensure_smollm2_gguf()), physical_cores()
-    base = {k: v for k, v in {**os.environ, **clean_env(LOG_LEVEL="WARNING")}.items() if v is not None}
+    base = clean_env(LOG_LEVEL="WARNING")
     cfgs = configs(gguf, cores)
     if args.only:
         cfgs = [c for c in cfgs if c[0] in args.only.split(",")]
     res = {(label, s): ([], []) for label, _, _ in cfgs for s in ("idle", "load")}
     for rnd in range(args.rounds):
         for situation in (("idle", "load") if rnd % 2 == 0 else ("load", "idle")):
-            burner = subprocess.Popen([sys.executable, "-c", BURN]) if situation == "load" else None
-            try:
+            with busy_core(situation == "load"):
                 k = rnd % len(cfgs)
                 for label, arm, over in cfgs[k:] + cfgs[:k]:
-                    env = {key: v for key, v in {**base, **over}.items() if v is not None}
-                    tps, ttft = measure(arm, env, f"{rnd}{situation}")
+                    tps, ttft = measure(arm, {**base, **over}, f"{rnd}{situation}")
                     res[(label, situation)][0].append(tps)
                     res[(label, situation)][1].append(ttft)
                     print(f"round {rnd} {situation:4} {label:32} {fmt(tps, 1):>6} tok/s  TTFT {fmt(ttft, 3)} s",
                           file=sys.stderr, flush=True)
-            finally:
-                if burner:
-                    burner.kill()
-                    burner.wait()
     report(args, gguf, cfgs, res)
 
 

@@ -19,16 +19,16 @@ By default each server waits at OpenMP barriers as it ships (--omp-wait-policy P
 Ratios are qwen_server / llama_cpp.server; the goals: decode >= 0.95, TTFT <= 1.05.
 """
 import argparse
+import contextlib
 import json
-import os
 import subprocess
 import threading
 import time
 
-from bench._common import (PYTHON, REPO_ROOT, Client, clean_env, fmt, free_port, header, md_table, median,
-                           stop_process)
+from bench._common import Client, fmt, header, md_table, median
 from engines.llamacpp_cpu import physical_cores
 from engines.llamacpp_engine import CACHE_TYPES
+from helpers import PYTHON, clean_env, free_port, start_process, stop_process
 from tools.make_models import ensure_smollm2_gguf
 
 GGML_TYPE = {"f16": 1, "q8_0": 8, "q5_1": 7, "q4_0": 2}  # llama.cpp's ggml_type numbers (--type_k/--type_v)
@@ -42,28 +42,19 @@ class Arm:
 
     def __init__(self, name, argv, sampling):
         self.name, self.argv, self.sampling = name, argv, sampling
-        self.proc = self.port = None
+        self.proc = None
 
     def start(self, env):
-        """Starts the server; returns seconds from process start to its first answer."""
-        self.port = free_port()
-        argv = [str(a).replace("{port}", str(self.port)) for a in self.argv]
-        t0 = time.perf_counter()
-        self.proc = subprocess.Popen(argv, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        body = self.body([{"role": "user", "content": "Hi"}], 1, stream=False)
-        while time.perf_counter() - t0 < 120:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}")
-            try:
-                status, _, _ = Client(f"http://127.0.0.1:{self.port}", timeout=30).request(
-                    "POST", "/v1/chat/completions", body)
-                if status == 200:
-                    return time.perf_counter() - t0
-            except OSError:
-                pass
-            time.sleep(0.02)
-        raise RuntimeError(f"{self.name} did not answer within 120 s")
+        """Starts the server as the tests start theirs (env: laid over os.environ, None unsets); returns
+        seconds from process start to its first answer (a 1-token request)."""
+        port = free_port()
+        self.proc = start_process([str(a).replace("{port}", str(port)) for a in self.argv], env=env, port=port,
+                                  ready_path="/v1/chat/completions", timeout=120, poll_s=0.02,
+                                  ready_body=self.body([{"role": "user", "content": "Hi"}], 1, stream=False))
+        return self.proc.ready_s
+
+    def client(self):
+        return Client(self.proc.base_url, timeout=300)
 
     def stop(self):
         if self.proc:
@@ -99,7 +90,7 @@ def concurrent(arm, n, max_tokens, tag):
     results = [None] * n
 
     def one(i):
-        client = Client(f"http://127.0.0.1:{arm.port}", timeout=300)
+        client = arm.client()
         msgs = [{"role": "user", "content": f"{tag}-{i}: {STORY}"}]
         try:
             results[i] = arm.stream(client, msgs, max_tokens)
@@ -117,18 +108,26 @@ def concurrent(arm, n, max_tokens, tag):
     return sum(1 for r in results if r[3]), sum(r[2] for r in results) / wall
 
 
+@contextlib.contextmanager
+def busy_core(on=True):
+    """Another process spinning on one core meanwhile (a busy machine) while `on`."""
+    burner = subprocess.Popen([PYTHON, "-c", "while True: pass"]) if on else None
+    try:
+        yield
+    finally:
+        if burner:
+            burner.kill()
+            burner.wait()
+
+
 def under_load(arms, clients, runs, max_tokens, res):
     """Decode tok/s and a short TTFT while another process spins on one core (a busy machine)."""
-    burner = subprocess.Popen([PYTHON, "-c", "while True: pass"])
-    try:
+    with busy_core():
         for run in range(runs):
             for arm in arms if run % 2 == 0 else arms[::-1]:
                 c, r = clients[arm.name], res[arm.name]
                 r["ttft_load"].append(arm.stream(c, [{"role": "user", "content": f"What is {run} plus 3?"}], 8)[0])
                 r["tps_load"].append(arm.stream(c, [{"role": "user", "content": f"[{run}] {STORY}"}], max_tokens)[1])
-    finally:
-        burner.kill()
-        burner.wait()
 
 
 def main():
@@ -145,8 +144,7 @@ def main():
     runs = 2 if args.quick else args.runs
     gguf, kv = str(ensure_smollm2_gguf()), CACHE_TYPES[args.cache]
     policy = None if args.omp_wait_policy == "default" else args.omp_wait_policy
-    env = {k: v for k, v in {**os.environ, **clean_env(LOG_LEVEL="WARNING", OMP_WAIT_POLICY=policy)}.items()
-           if v is not None}
+    env = clean_env(LOG_LEVEL="WARNING", OMP_WAIT_POLICY=policy)
     ours = Arm("qwen_server", [PYTHON, "qwen_server.py", "-m", gguf, "--engine", "llamacpp", "-cache", args.cache,
                                "-l", 2048, "-t", args.threads, "--port", "{port}"],
                {"repetition_penalty": 1.1})
@@ -164,7 +162,7 @@ def main():
             for arm in arms if i % 2 == 0 else arms[::-1]:
                 arm.stop()
                 res[arm.name]["start"].append(arm.start(env))
-        clients = {a.name: Client(f"http://127.0.0.1:{a.port}", timeout=300) for a in arms}
+        clients = {a.name: a.client() for a in arms}
         for run in range(runs):
             for arm in arms if run % 2 == 0 else arms[::-1]:
                 c, r = clients[arm.name], res[arm.name]

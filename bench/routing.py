@@ -7,9 +7,8 @@ detect-secrets alone misses of the private questions, which our own rules catch.
     .venv/bin/python -m bench.routing"""
 import time
 
-from bench._common import fmt, header, md_table, median, pct
-
 import routing_eval
+from bench._common import fmt, header, md_table, median, pct
 from gateway import routing, secret_scan
 
 REPEATS = 20

@@ -26,8 +26,9 @@ import uuid
 from collections import Counter
 from urllib.parse import quote, urlsplit
 
-from bench import _common as c
 import db
+from bench import _common as c
+from helpers import QUIET_ENV, http, start_gateway, start_qwen
 
 ROUTES = ["/qwen", "/qwen?stream", "/v1 qwen", "/v1 qwen stream", "/gigachat", "/gigachat?stream",
           "/v1 gigachat", "/v1 gigachat stream"]
@@ -159,7 +160,7 @@ def rss_mb(pid):
 
 
 def metric(gw, name):
-    _, _, text = c.http("GET", gw.base_url + "/metrics", timeout=10)
+    _, _, text = http("GET", gw.base_url + "/metrics", timeout=10)
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.split("{")[0].split(" ")[0] == name)
 
 
@@ -226,7 +227,7 @@ def check_history(db_path, load):
 
 def check_contexts(fake):
     """Every context the fake GigaChat got (its last 100 requests) pairs each question with its answer."""
-    _, _, reqs = c.http("GET", fake.base_url + "/_debug/requests", timeout=10)
+    _, _, reqs = http("GET", fake.base_url + "/_debug/requests", timeout=10)
     bad = 0
     for req in reqs:
         turns = [m for m in req["body"]["messages"] if m["role"] != "system"][:-1]
@@ -247,12 +248,11 @@ def main():
     from tools.make_models import ensure_tiny_qwen
     tmp = c.tmpdir("soak-")
     with c.Servers() as servers:
-        qwen = servers.add(c.start_qwen(str(ensure_tiny_qwen()), "-l", "512",
-                                        env={"LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}))
+        qwen = servers.add(start_qwen(str(ensure_tiny_qwen()), "-l", "512", env=QUIET_ENV))
         fake = servers.add(c.start_fake())
         db_path = os.path.join(tmp, "history.db")
-        gw = servers.add(c.start_gateway(qwen.base_url, fake, db_path, args.workers, LOG_LEVEL="WARNING",
-                                         GIGACHAT_MAX_CONCURRENCY="2", GIGACHAT_TIMEOUT="10"))
+        gw = servers.add(start_gateway(qwen.base_url, fake, db_path, args.workers, LOG_LEVEL="WARNING",
+                                       GIGACHAT_MAX_CONCURRENCY="2", GIGACHAT_TIMEOUT="10"))
         load, stop = Load(gw, fake, args.seed), threading.Event()
         threads = [threading.Thread(target=load.client, args=(n, stop), daemon=True) for n in range(args.clients)]
         t0 = time.monotonic()

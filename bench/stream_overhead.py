@@ -24,9 +24,9 @@ import subprocess
 import time
 import urllib.parse
 
-from bench._common import (BENCH_DIR, CACHE_DIR, PYTHON, REPO_ROOT, Client, Servers, clean_env, fmt,
-                           header, md_table, median, pct, rmtree, start_fake, start_gateway, start_qwen)
+from bench._common import BENCH_DIR, CACHE_DIR, Client, Servers, fmt, header, md_table, median, pct, rmtree, start_fake
 from bench.gateway_overhead import oauth_token
+from helpers import PYTHON, REPO_ROOT, clean_env, start_gateway, start_qwen
 from tools.make_models import ensure_smollm2
 
 PROMPT = "Write a long, detailed story about a robot who learns to paint. Use many paragraphs."

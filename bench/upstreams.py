@@ -20,10 +20,10 @@ import signal
 import threading
 import time
 
-from bench._common import (PYTHON, TESTS_DIR, free_port, header, md_table, median, pct, start_fake_gigachat,
-                           rmtree, start_gateway, start_process, stop_process, tmpdir)
-
 import requests
+
+from bench._common import header, md_table, median, pct, rmtree, tmpdir
+from helpers import PYTHON, TESTS_DIR, free_port, start_fake_gigachat, start_gateway, start_process, stop_process
 
 
 def start_upstream():

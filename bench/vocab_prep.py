@@ -16,8 +16,8 @@ import os
 import random
 import time
 
-from bench._common import CACHE_DIR, REPO_ROOT, fmt, header, http, md_table, median, start_qwen, stop_process
-
+from bench._common import CACHE_DIR, fmt, header, md_table, median
+from helpers import QUIET_ENV, REPO_ROOT, http, start_qwen, stop_process
 from tools.make_models import QWEN_ADDED, QWEN_SPLIT, QWEN_TEMPLATE, ensure_smollm2
 
 N_BPE = 151_643  # Qwen2.5's BPE tokens; its added tokens start at this id
@@ -83,7 +83,7 @@ def forced_call(proc):
 
 
 def first_requests(repo, model):
-    proc = start_qwen(model, "-l", "2048", env={"OMP_NUM_THREADS": "1", "LOG_LEVEL": "WARNING"}, repo=repo)
+    proc = start_qwen(model, "-l", "2048", env=QUIET_ENV, repo=repo)
     try:
         first, finish1 = forced_call(proc)
         second, finish2 = forced_call(proc)

@@ -254,7 +254,7 @@ class StartupError(Exception):
 def _post_fork(server, worker):
     server.app.worker = worker
     if sys.platform == "linux":  # the worker (the model, its GPU memory, the port) dies with the master, even
-        import ctypes            # a master killed with SIGKILL: never an orphan serving on after a "crash"
+        import ctypes  # a master killed with SIGKILL: never an orphan serving on after a "crash"
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() != server.pid:  # the master died before the line above
             os._exit(1)

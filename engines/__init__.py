@@ -7,8 +7,17 @@ The package's face for callers; the code lives in its modules, which import each
 - `engines.factory`: `create_engine` (and `pick_engine` for `--engine auto`)
 - one module per engine (`llamacpp_engine`, `exllamav2_engine`, `transformers_engine`), grammars
   (`constrained`, `json_schema`) and the tool prompt of templates without tools (`tool_prompt`)."""
-from engines.base import (CACHE_MODES, FIM_TOKENS, MAX_DEFAULT_SEQ_LEN, MIN_TEMPERATURE, Chunk, Engine, EngineError,
-                          GenParams, find_gguf)
+from engines.base import (
+    CACHE_MODES,
+    FIM_TOKENS,
+    MAX_DEFAULT_SEQ_LEN,
+    MIN_TEMPERATURE,
+    Chunk,
+    Engine,
+    EngineError,
+    GenParams,
+    find_gguf,
+)
 from engines.decoding import TextStream, cancelled_before_start, decode_loop, ms_since
 from engines.factory import ENGINES, create_engine, pick_engine
 from engines.turns import Turns

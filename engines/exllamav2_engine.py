@@ -13,8 +13,8 @@ import time
 from types import SimpleNamespace
 
 from engines.base import Chunk, EngineError, GenParams
-from engines.decoding import cancelled_before_start
 from engines.constrained import TokenGuide
+from engines.decoding import cancelled_before_start
 from engines.exllamav2_extras import grammar_filter_class, job_extras, logprob_entries
 from engines.hf import HFEngine
 

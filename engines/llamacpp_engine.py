@@ -12,8 +12,8 @@ import threading
 import time
 
 from engines.base import Engine, EngineError, GenParams, find_gguf
-from engines.decoding import cancelled_before_start, decode_loop, ms_since
 from engines.constrained import TokenGuide, Vocab
+from engines.decoding import cancelled_before_start, decode_loop, ms_since
 from engines.llamacpp_cpu import amx_choice, cpu_name, crash_advice, open_llama, plan_threads
 
 # -cache -> llama.cpp KV cache type. llama.cpp has no 6-bit cache type: q6 gets q5_1 (5 bits + a

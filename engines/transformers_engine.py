@@ -8,8 +8,8 @@ import time
 import torch
 
 from engines.base import EngineError, GenParams
-from engines.decoding import cancelled_before_start, decode_loop, ms_since
 from engines.constrained import TokenGuide
+from engines.decoding import cancelled_before_start, decode_loop, ms_since
 from engines.hf import HFEngine
 
 
@@ -41,8 +41,13 @@ class TransformersEngine(HFEngine):
         self.load_seconds = round(time.perf_counter() - t0, 2)
 
     def _processors(self, p: GenParams):
-        from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
-                                  TopKLogitsWarper, TopPLogitsWarper)
+        from transformers import (
+            LogitsProcessorList,
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
         procs = LogitsProcessorList()
         if p.repetition_penalty and p.repetition_penalty != 1.0:
             procs.append(RepetitionPenaltyLogitsProcessor(p.repetition_penalty))

@@ -1,7 +1,29 @@
 """The gateway's OpenAPI document (GET /openapi.json of chat.py), from common.openapi's helpers."""
-from common.openapi import (BOOL, COMPLETION, COMPLETIONS_REQUEST, INT, MODEL_LIST, NUM, QWEN_CHAT_PROPS,
-                            QWEN_STATUS_PROPS, SAMPLING, STR, TEXT_COMPLETION, USAGE, array, common_paths, document,
-                            integer, nullable, obj, ok, op, param, ref, string)
+from common.openapi import (
+    BOOL,
+    COMPLETION,
+    COMPLETIONS_REQUEST,
+    INT,
+    MODEL_LIST,
+    NUM,
+    QWEN_CHAT_PROPS,
+    QWEN_STATUS_PROPS,
+    SAMPLING,
+    STR,
+    TEXT_COMPLETION,
+    USAGE,
+    array,
+    common_paths,
+    document,
+    integer,
+    nullable,
+    obj,
+    ok,
+    op,
+    param,
+    ref,
+    string,
+)
 from gateway.ask import MAX_QUESTION_CHARS
 
 INT64_MAX = (1 << 63) - 1

@@ -9,9 +9,25 @@ fine-grained GitHub tokens, connection strings whose password holds '!' or '%', 
 import re
 from dataclasses import dataclass
 
-from detect_secrets.plugins import (aws, basic_auth, discord, github_token, gitlab_token, jwt, keyword, mailchimp,
-                                    npm, openai, private_key, pypi_token, sendgrid, slack, stripe, telegram_token,
-                                    twilio)
+from detect_secrets.plugins import (
+    aws,
+    basic_auth,
+    discord,
+    github_token,
+    gitlab_token,
+    jwt,
+    keyword,
+    mailchimp,
+    npm,
+    openai,
+    private_key,
+    pypi_token,
+    sendgrid,
+    slack,
+    stripe,
+    telegram_token,
+    twilio,
+)
 from detect_secrets.util.filetype import FileType
 
 REDACTED = "[REDACTED]"

@@ -9,7 +9,6 @@ hub (download, progress, checksums), fit (memory needed vs free), settings (the 
 import os
 from typing import Optional
 
-
 from model_hub.base import HubError, ResolvedModel  # noqa: F401 (the package's face)
 
 

@@ -11,14 +11,14 @@ import time
 
 import pydantic
 from gigachat import GigaChat
-from gigachat.models import Chat
 from gigachat.context import session_id_cvar
+from gigachat.models import Chat
 
 from common.api_common import ApiError
+from common.openai_tools import check_tool_turns
+from common.stop_strings import StopCutter
 from providers.base import Provider
 from providers.gigachat_errors import RETRY_AFTER_S, map_error, upstream
-from common.stop_strings import StopCutter
-from common.openai_tools import check_tool_turns
 from providers.gigachat_openai import finish_reason, function_messages, functions_payload, tool_calls
 
 log = logging.getLogger(__name__)

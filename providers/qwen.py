@@ -4,12 +4,13 @@ import json
 import time
 
 import urllib3
-from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError
-from urllib3.exceptions import TimeoutError as UpstreamTimeout  # not the builtin of that name
 
-from common.api_common import ApiError
+# UpstreamTimeout: urllib3's TimeoutError, not the builtin of that name
+from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError, TimeoutError as UpstreamTimeout
+
 import providers.openai_reply as openai_reply  # (the modules, not the package face: no arrow back up)
 import providers.usage_count as usage_count
+from common.api_common import ApiError
 from providers.base import Provider
 from providers.upstream_abort import abortable, aborting, request_sent
 

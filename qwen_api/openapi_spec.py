@@ -1,9 +1,24 @@
 """qwen_server's OpenAPI document (GET /openapi.json), beside its routes (qwen_api/routes.py), from
 common.openapi's helpers."""
 from common.api_common import MAX_BODY_BYTES
-from common.openapi import (CHAT_REQUEST_PROPS, COMPLETION, COMPLETIONS_REQUEST, INT, MODEL_LIST,
-                            QWEN_CHAT_PROPS, QWEN_STATUS_PROPS, STR, TEXT_COMPLETION, array, common_paths, document,
-                            obj, ok, op, string)
+from common.openapi import (
+    CHAT_REQUEST_PROPS,
+    COMPLETION,
+    COMPLETIONS_REQUEST,
+    INT,
+    MODEL_LIST,
+    QWEN_CHAT_PROPS,
+    QWEN_STATUS_PROPS,
+    STR,
+    TEXT_COMPLETION,
+    array,
+    common_paths,
+    document,
+    obj,
+    ok,
+    op,
+    string,
+)
 
 
 def qwen_server_spec():

@@ -12,7 +12,6 @@ from engines.base import CACHE_MODES, MAX_DEFAULT_SEQ_LEN
 from engines.factory import ENGINES
 
 
-
 def flags(*names):
     return {"flags": names}
 

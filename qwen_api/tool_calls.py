@@ -3,11 +3,11 @@
 `<tool_call>{"name": ..., "arguments": ...}</tool_call>` output into OpenAI `tool_calls`."""
 import json
 import uuid
+from dataclasses import dataclass
 
 from common import openai_tools
 from common.api_common import ApiError
 from common.stop_strings import partial_tail
-from qwen_api import completions
 from engines.constrained import grammar_error, json_grammar, lark_grammar, tool_call_lark
 from engines.json_schema import SchemaError, check_time, preparing
 
@@ -72,13 +72,29 @@ def parse_shaping(body: dict, tag_ids=None, cancel=None) -> dict:
             "top_logprobs": top or 0}
 
 
-def new_call(name, arguments, index):
-    return {"index": index, "id": "call_" + uuid.uuid4().hex[:24], "type": "function",
-            "function": {"name": name, "arguments": arguments}}
+@dataclass(frozen=True)
+class ToolCall:
+    """One call the model made, parsed once from its `<tool_call>` block; `arguments` is JSON text, as
+    OpenAI sends it. It stays this object until the wire: message_entry() or stream_deltas()."""
+    index: int
+    id: str
+    name: str
+    arguments: str
+
+    def message_entry(self) -> dict:
+        """The call in a whole answer's message.tool_calls (no index there, as OpenAI's)."""
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+    def stream_deltas(self) -> tuple:
+        """The call streamed OpenAI's way: a delta with its id, type and name (arguments ""), then one
+        with its arguments."""
+        return ({"index": self.index, "id": self.id, "type": "function",
+                 "function": {"name": self.name, "arguments": ""}},
+                {"index": self.index, "function": {"arguments": self.arguments}})
 
 
-def parse_call(body: str):
-    """(name, arguments JSON text) of one `<tool_call>` body, or None if it is not a call."""
+def parse_call(body: str, index: int):
+    """The ToolCall of one `<tool_call>` body, or None if it is not a call."""
     try:
         call = json.loads(body)
     except ValueError:
@@ -86,16 +102,18 @@ def parse_call(body: str):
     if not isinstance(call, dict) or not isinstance(call.get("name"), str):
         return None
     args = call.get("arguments", {})
-    return call["name"], args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+    return ToolCall(index, "call_" + uuid.uuid4().hex[:24], call["name"],
+                    args if isinstance(args, str) else json.dumps(args, ensure_ascii=False))
 
 
 class ToolCallStream:
-    """Text deltas in -> ("text", str) and ("call", {index, id, type, function}) events out. Text that may
-    be the start of `<tool_call>` is held back; a call is sent once its `</tool_call>` has arrived. A block
-    that does not parse as a call goes out as text."""
+    """Text deltas in -> events out: text (str) and calls (ToolCall). Text that may be the start of
+    `<tool_call>` is held back; a call is sent once its `</tool_call>` has arrived. A block that does not
+    parse as a call goes out as text. Whitespace between calls (or after the last) is not content: it is
+    held until text follows it, so the events do not depend on where the chunks were cut."""
 
     def __init__(self):
-        self.buf = ""
+        self.buf = self.gap = ""
         self.calls = 0
 
     def feed(self, text):
@@ -113,64 +131,81 @@ class ToolCallStream:
             if end < 0:
                 self.buf = self.buf[at:]
                 break
-            parsed = parse_call(self.buf[at + len(OPEN):end].strip())
-            if parsed:
-                out.append(("call", new_call(*parsed, self.calls)))
-                self.calls += 1
+            call = parse_call(self.buf[at + len(OPEN):end].strip(), self.calls)
+            if call:
+                out.append(call)
+                self.calls, self.gap = self.calls + 1, ""
             else:
                 self._text(out, self.buf[at:end + len(CLOSE)])
             self.buf = self.buf[end + len(CLOSE):]
         return out
 
     def finish(self):
-        out, self.buf = [("text", self.buf)] if self.buf else [], ""
+        out, rest, self.buf = [], self.buf, ""
+        self._text(out, rest)
         return out
 
     def _text(self, out, text):
-        if text and not (self.calls and not text.strip()):  # whitespace between calls is not content
-            out.append(("text", text))
+        if self.calls:
+            self.gap += text
+            if not self.gap.strip():
+                return
+            text, self.gap = self.gap, ""
+        if text:
+            out.append(text)
 
 
-def split_answer(text):
-    """A whole answer -> (content or None, tool_calls list)."""
-    s = ToolCallStream()
-    events = s.feed(text) + s.finish()
-    calls = [e[1] for e in events if e[0] == "call"]
-    content = "".join(e[1] for e in events if e[0] == "text")
-    for c in calls:
-        c.pop("index")
-    return (content.strip() or None) if calls else content, calls
+def answer_events(chunks, tool_mode):
+    """Engine chunks -> (chunk, its events): the answer's text (str) and, when tools are on, its calls
+    (ToolCall), each block parsed once. The stream (deltas) and the whole answer (collect) are both
+    built from these events."""
+    parser = ToolCallStream() if tool_mode else None
+    for c in chunks:
+        if parser is None:
+            events = [c.text] if c.text else []
+        else:
+            events = parser.feed(c.text) if c.text else []
+            if c.finish_reason:
+                events += parser.finish()
+        yield c, events
+
+
+def finish_reason(reason, made_calls):
+    return "tool_calls" if made_calls and reason == "stop" else reason
 
 
 def deltas(chunks, tool_mode):
     """Engine chunks -> (delta, logprobs, finish_reason, usage) for the stream, OpenAI's way: text as
-    content deltas; a tool call as one delta with its id, type and name (arguments "") and one with
-    its arguments; finish_reason "tool_calls" when the answer made calls."""
-    parser = ToolCallStream() if tool_mode else None
-    for c in chunks:
-        events = [("text", c.text)] if c.text and parser is None else parser.feed(c.text) if c.text else []
-        if c.finish_reason and parser is not None:
-            events += parser.finish()
+    content deltas; a call as its two deltas (ToolCall.stream_deltas); finish_reason "tool_calls" when
+    the answer made calls."""
+    calls = 0
+    for c, events in answer_events(chunks, tool_mode):
         lp = c.logprobs
-        for kind, value in events:
-            if kind == "text":
-                yield {"content": value}, lp, None, None
+        for e in events:
+            if isinstance(e, ToolCall):
+                head, args = e.stream_deltas()
+                yield {"tool_calls": [head]}, lp, None, None
+                yield {"tool_calls": [args]}, None, None, None
+                calls += 1
             else:
-                yield {"tool_calls": [{**value, "function": {"name": value["function"]["name"], "arguments": ""}}]}, \
-                    lp, None, None
-                yield {"tool_calls": [{"index": value["index"],
-                                       "function": {"arguments": value["function"]["arguments"]}}]}, None, None, None
+                yield {"content": e}, lp, None, None
             lp = None
         if lp:
             yield {}, lp, None, None
         if c.finish_reason:
-            finish = "tool_calls" if parser is not None and parser.calls and c.finish_reason == "stop" \
-                else c.finish_reason
-            yield None, None, finish, c.usage or {}
+            yield None, None, finish_reason(c.finish_reason, calls), c.usage or {}
 
 
 def collect(chunks, tool_mode):
-    """Engine chunks -> (content, tool_calls, logprobs list or None, finish_reason, usage)."""
-    text, lps, finish, usage = completions.collect(chunks)
-    content, calls = split_answer(text) if tool_mode else (text, [])
-    return content, calls, lps, "tool_calls" if calls and finish == "stop" else finish, usage
+    """Engine chunks -> (content, tool_calls, logprobs list, finish_reason, usage) of a whole answer;
+    with calls, the content is stripped (None when nothing is left)."""
+    texts, calls, lps, last = [], [], [], None
+    for last, events in answer_events(chunks, tool_mode):
+        lps.extend(last.logprobs or [])
+        for e in events:
+            (calls if isinstance(e, ToolCall) else texts).append(e)
+    content = "".join(texts)
+    if calls:
+        content = content.strip() or None
+    return (content, [c.message_entry() for c in calls], lps, finish_reason(last.finish_reason, calls),
+            last.usage or {})

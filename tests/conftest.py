@@ -7,12 +7,11 @@ import pytest
 import fake_qwen
 import helpers
 import webpage
-from helpers import clean_env, start_fake_gigachat, stop_process
-
+from helpers import QUIET_ENV, clean_env, start_fake_gigachat, stop_process
 from tools.make_models import ensure_smollm2, ensure_smollm2_gguf, ensure_tiny_qwen, ensure_tiny_qwen_gguf
 
 # Tests must not pick up a developer's .env or proxies (clean_env); quiet logs, one OpenMP thread.
-TEST_ENV = {"LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
+TEST_ENV = QUIET_ENV
 CLEAN_ENV = clean_env(**TEST_ENV)
 
 

@@ -15,6 +15,10 @@ PYTHON = sys.executable  # the venv's interpreter, so subprocesses see the same 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(TESTS_DIR)
 
+# How the tests (conftest.py) and the benches run qwen_server and the gateway: quiet logs, one OpenMP thread
+# (a small model gains nothing from more, and spinning threads would steal the other servers' CPU).
+QUIET_ENV = {"LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
+
 _insecure_tls = ssl.create_default_context()
 _insecure_tls.check_hostname = False
 _insecure_tls.verify_mode = ssl.CERT_NONE
@@ -72,12 +76,14 @@ def _log_tail(path, n=3000):
 
 
 def start_process(args, env=None, port=None, ready_path="/_health", host=HOST, scheme="http",
-                  timeout=20.0, cwd=REPO_ROOT):
-    """Start `args` and wait until GET {scheme}://host:port{ready_path} answers 2xx.
+                  timeout=20.0, cwd=REPO_ROOT, ready_body=None, poll_s=0.05):
+    """Start `args` and wait until GET {scheme}://host:port{ready_path} answers 2xx (with `ready_body`:
+    until POSTing that JSON there does, e.g. a 1-token chat request: ready = answering).
 
     env: variables laid over os.environ; a None value removes that variable.
     Output goes to a temp log file (a pipe nobody reads could fill up and hang the server);
-    its path is `proc.log_path`, and `proc.base_url` is the server's address.
+    its path is `proc.log_path`, `proc.base_url` is the server's address, and `proc.ready_s` the
+    seconds from its start to ready (to within poll_s, the pause between tries).
     Raises RuntimeError with the log tail when the process exits or never gets ready.
     Stop it with stop_process(proc)."""
     full_env = dict(os.environ)
@@ -87,6 +93,7 @@ def start_process(args, env=None, port=None, ready_path="/_health", host=HOST, s
         else:
             full_env[k] = str(v)
     log = tempfile.NamedTemporaryFile(prefix="proc-", suffix=".log", delete=False)
+    started = time.monotonic()
     proc = subprocess.Popen([str(a) for a in args], env=full_env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)
     log.close()
@@ -94,21 +101,23 @@ def start_process(args, env=None, port=None, ready_path="/_health", host=HOST, s
     proc.base_url = f"{scheme}://{host}:{port}" if port else None
     if port is None:
         return proc
-    deadline, url = time.monotonic() + timeout, proc.base_url + ready_path
+    deadline, url = started + timeout, proc.base_url + ready_path
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"{args[:3]} exited with {proc.returncode} before it was ready:\n"
                                f"{_log_tail(proc.log_path)}")
         try:
-            status, _, _ = http("GET", url, timeout=1.0)
+            status, _, _ = (http("GET", url, timeout=1.0) if ready_body is None
+                            else http("POST", url, ready_body, timeout=max(1.0, deadline - time.monotonic())))
             if 200 <= status < 300:
+                proc.ready_s = time.monotonic() - started
                 return proc
         except OSError:  # refused / reset while it starts
             pass
         if time.monotonic() > deadline:
             stop_process(proc)
             raise RuntimeError(f"{args[:3]} was not ready at {url} after {timeout:g} s:\n{_log_tail(proc.log_path)}")
-        time.sleep(0.05)
+        time.sleep(poll_s)
 
 
 def stop_process(proc, timeout=5.0):

@@ -7,7 +7,7 @@ import time
 import pytest
 from openai import BadRequestError
 
-from helpers import openai_client, http
+from helpers import http, openai_client
 
 
 @pytest.fixture(scope="module", params=["qwen_smol", "qwen_llama", "qwen_tiny"])

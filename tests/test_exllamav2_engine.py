@@ -9,8 +9,8 @@ import pytest
 
 import exl_standin
 from engines import GenParams
-from helpers import engine_chunks
 from engines.exllamav2_engine import ExLlamaV2Engine, attention_plan, load_error
+from helpers import engine_chunks
 
 TIMEOUT_S = 10  # every wait is bounded: a hang fails the test instead of stalling CI
 GREEDY = dict(temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0)

@@ -13,7 +13,6 @@ from engines.constrained import closed, json_grammar, lark_grammar, tool_call_la
 from engines.exllamav2_engine import ExLlamaV2Engine
 from test_exllamav2_engine import GREEDY, model_dir, run, text_of, user, watchdog  # noqa: F401 - fixtures
 
-
 PADDING_LOGIT = 20.0  # above every real logit: a sampler or a normaliser that forgets the padding rows shows
 
 

@@ -4,8 +4,8 @@ counts the tokens itself (providers/usage_count.py) so that `stream_options.incl
 integers, as OpenAI's schema requires, never `"usage": {}`."""
 import pytest
 
-from helpers import openai_client, PYTHON, free_port, http, start_process, stop_process
 from conftest import start_gateway
+from helpers import PYTHON, free_port, http, openai_client, start_process, stop_process
 
 
 @pytest.fixture(scope="module")

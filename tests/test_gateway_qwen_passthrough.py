@@ -9,7 +9,7 @@ import pytest
 from openai import BadRequestError
 
 from conftest import start_gateway, start_qwen
-from helpers import openai_client, http, stop_process
+from helpers import http, openai_client, stop_process
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",

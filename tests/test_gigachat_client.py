@@ -6,14 +6,13 @@ import threading
 import time
 
 import pytest
-
-from helpers import free_port, http, start_fake_gigachat, stop_process
+from gigachat.context import session_id_cvar
 
 from common.api_common import ApiError
-from gigachat.context import session_id_cvar
-from providers.gigachat import GigaChatProvider
-from providers import UpstreamRequest
 from gateway.settings import GatewaySettings
+from helpers import free_port, http, start_fake_gigachat, stop_process
+from providers import UpstreamRequest
+from providers.gigachat import GigaChatProvider
 
 USER = [{"role": "user", "content": "Привет, мир! Как дела?"}]
 

@@ -269,6 +269,7 @@ def test_client_watch_sees_a_hangup_on_a_descriptor_above_1024(use_epoll, monkey
     """select() refuses descriptors >= 1024, which a server with many connections reaches: both the
     epoll watcher (Linux) and the polling fallback (elsewhere) must see such a socket's hang-up."""
     import resource
+
     from common import client_watch
     monkeypatch.setattr(client_watch, "USE_EPOLL", use_epoll)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

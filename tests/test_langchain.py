@@ -9,7 +9,6 @@ from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
 
 
-
 class City(BaseModel):
     """A city and its country."""
     name: str = Field(max_length=16)

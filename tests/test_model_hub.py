@@ -4,10 +4,19 @@ import os
 import socket
 import time
 
-
 from helpers import PYTHON, REPO_ROOT, free_port, http, start_process, stop_process
-from hub_helpers import (QWEN_05B_FILE, SMOL_FILE, SMOL_REPO, hub_env, hub_requests, one_error_line, qwen_cli,
-                         repos_json, sha256, start_hub)
+from hub_helpers import (
+    QWEN_05B_FILE,
+    SMOL_FILE,
+    SMOL_REPO,
+    hub_env,
+    hub_requests,
+    one_error_line,
+    qwen_cli,
+    repos_json,
+    sha256,
+    start_hub,
+)
 
 assert repos_json  # a fixture, used by name
 

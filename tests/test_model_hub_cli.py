@@ -13,8 +13,7 @@ import time
 import pytest
 
 from helpers import PYTHON, REPO_ROOT, free_port, stop_process
-from hub_helpers import (QWEN_05B_FILE, SMOL_FILE, SMOL_REPO, hub_env, merged_env, qwen_cli, repos_json,
-                         start_hub)
+from hub_helpers import QWEN_05B_FILE, SMOL_FILE, SMOL_REPO, hub_env, merged_env, qwen_cli, repos_json, start_hub
 from model_hub.names import gguf_quant, gguf_quants, pick_gguf, split_complete
 
 assert repos_json  # a fixture, used by name

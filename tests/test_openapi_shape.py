@@ -33,8 +33,8 @@ def test_qwen_server_describes_the_recorded_paths_methods_and_parameters(qwen_ti
 
 
 if __name__ == "__main__":
-    from qwen_api.openapi_spec import qwen_server_spec
     from gateway.openapi_spec import gateway_spec
+    from qwen_api.openapi_spec import qwen_server_spec
     with open(SNAPSHOT, "w", encoding="utf-8") as f:
         json.dump({"gateway": shape(gateway_spec()), "qwen_server": shape(qwen_server_spec())}, f, indent=1,
                   sort_keys=True)

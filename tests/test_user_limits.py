@@ -108,6 +108,7 @@ def test_a_users_answer_kept_in_the_journal_reaches_their_conversation(fake_giga
     """An answer that ends while SQLite is locked goes to the journal (history/journal.py) and is replayed later:
     into its user's conversation (the journal line carries the owner, which add_message checks)."""
     import sqlite3
+
     from test_history_journal import journal_lines, wait_for
     path, journal_dir = str(tmp_path / "history.db"), str(tmp_path / "journal")
     gw = start_gateway(DEAD, fake_gigachat, tmp_path, CHAT_DB=path, CHAT_JOURNAL_DIR=journal_dir)

@@ -15,8 +15,8 @@ import requests
 
 import db
 from conftest import start_gateway
-from history.users import key_hash
 from helpers import PYTHON, REPO_ROOT, clean_env, stop_process
+from history.users import key_hash
 from test_history_db import make_v1
 from users_helpers import add_user, ask, users_cli
 

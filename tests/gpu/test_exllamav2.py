@@ -73,6 +73,7 @@ def exl_teacher_forced(engine, ids, n_prompt):
     with a fresh cache of the engine's kind, the prompt but its last token prefilled (chunks of max_input_len),
     then one token a call, each reading the quantized cache as decoding does (tests/gpu/kv_emulation.py)."""
     import torch
+
     from engines.exllamav2_engine import PAGE
     cache = type(engine.cache)(engine.model, max_seq_len=-(-len(ids) // PAGE) * PAGE)
     with torch.inference_mode():

@@ -9,6 +9,7 @@ import pytest
 from constrained_cases import SCHEMA, WEATHER
 from gpu_models import Reference, tiny_qwen
 from helpers import engine_chunks
+
 # pytestmark: skipped without CUDA; q4_server: qwen_server on exllamav2 with the Q4 cache
 from test_exllamav2 import GREEDY, TIMEOUT_S, post, pytestmark, q4_server  # noqa: F401
 
