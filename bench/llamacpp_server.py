@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """qwen_server's llamacpp engine vs llama-cpp-python's own server (`python -m llama_cpp.server`),
-same GGUF (SmolLM2-135M-Instruct Q4_1), same KV cache type, same threads, in one run.
+same GGUF (SmolLM2-135M-Instruct Q4_1), same KV cache type, in one run; threads and the OpenMP wait as each
+server ships them unless --threads / --omp-wait-policy set them for both.
 
     .venv/bin/pip install -r bench/requirements-bench.txt     # llama_cpp.server's dependencies
     .venv/bin/python -m bench.llamacpp_server [--quick] [--runs 5] [--cache q4] [--threads N]
@@ -135,7 +136,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="2 runs instead of --runs")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--cache", default="q4", choices=sorted(CACHE_TYPES))
-    ap.add_argument("--threads", type=int, default=physical_cores())
+    ap.add_argument("--threads", type=int, help="decode and prompt threads for both servers (default: each its "
+                                                "own choice, as shipped; the physical cores here: %d)" % physical_cores())
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--omp-wait-policy", default="default", choices=("PASSIVE", "ACTIVE", "default"),
                     help="OMP_WAIT_POLICY for both servers (default: left unset, so each runs as shipped: "
@@ -145,11 +147,14 @@ def main():
     gguf, kv = str(ensure_smollm2_gguf()), CACHE_TYPES[args.cache]
     policy = None if args.omp_wait_policy == "default" else args.omp_wait_policy
     env = clean_env(LOG_LEVEL="WARNING", OMP_WAIT_POLICY=policy)
+
+    def threads(*flags):
+        return [x for flag in flags for x in (flag, args.threads)] if args.threads else []
     ours = Arm("qwen_server", [PYTHON, "qwen_server.py", "-m", gguf, "--engine", "llamacpp", "-cache", args.cache,
-                               "-l", 2048, "-t", args.threads, "--port", "{port}"],
+                               "-l", 2048, *threads("-t", "--threads-batch"), "--port", "{port}"],
                {"repetition_penalty": 1.1})
     theirs = Arm("llama_cpp.server", [PYTHON, "-m", "llama_cpp.server", "--model", gguf, "--n_ctx", 2048,
-                                      "--n_threads", args.threads, "--n_threads_batch", args.threads,
+                                      *threads("--n_threads", "--n_threads_batch"),
                                       "--type_k", GGML_TYPE[kv], "--type_v", GGML_TYPE[kv],
                                       "--flash_attn", str(kv != "f16"), "--verbose", "False",
                                       "--host", "127.0.0.1", "--port", "{port}"],
@@ -192,7 +197,8 @@ def report(args, runs, kv, res, mem):
         return [label, fmt(x, digits), fmt(y, digits), fmt(x / y if y else None) + (" (lower is better)"
                                                                                    if lower_better else "")]
     header("qwen_server (llamacpp engine) vs llama_cpp.server, same GGUF",
-           [f"SmolLM2-135M-Instruct Q4_1, KV cache {kv} (K and V), {args.threads} threads each, greedy, "
+           [f"SmolLM2-135M-Instruct Q4_1, KV cache {kv} (K and V), threads: "
+            f"{f'{args.threads} each' if args.threads else 'as each ships'}, greedy, "
             f"repetition penalty 1.1; {runs} interleaved runs, medians; "
             f"OMP_WAIT_POLICY: {args.omp_wait_policy}."])
     rows = [row(f"decode tok/s ({args.max_tokens} tokens)", "tps", 1),
