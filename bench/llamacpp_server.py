@@ -26,7 +26,7 @@ import subprocess
 import threading
 import time
 
-from bench._common import Client, fmt, header, md_table, median
+from bench._common import Client, fmt, header, md_table, median, process_tree
 from engines.llamacpp_cpu import physical_cores
 from engines.llamacpp_engine import CACHE_TYPES
 from helpers import PYTHON, clean_env, free_port, start_process, stop_process
@@ -81,9 +81,15 @@ class Arm:
         return (times[0] if times else None), tps, len(times), finished
 
     def memory_mb(self):
-        with open(f"/proc/{self.proc.pid}/status", encoding="utf-8") as f:
-            fields = dict(line.split(":", 1) for line in f)
-        return tuple(int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM"))
+        """(RSS, peak RSS) in MB of the server and its processes (qwen_server: gunicorn's master and the
+        worker that holds the model), summed."""
+        total = [0.0, 0.0]
+        for pid in process_tree(self.proc.pid):
+            with open(f"/proc/{pid}/status", encoding="utf-8") as f:
+                fields = dict(line.split(":", 1) for line in f)
+            for i, key in enumerate(("VmRSS", "VmHWM")):
+                total[i] += int(fields[key].split()[0]) / 1024
+        return tuple(total)
 
 
 def concurrent(arm, n, max_tokens, tag):
@@ -209,7 +215,7 @@ def report(args, runs, kv, res, mem):
             row("start -> first answer (s)", "start", 2, True),
             row("4 concurrent streams: aggregate tok/s", "conc", 1),
             ["4 concurrent streams: finished (2 rounds)", f"{sum(a['fin'])} of 8", f"{sum(b['fin'])} of 8", ""],
-            ["RSS after the runs / peak (MB)", "%.0f / %.0f" % mem["qwen_server"],
+            ["RSS after the runs / peak, all its processes (MB)", "%.0f / %.0f" % mem["qwen_server"],
              "%.0f / %.0f" % mem["llama_cpp.server"],
              fmt(mem["qwen_server"][0] / mem["llama_cpp.server"][0]) + " (lower is better)"]]
     print(md_table(["", "qwen_server", "llama_cpp.server", "ratio"], rows))
