@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from engines.base import Engine, EngineError, GenParams, find_gguf
 from engines.constrained import TokenGuide, Vocab
@@ -70,6 +71,11 @@ class LlamaCppEngine(Engine):
         if cache_mode == "q6":
             self.cache_note = "llama.cpp has no 6-bit KV cache type: q6 uses q5_1 (6.0 bits a value, same memory)"
         self.flash_attn = cache_mode != "fp16"  # llama.cpp quantizes the V cache only with flash attention
+        # Every llama.cpp computation runs on this one thread. libgomp keeps a team of threads for each thread
+        # that starts a parallel region; a second live team (the server's start-up token on the main thread,
+        # then requests on gunicorn's pooled threads) makes it more threads than cores, and libgomp then
+        # throttles the barrier's spin: decode at 2 threads fell to half (26 vs 58 tok/s, a 0.5B Q4_0).
+        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama.cpp")
 
     def load(self):
         t0 = time.perf_counter()
@@ -87,10 +93,10 @@ class LlamaCppEngine(Engine):
         if self.amx.note():
             log.warning("llama.cpp: %s", self.amx.note())
         try:
-            self.llm, self.buffers = open_llama(
-                self.gguf_path, self.amx.extra_bufts, n_ctx=self.max_seq_len, n_threads=self.threads,
+            self.llm, self.buffers = self._compute.submit(
+                open_llama, self.gguf_path, self.amx.extra_bufts, n_ctx=self.max_seq_len, n_threads=self.threads,
                 n_threads_batch=self.threads_batch, type_k=cache_type, type_v=cache_type, flash_attn=self.flash_attn,
-                n_gpu_layers=0, verbose=False)
+                n_gpu_layers=0, verbose=False).result()
         except (ValueError, RuntimeError) as e:  # llama-cpp-python's "Failed to load model from file" etc.
             raise EngineError(f"llama.cpp cannot load {self.gguf_path!r} with a {self.max_seq_len}-token "
                               f"{self.cache_mode} cache: {e}") from e
@@ -163,6 +169,10 @@ class LlamaCppEngine(Engine):
                 return
             yield from self._generate(prompt_ids, params, cancel)
 
+    def _eval(self, ids):
+        """llama.cpp evaluates `ids` on the engine's compute thread (see __init__)."""
+        return self._compute.submit(self.llm.eval, ids).result()
+
     def _reuse_prefix(self, ids) -> int:
         """Keep the KV cache of the longest prefix that `ids` shares with what was evaluated last (at
         least the last prompt token is evaluated again: its logits pick the first new token)."""
@@ -202,14 +212,14 @@ class LlamaCppEngine(Engine):
             if cancel.is_set():
                 yield cancelled_before_start(len(prompt_ids), cached_tokens=cached, prefill_ms=ms_since(t0))
                 return
-            llm.eval(prompt_ids[at:at + llm.n_batch])
+            self._eval(prompt_ids[at:at + llm.n_batch])
         sampler = self._sampler(params, prompt_ids)
         guide = TokenGuide(params, self.ll_vocab, llm.n_vocab())
         usage = {"prompt_tokens": len(prompt_ids), "cached_tokens": cached, "prefill_ms": ms_since(t0)}
         sample = (lambda: lc.llama_sampler_sample(sampler, llm.ctx, -1)) if not guide.active else \
             (lambda: self._guided_sample(sampler, guide))
         try:
-            yield from decode_loop(sample, lambda tid: llm.eval([tid]), self._is_eos, self.decode, params, cancel,
+            yield from decode_loop(sample, lambda tid: self._eval([tid]), self._is_eos, self.decode, params, cancel,
                                    usage, guide)
         finally:
             lc.llama_sampler_free(sampler)
