@@ -144,13 +144,16 @@ def open_llama(path, extra_bufts: bool, **kwargs):
 
 
 WAIT_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
-# libgomp's threads spin this many rounds at the barrier after each op, then sleep (its default: 300000; PASSIVE
-# is 0, ACTIVE forever). A short spin catches the partner thread that is a few microseconds late (most ops on an
-# idle machine) and gives the core back soon when the partner is not running (a busy machine): measured with
-# bench/llamacpp_knobs.py, docs/performance.md.
+# How llama.cpp's OpenMP threads wait at the barrier after each op (measured with bench/llamacpp_knobs.py,
+# docs/performance.md). One decode thread: a short spin (this many rounds, then sleep; libgomp's default is
+# 300000) for the prompt's threads. Two or more: PASSIVE (sleep at once), since a spinning thread holds the
+# core that its late partner needs whenever anything else runs (a 1.5B Q4_0 at 2 threads: 1.67x
+# llama_cpp.server idle but 0.67x under load with the spin).
 SPIN_ROUNDS = 10000
-SPIN_WHY = (f"a short spin ({SPIN_ROUNDS} rounds, then sleep) at each op's barrier: fast on a free machine, and no "
-            f"core held for long while the partner thread waits for one on a busy machine")
+SPIN_WHY = (f"a short spin ({SPIN_ROUNDS} rounds, then sleep) at each op's barrier: the one decode thread does not "
+            f"wait at barriers, the prompt's threads are caught a few microseconds late")
+PASSIVE_WHY = ("PASSIVE: decode threads sleep at each op's barrier, so that none holds a core its partner needs "
+               "when something else runs on the machine")
 
 
 @dataclass
@@ -160,7 +163,7 @@ class ThreadPlan:
     decode: int
     batch: int
     threads_why: str
-    wait_why: str = SPIN_WHY
+    wait_why: str = ""
 
     def apply(self):
         """Sets the wait (libgomp reads it once, when it loads: before llama_cpp is first imported)."""
@@ -169,8 +172,10 @@ class ThreadPlan:
                 del os.environ[key]
         if any(key in os.environ for key in WAIT_KEYS):
             self.wait_why = "set in the environment"
+        elif self.decode > 1:
+            os.environ["OMP_WAIT_POLICY"], self.wait_why = "PASSIVE", PASSIVE_WHY
         else:
-            os.environ["GOMP_SPINCOUNT"] = str(SPIN_ROUNDS)
+            os.environ["GOMP_SPINCOUNT"], self.wait_why = str(SPIN_ROUNDS), SPIN_WHY
 
     def wait(self) -> str:
         return ", ".join(f"{k}={os.environ[k]}" for k in WAIT_KEYS if os.environ.get(k)) or "libgomp's default"
@@ -184,10 +189,10 @@ class ThreadPlan:
                 "wait": self.wait(), "wait_why": self.wait_why}
 
 
-# Below this size a model's ops are too small to share between threads: the barrier after each op costs more
-# than the second thread saves. Measured with bench/llamacpp_knobs.py on 2 free cores (docs/performance.md):
-# SmolLM2-135M Q4_1 (94 MiB) decodes 2.3x faster on 1 thread than on 2; a 0.5B-shaped Q4_0 (195 MiB) 1.1x
-# slower, a 1.5B-shaped one (707 MiB) 1.6x slower. Prompts (large batched ops) still use every core.
+# Below this size a model's ops are too short to share between threads in both situations: two decode threads
+# that spin at the barriers are 1.9x llama_cpp.server idle but 0.3x under load, two that sleep 0.4x idle; one
+# thread is 1.1x in both (SmolLM2-135M Q4_1, 94 MiB; bench/llamacpp_knobs.py, docs/performance.md). A larger
+# model (a 0.5B-shaped Q4_0, 195 MiB: 2x faster on 2 threads) gets the physical cores, waiting PASSIVE.
 ONE_THREAD_BELOW_BYTES = 128 << 20
 
 

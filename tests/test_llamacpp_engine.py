@@ -161,9 +161,10 @@ def test_context_beyond_the_model_runs_with_a_warning(smollm2_gguf, tiny_qwen_di
 
 
 def test_threads_and_wait_policy_are_chosen_said_and_overridable(qwen_llama, smollm2_gguf):
-    """By default a short spin (GOMP_SPINCOUNT), prompts on the physical cores and, for a model as small as
-    SmolLM2-135M, one decode thread, said in /status with why; QWEN_THREADS, QWEN_THREADS_BATCH and
-    OMP_WAIT_POLICY win; an empty OMP_WAIT_POLICY (as .env.example has it) is unset."""
+    """By default prompts on the physical cores and, for a model as small as SmolLM2-135M, one decode thread
+    with a short spin (GOMP_SPINCOUNT); with more decode threads, PASSIVE; said in /status with why.
+    QWEN_THREADS, QWEN_THREADS_BATCH and OMP_WAIT_POLICY win; an empty OMP_WAIT_POLICY (as .env.example
+    has it) is unset."""
     from engines.llamacpp_cpu import ONE_THREAD_BELOW_BYTES, SPIN_ROUNDS, physical_cores, plan_threads
     cores = physical_cores()
     plan = requests.get(qwen_llama.base_url + "/status", timeout=10).json()["cpu_plan"]
@@ -175,14 +176,18 @@ def test_threads_and_wait_policy_are_chosen_said_and_overridable(qwen_llama, smo
     assert (plan_threads(1 << 20, threads=3).decode, plan_threads(1 << 20, threads=3).batch) == (3, 3)
     for env, wait in (({"QWEN_THREADS": "1", "QWEN_THREADS_BATCH": "2", "OMP_WAIT_POLICY": "PASSIVE"},
                        "OMP_WAIT_POLICY=PASSIVE"), ({"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": None},
-                                                    f"GOMP_SPINCOUNT={SPIN_ROUNDS}")):
+                                                    f"GOMP_SPINCOUNT={SPIN_ROUNDS}"),
+                      ({"QWEN_THREADS": "2", "OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None},
+                       "OMP_WAIT_POLICY=PASSIVE")):
         proc = start_qwen(smollm2_gguf, "-l", "512", engine="llamacpp", env=env)
         try:
             st = requests.get(proc.base_url + "/status", timeout=10).json()
             assert st["cpu_plan"]["wait"] == wait, st["cpu_plan"]
-            if "QWEN_THREADS" in env:
+            if env.get("QWEN_THREADS") == "1":
                 assert (st["threads"], st["threads_batch"]) == (1, 2) and "QWEN_THREADS" in st["cpu_plan"]["threads_why"]
                 assert st["cpu_plan"]["wait_why"] == "set in the environment"
+            elif env.get("QWEN_THREADS") == "2":  # 2 decode threads: they sleep at the barrier
+                assert st["threads"] == 2 and st["cpu_plan"]["wait_why"].startswith("PASSIVE"), st["cpu_plan"]
             assert "Paris" in post(proc, {"messages": FRANCE, "temperature": 0, "max_tokens": 20}).text
         finally:
             stop_process(proc)
