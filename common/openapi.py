@@ -8,7 +8,7 @@ the gateway's blueprints, qwen_server.py, api_common.py and openai_format.py (te
 both servers from these documents and fails on any answer they do not describe)."""
 from flask import jsonify
 
-from common.openai_format import MAX_STOP, PARAM_RANGES
+from common.openai_format import MAX_STOP, PARAM_RANGES, UNSUPPORTED
 
 VERSION = "1.0.0"
 
@@ -72,6 +72,11 @@ def sampling_schemas():
 
 
 SAMPLING = sampling_schemas()
+# Other servers' fields that no model here honours (openai_format.UNSUPPORTED): only their neutral values
+# are accepted (the same as leaving them out); any other value is a 400 unsupported_parameter.
+UNSUPPORTED_PROPS = {name: {"nullable": True, "enum": list(neutral),
+                            "description": "Not supported here: leave it out (only its neutral value is accepted)."}
+                     for name, neutral in UNSUPPORTED.items() if name != "n"}
 
 
 # -- operation helpers -------------------------------------------------------------------------
@@ -184,7 +189,7 @@ CHAT_REQUEST_PROPS = dict(
     stream=BOOL, stream_options=nullable(obj(include_usage=BOOL)),
     n=nullable(integer(1, 1, description="Only 1 is supported.")),
     stop=nullable({"oneOf": [string(minLength=1), array(string(minLength=1), minItems=1, maxItems=MAX_STOP)]}),
-    **SAMPLING)
+    **SAMPLING, **UNSUPPORTED_PROPS)
 USAGE = obj(description="OpenAI usage; the gateway adds GigaChat's precached_prompt_tokens, qwen_server its "
                         "timings (prefill/decode ms, tokens per second).",
             prompt_tokens=nullable(INT), completion_tokens=nullable(INT), total_tokens=nullable(INT),
@@ -235,7 +240,7 @@ COMPLETIONS_REQUEST = obj(
     stream=BOOL, stream_options=nullable(obj(include_usage=BOOL)), logprobs=nullable(integer(0, 5)),
     echo=nullable({"type": "boolean", "enum": [False], "description": "true is not supported."}),
     n=CHAT_REQUEST_PROPS["n"],
-    stop=CHAT_REQUEST_PROPS["stop"], **SAMPLING)
+    stop=CHAT_REQUEST_PROPS["stop"], **SAMPLING, **UNSUPPORTED_PROPS)
 MODEL_LIST = obj(["object", "data"], object=string(enum=["list"]),
                  data=array(obj(["id", "object", "owned_by"], id=STR, object=string(enum=["model"]), owned_by=STR,
                                 created=INT, max_seq_len=INT)))
